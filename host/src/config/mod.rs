@@ -1,0 +1,350 @@
+//! The configuration file: its shape, parsing and validation.
+//!
+//! Three phases, each with errors that name the key they are about:
+//! 1. [`parse`]: TOML into these types; an unknown key or a wrong type stops
+//!    here with its key path (`pipelines.orders.source.tabel: unknown field`).
+//! 2. [`Config::validate`]: pure checks across fields, collecting *every*
+//!    problem at once (see [`validate`]).
+//! 3. Building (in [`crate::pipeline`]): the I/O checks — files, tables,
+//!    columns, environment variables — still naming the key.
+
+mod validate;
+
+use crate::plugin::{EngineSettings, Limits};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use validate::ConfigError;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The wasmtime engine shared by every pipeline.
+    #[serde(default)]
+    pub engine: EngineSettings,
+    /// Where offsets, the action ledger and dead letters live.
+    pub state: StateConfig,
+    /// The pipelines, by name.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The SQLite database file.
+    pub path: PathBuf,
+}
+
+/// `[pipelines.NAME]`: one table, one plugin, one destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The plugin component (`.wasm`).
+    pub plugin: PathBuf,
+    /// Read-only settings the plugin reads with `get-setting`. Never secrets.
+    #[serde(default)]
+    pub plugin_settings: BTreeMap<String, String>,
+    /// Rows per call into the plugin.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where rows come from.
+    pub source: SourceConfig,
+    /// Where events go.
+    pub deliver: DeliverConfig,
+    /// Action targets by the name plugins use.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+/// `[pipelines.NAME.source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A table in an SQLite database file.
+    Sqlite(SqliteSourceConfig),
+}
+
+/// An SQLite table polled by timestamp.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// The table.
+    pub table: String,
+    /// The column that, with the timestamp, orders rows and breaks ties.
+    pub key_column: String,
+    /// The timestamp column and where reading starts.
+    pub timestamp: TimestampConfig,
+    /// Rows per page query.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// Wait after a poll that found nothing new, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows newer than `now - delay_ms` are left for a later poll, so a
+    /// transaction that commits late with an earlier timestamp is still read.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// `true`: read the whole table (`timestamp.initial = 0`); `false`: only
+    /// rows newer than the first start (`timestamp.initial = -1`). Ignored
+    /// when `timestamp.initial` is set.
+    #[serde(default)]
+    pub backfill: bool,
+}
+
+fn default_page_size() -> usize {
+    1000
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+
+/// `[pipelines.NAME.source.timestamp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampConfig {
+    /// The column: NOT NULL, set on insert and on every update.
+    pub column: String,
+    /// How the column stores instants: `s`, `ms` or `us` since the epoch as
+    /// an INTEGER.
+    #[serde(default)]
+    pub unit: TimestampUnit,
+    /// The first cursor: `0` (everything), `-1` (from first start), epoch
+    /// seconds, or an RFC 3339 instant. Rows *at* this instant are read.
+    pub initial: Option<InitialTimestamp>,
+}
+
+/// Units of an integer timestamp column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampUnit {
+    /// Seconds since the epoch.
+    S,
+    /// Milliseconds since the epoch.
+    #[default]
+    Ms,
+    /// Microseconds since the epoch.
+    Us,
+}
+
+/// `timestamp.initial` as written: a number or a string.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum InitialTimestamp {
+    /// Epoch seconds; `-1` means "now, at first start".
+    EpochSeconds(i64),
+    /// An RFC 3339 instant.
+    Rfc3339(String),
+}
+
+/// `[pipelines.NAME.deliver]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeliverConfig {
+    /// AEP streaming ingestion, batch endpoint.
+    Aep(AepConfig),
+    /// Exact envelopes as NDJSON lines in a file (quickstart, dry runs).
+    File(FileSinkConfig),
+}
+
+/// AEP streaming ingestion settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AepConfig {
+    /// `https://dcs.adobedc.net`, or a loopback receiver in tests.
+    #[serde(default = "default_aep_url")]
+    pub base_url: String,
+    /// The streaming connection (inlet) id.
+    pub connection_id: String,
+    /// `{ORG}@AdobeOrg`.
+    pub ims_org: String,
+    /// The target dataset.
+    pub dataset_id: String,
+    /// The dataflow id (header `flowId` and `x-adobe-flow-id`).
+    pub flow_id: Option<String>,
+    /// The XDM schema `$id`, e.g. `https://ns.adobe.com/acme/schemas/123`.
+    pub schema_id: String,
+    /// `header.source.name`.
+    #[serde(default = "default_source_name")]
+    pub source_name: String,
+    /// Environment variable holding a bearer token, for authenticated inlets.
+    pub token_env: Option<String>,
+    /// Largest request body in bytes (AEP refuses more than 1 MB).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-request timeout in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_aep_url() -> String {
+    "https://dcs.adobedc.net".to_owned()
+}
+fn default_source_name() -> String {
+    "freshet".to_owned()
+}
+fn default_max_request_bytes() -> usize {
+    1_000_000
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The file sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The NDJSON file envelopes are appended to.
+    pub path: PathBuf,
+    /// Envelope fields, as AEP would get them.
+    pub ims_org: String,
+    /// The target dataset.
+    pub dataset_id: String,
+    /// The XDM schema `$id`.
+    pub schema_id: String,
+    /// `header.source.name`.
+    #[serde(default = "default_source_name")]
+    pub source_name: String,
+}
+
+/// `[pipelines.NAME.targets.TARGET]`: where a named action goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TargetConfig {
+    /// An HTTP call.
+    Webhook(WebhookTargetConfig),
+    /// Appends each action request as a JSON line to a file: the quickstart's
+    /// stand-in for targets that are not wired to a real system yet.
+    Record(RecordTargetConfig),
+}
+
+/// A webhook target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTargetConfig {
+    /// The URL.
+    pub url: String,
+    /// `POST`, `PUT` or `GET`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra headers; `${VAR}` in a value is replaced by that environment
+    /// variable when the pipeline starts (secrets stay out of the file).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The whole call's time window, retries included, in milliseconds (1–30 s).
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries within the window (at most 3), never on 401, 403 or 404.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+}
+
+fn default_method() -> String {
+    "POST".to_owned()
+}
+fn default_webhook_timeout_ms() -> u64 {
+    30_000
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// A record target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordTargetConfig {
+    /// The NDJSON file.
+    pub path: PathBuf,
+}
+
+/// Why a config file could not be used: every problem found, each with its
+/// key path.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of this shape.
+    #[error("{0}")]
+    Parse(ConfigError),
+    /// The values do not fit together.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+/// Parses TOML text; an unknown key or a wrong type names its key path.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new("", e.message().to_owned()))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message().to_owned();
+        ConfigError::new(if path == "." { "" } else { &path }, message)
+    })
+}
+
+/// Reads, parses and validates a config file. Relative paths inside it are
+/// taken from the file's own folder.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let mut config = parse(&text).map_err(LoadError::Parse)?;
+    let errors = config.validate();
+    if !errors.is_empty() {
+        return Err(LoadError::Invalid(errors));
+    }
+    config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    Ok(config)
+}
+
+impl Config {
+    /// Makes every relative path in the config relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state.path);
+        if let Some(dir) = &mut self.engine.cache_dir {
+            fix(dir);
+        }
+        for pipeline in self.pipelines.values_mut() {
+            fix(&mut pipeline.plugin);
+            match &mut pipeline.source {
+                SourceConfig::Sqlite(s) => fix(&mut s.path),
+            }
+            if let DeliverConfig::File(f) = &mut pipeline.deliver {
+                fix(&mut f.path);
+            }
+            for target in pipeline.targets.values_mut() {
+                if let TargetConfig::Record(r) = target {
+                    fix(&mut r.path);
+                }
+            }
+        }
+    }
+}

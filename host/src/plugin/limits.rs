@@ -1,0 +1,114 @@
+//! Per-pipeline sandbox limits, and the store-side bookkeeping that enforces
+//! the memory and table caps and remembers what a call used.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// What one pipeline's plugin may use. Every field has a default, so
+/// `[pipelines.NAME.limits]` only names what it changes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Instructions (wasmtime fuel units, about one per wasm instruction) a
+    /// plugin may spend per row; a batch call gets this times its rows. The
+    /// default matches Shopify Functions' 11M budget, generous for mapping code.
+    pub fuel_per_row: u64,
+    /// Wall-clock deadline for one call into the plugin, in milliseconds,
+    /// enforced by epoch interruption (10 ms resolution). Catches what fuel
+    /// cannot: time spent in host calls, or a plugin run with fuel off.
+    pub timeout_ms: u64,
+    /// Linear memory cap per instance, in MiB.
+    pub memory_mib: u64,
+    /// Table elements cap per table (function references).
+    pub table_elements: u64,
+    /// Bytes of log messages a plugin may emit per call; the rest is dropped
+    /// (and counted) so a log flood cannot fill the host's disk.
+    pub log_bytes_per_call: u64,
+    /// Bytes of output (event bodies and action payloads) per input row.
+    pub output_bytes_per_row: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel_per_row: 11_000_000,
+            timeout_ms: 1_000,
+            memory_mib: 64,
+            table_elements: 20_000,
+            log_bytes_per_call: 16 * 1024,
+            output_bytes_per_row: 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The memory cap in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib * 1024 * 1024
+    }
+
+    /// The wall-clock deadline per call.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Enforces [`Limits`] on one store and records the peak use and the first
+/// denied request, so a trap that follows a denied `memory.grow` is reported
+/// as what it is rather than as the guest's `unreachable`.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    memory_cap: usize,
+    table_cap: usize,
+    /// Largest linear memory granted so far, in bytes.
+    pub peak_memory: usize,
+    /// The first memory growth refused: the size asked for, in bytes.
+    pub memory_denied: Option<usize>,
+    /// The first table growth refused: the elements asked for.
+    pub table_denied: Option<usize>,
+}
+
+impl Meter {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            memory_cap: usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX),
+            table_cap: usize::try_from(limits.table_elements).unwrap_or(usize::MAX),
+            peak_memory: 0,
+            memory_denied: None,
+            table_denied: None,
+        }
+    }
+
+    pub fn memory_cap(&self) -> usize {
+        self.memory_cap
+    }
+}
+
+impl wasmtime::ResourceLimiter for Meter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_denied.get_or_insert(desired);
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_cap {
+            self.table_denied.get_or_insert(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,170 @@
+//! Where rows come from: the [`Source`] trait, the `(timestamp, key)` cursor
+//! every source pages by, and the sources themselves.
+//!
+//! A page is the rows after the cursor and at or below an upper bound:
+//! `WHERE ts <= :upper AND (ts > :ts OR (ts = :ts AND key > :key)) ORDER BY ts, key LIMIT :n`,
+//! with `:upper = source_now - delay`. Because the key breaks ties, a page
+//! that ends in the middle of a run of equal timestamps loses and repeats
+//! nothing; because of the delay, a transaction that commits a little late
+//! with an earlier timestamp is still read.
+
+pub mod sqlite;
+
+use crate::plugin::contract::{Instant, Row};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An instant as nanoseconds since the epoch (UTC): covers 1677–2262, which
+/// holds every row timestamp a warehouse table carries, with a total order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// Now, on this host's clock.
+    pub fn now() -> Self {
+        Self::from_chrono(chrono::Utc::now())
+    }
+
+    /// From a chrono instant (saturating outside the range).
+    pub fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> Self {
+        Self(t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 { i64::MIN } else { i64::MAX }))
+    }
+
+    /// As the contract's instant.
+    pub fn instant(self) -> Instant {
+        Instant {
+            seconds: self.0.div_euclid(1_000_000_000),
+            nanos: self.0.rem_euclid(1_000_000_000) as u32,
+        }
+    }
+
+    /// From the contract's instant (saturating).
+    pub fn from_instant(i: Instant) -> Self {
+        Self(i.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(i.nanos)))
+    }
+
+    /// RFC 3339 with as many fraction digits as needed, in UTC (`Z`).
+    pub fn rfc3339(self) -> String {
+        chrono::DateTime::from_timestamp_nanos(self.0)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+
+    /// Moves back by a duration, saturating.
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rfc3339())
+    }
+}
+
+/// A row's key value: the tie-breaker among equal timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Key {
+    /// An integer key.
+    Int(i64),
+    /// A text key, compared as the source compares it (binary collation).
+    Text(String),
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Int(i) => write!(f, "{i}"),
+            Key::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Where reading stands: every row at or before it is done.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The timestamp of the last row done.
+    pub ts: Timestamp,
+    /// The key of the last row done at `ts`; `None` means no row at `ts` is
+    /// done yet (the next page starts *at* `ts`, inclusive).
+    pub key: Option<Key>,
+}
+
+impl Cursor {
+    /// A cursor before every row at or after `ts`.
+    pub fn before(ts: Timestamp) -> Self {
+        Self { ts, key: None }
+    }
+
+    /// The cursor just past one row.
+    pub fn after(ts: Timestamp, key: Key) -> Self {
+        Self { ts, key: Some(key) }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "({}, {key})", self.ts),
+            None => write!(f, "(before {})", self.ts),
+        }
+    }
+}
+
+/// One row read from a source, with its place in the order.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    /// The cursor just past this row.
+    pub cursor: Cursor,
+    /// The row as the plugin sees it.
+    pub row: Row,
+}
+
+/// The row identity the contract promises: the same on every read of the
+/// same row version. An update (new timestamp) is a new identity.
+pub fn identity(key: &Key, ts: Timestamp) -> String {
+    format!("{key}@{}", ts.0)
+}
+
+/// A page of rows.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The rows, in `(ts, key)` order.
+    pub rows: Vec<SourceRow>,
+    /// Whether the page was cut at the page size (more rows may be waiting).
+    pub full: bool,
+}
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The table or a column is not as the config says; the pipeline stops.
+    /// `key` is the config key the problem is about.
+    #[error("{key}: {message}")]
+    Schema {
+        /// The config key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A failure that may pass (locked database, lost connection); retried.
+    #[error("source query failed: {0}")]
+    Transient(String),
+}
+
+/// A table read by timestamp.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// Column names (lower-case) of the rows, in cell order.
+    fn columns(&self) -> &[String];
+
+    /// The source's own clock: the upper bound and `timestamp.initial = -1`
+    /// are measured on it, never on another machine's.
+    async fn now(&self) -> Result<Timestamp, SourceError>;
+
+    /// The rows after `after`, at or below `upper`, at most `limit`.
+    async fn page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError>;
+}

@@ -1,0 +1,263 @@
+//! The embedded source: a table in an SQLite file, its timestamp an INTEGER
+//! count of seconds, milliseconds or microseconds since the epoch.
+//!
+//! SQLite lives on this machine, so "the source's clock" is this host's clock.
+//! Queries run on the blocking pool; the connection is opened read-only so a
+//! pipeline can never change the customer's table.
+
+use super::{identity, Cursor, Key, Page, Source, SourceError, SourceRow, Timestamp};
+use crate::config::{SqliteSourceConfig, TimestampUnit};
+use crate::plugin::contract::{Row, Value};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use std::sync::{Arc, Mutex};
+
+/// How a column's cells become contract values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// By SQLite's storage class.
+    Plain,
+    /// The timestamp column: integer epoch units to an instant.
+    Timestamp,
+    /// Declared DECIMAL/NUMERIC: numbers as exact text.
+    Decimal,
+    /// Declared BOOLEAN: 0/1 as a bool.
+    Boolean,
+    /// Declared JSON: text as JSON.
+    Json,
+}
+
+/// A polled SQLite table.
+pub struct SqliteSource {
+    conn: Arc<Mutex<Connection>>,
+    columns: Vec<String>,
+    kinds: Vec<Kind>,
+    key_index: usize,
+    ts_index: usize,
+    unit: TimestampUnit,
+    sql_after_key: String,
+    sql_at_ts: String,
+}
+
+fn unit_nanos(unit: TimestampUnit) -> i64 {
+    match unit {
+        TimestampUnit::S => 1_000_000_000,
+        TimestampUnit::Ms => 1_000_000,
+        TimestampUnit::Us => 1_000,
+    }
+}
+
+impl SqliteSource {
+    /// Opens the table and checks it: the table exists, the key and timestamp
+    /// columns exist, the timestamp is an INTEGER declared NOT NULL. `prefix`
+    /// is the config key of this source, for error messages.
+    pub fn open(config: &SqliteSourceConfig, prefix: &str) -> Result<Self, SourceError> {
+        let schema = |key: &str, message: String| SourceError::Schema { key: format!("{prefix}.{key}"), message };
+        let conn = Connection::open_with_flags(
+            &config.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| schema("path", format!("cannot open {}: {e}", config.path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| SourceError::Transient(e.to_string()))?;
+
+        // (name, declared type, notnull, pk)
+        let mut info: Vec<(String, String, bool, bool)> = Vec::new();
+        {
+            let mut stmt = conn
+                .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")
+                .map_err(|e| SourceError::Transient(e.to_string()))?;
+            let rows = stmt
+                .query_map([&config.table], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)? > 0))
+                })
+                .map_err(|e| SourceError::Transient(e.to_string()))?;
+            for row in rows {
+                info.push(row.map_err(|e| SourceError::Transient(e.to_string()))?);
+            }
+        }
+        if info.is_empty() {
+            return Err(schema("table", format!("table `{}` does not exist in {}", config.table, config.path.display())));
+        }
+        let find = |name: &str| info.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name));
+        let ts_col = &config.timestamp.column;
+        let ts_index = find(ts_col)
+            .ok_or_else(|| schema("timestamp.column", format!("table `{}` has no column `{ts_col}`", config.table)))?;
+        let (_, ts_type, ts_notnull, _) = &info[ts_index];
+        if !ts_notnull {
+            return Err(schema(
+                "timestamp.column",
+                format!("column `{ts_col}` is nullable: a row with a NULL timestamp would never be read; declare it NOT NULL"),
+            ));
+        }
+        if !ts_type.to_ascii_uppercase().contains("INT") {
+            return Err(schema(
+                "timestamp.column",
+                format!("column `{ts_col}` is declared {ts_type:?}: it must be an INTEGER of epoch units (timestamp.unit)"),
+            ));
+        }
+        let key_col = &config.key_column;
+        let key_index = find(key_col)
+            .ok_or_else(|| schema("key_column", format!("table `{}` has no column `{key_col}`", config.table)))?;
+        let (_, _, key_notnull, key_pk) = &info[key_index];
+        if !key_notnull && !key_pk {
+            return Err(schema(
+                "key_column",
+                format!("column `{key_col}` may be NULL: the key must be NOT NULL or the PRIMARY KEY"),
+            ));
+        }
+
+        let kinds = info
+            .iter()
+            .enumerate()
+            .map(|(i, (_, declared, ..))| {
+                let declared = declared.to_ascii_uppercase();
+                if i == ts_index {
+                    Kind::Timestamp
+                } else if declared.contains("DECIMAL") || declared.contains("NUMERIC") {
+                    Kind::Decimal
+                } else if declared.contains("BOOL") {
+                    Kind::Boolean
+                } else if declared.contains("JSON") {
+                    Kind::Json
+                } else {
+                    Kind::Plain
+                }
+            })
+            .collect();
+        let columns: Vec<String> = info.iter().map(|(n, ..)| n.to_ascii_lowercase()).collect();
+        let select = info.iter().map(|(n, ..)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+        let (t, ts, key) = (&config.table, format!("\"{ts_col}\""), format!("\"{key_col}\""));
+        let sql_after_key = format!(
+            "SELECT {select} FROM \"{t}\" WHERE {ts} <= ?1 AND ({ts} > ?2 OR ({ts} = ?2 AND {key} > ?3)) \
+             ORDER BY {ts}, {key} LIMIT ?4"
+        );
+        let sql_at_ts =
+            format!("SELECT {select} FROM \"{t}\" WHERE {ts} <= ?1 AND {ts} >= ?2 ORDER BY {ts}, {key} LIMIT ?4");
+        let has_index: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l \
+                 JOIN pragma_index_info(l.name) AS i WHERE i.seqno = 0 AND i.name = ?2 COLLATE NOCASE)",
+                [t, ts_col],
+                |r| r.get(0),
+            )
+            .unwrap_or(true);
+        if !has_index {
+            tracing::warn!(table = %t, column = %ts_col, "no index starts with the timestamp column: every poll scans the table; CREATE INDEX ON {t}({ts_col}, {key_col})");
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            columns,
+            kinds,
+            key_index,
+            ts_index,
+            unit: config.timestamp.unit,
+            sql_after_key,
+            sql_at_ts,
+        })
+    }
+
+    /// A timestamp in the column's units, rounded down or up.
+    fn native(&self, ts: Timestamp, round_up: bool) -> i64 {
+        let unit = unit_nanos(self.unit);
+        let floor = ts.0.div_euclid(unit);
+        if round_up && ts.0.rem_euclid(unit) != 0 {
+            floor + 1
+        } else {
+            floor
+        }
+    }
+
+    fn read_page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError> {
+        let conn = self.conn.lock().map_err(|_| SourceError::Transient("connection lock poisoned".into()))?;
+        let upper = self.native(upper, false);
+        let (sql, from, key) = match &after.key {
+            // Rows strictly after (ts, key): the cursor came from a row, so
+            // its timestamp is exact in the column's units.
+            Some(key) => (&self.sql_after_key, self.native(after.ts, false), key_sql(key)),
+            // Rows at or after ts (the initial cursor): round up, so a bound
+            // between two units never includes an earlier row.
+            None => (&self.sql_at_ts, self.native(after.ts, true), rusqlite::types::Value::Null),
+        };
+        let transient = |e: rusqlite::Error| SourceError::Transient(e.to_string());
+        let mut stmt = conn.prepare_cached(sql).map_err(transient)?;
+        let mut rows = stmt
+            .query(rusqlite::params![upper, from, key, limit as i64])
+            .map_err(transient)?;
+        let mut out = Vec::with_capacity(limit.min(10_000));
+        let unit = unit_nanos(self.unit);
+        while let Some(r) = rows.next().map_err(transient)? {
+            let mut cells = Vec::with_capacity(self.kinds.len());
+            for (i, kind) in self.kinds.iter().enumerate() {
+                cells.push(cell(r.get_ref(i).map_err(transient)?, *kind, unit));
+            }
+            let ts = match r.get_ref(self.ts_index).map_err(transient)? {
+                ValueRef::Integer(n) => Timestamp(n.saturating_mul(unit)),
+                other => {
+                    return Err(SourceError::Schema {
+                        key: "source.timestamp.column".into(),
+                        message: format!("a row holds {:?} in the timestamp column, not an integer", other.data_type()),
+                    })
+                }
+            };
+            let key = match r.get_ref(self.key_index).map_err(transient)? {
+                ValueRef::Integer(n) => Key::Int(n),
+                ValueRef::Text(t) => Key::Text(String::from_utf8_lossy(t).into_owned()),
+                other => {
+                    return Err(SourceError::Schema {
+                        key: "source.key_column".into(),
+                        message: format!("a row holds {:?} in the key column, not an integer or text", other.data_type()),
+                    })
+                }
+            };
+            let identity = identity(&key, ts);
+            out.push(SourceRow { cursor: Cursor::after(ts, key), row: Row { identity, cells } });
+        }
+        let full = out.len() >= limit;
+        Ok(Page { rows: out, full })
+    }
+}
+
+fn key_sql(key: &Key) -> rusqlite::types::Value {
+    match key {
+        Key::Int(i) => rusqlite::types::Value::Integer(*i),
+        Key::Text(s) => rusqlite::types::Value::Text(s.clone()),
+    }
+}
+
+/// One SQLite cell as a contract value.
+fn cell(v: ValueRef<'_>, kind: Kind, unit: i64) -> Value {
+    let text = |t: &[u8]| String::from_utf8_lossy(t).into_owned();
+    match (v, kind) {
+        (ValueRef::Null, _) => Value::Null,
+        (ValueRef::Integer(n), Kind::Timestamp) => Value::Timestamp(Timestamp(n.saturating_mul(unit)).instant()),
+        (ValueRef::Integer(n), Kind::Decimal) => Value::Decimal(n.to_string()),
+        (ValueRef::Real(f), Kind::Decimal) => Value::Decimal(f.to_string()),
+        (ValueRef::Text(t), Kind::Decimal) => Value::Decimal(text(t)),
+        (ValueRef::Integer(n), Kind::Boolean) => Value::Boolean(n != 0),
+        (ValueRef::Text(t), Kind::Json) => Value::Json(text(t)),
+        (ValueRef::Integer(n), _) => Value::Integer(n),
+        (ValueRef::Real(f), _) => Value::Float(f),
+        (ValueRef::Text(t), _) => Value::Text(text(t)),
+        (ValueRef::Blob(b), _) => Value::Binary(b.to_vec()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for Arc<SqliteSource> {
+    fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    async fn now(&self) -> Result<Timestamp, SourceError> {
+        Ok(Timestamp::now())
+    }
+
+    async fn page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError> {
+        let this = Arc::clone(self);
+        let after = after.clone();
+        tokio::task::spawn_blocking(move || this.read_page(&after, upper, limit))
+            .await
+            .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
+    }
+}

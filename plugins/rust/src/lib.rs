@@ -1,0 +1,126 @@
+//! The example orders plugin in Rust: binds [`mapping`] to the freshet contract.
+//!
+//! Reads an `orders` row (`id`, `customer_email`, `status`, `amount`,
+//! `currency`, `updated_at`), maps it to an XDM ExperienceEvent and decides:
+//! confirmed → e-mail `order-confirmation` + webhook `order-confirmed`;
+//! cancelled → CRM update of the contact. Setting `tenant` (default `freshet`)
+//! names the `_{tenant}` field group.
+
+mod mapping;
+
+use freshet::plugin::host::{get_setting, log, Level};
+use freshet::plugin::types::{CrmUpdateRequest, EmailRequest, Row, Value, WebhookRequest};
+use mapping::{Decision, Order, Rejection};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "pipeline-plugin",
+});
+
+struct OrdersPlugin;
+
+/// Where each needed column sits in the batch, resolved once per batch.
+struct Columns {
+    id: usize,
+    email: usize,
+    status: usize,
+    amount: usize,
+    currency: usize,
+    updated_at: usize,
+}
+
+impl Columns {
+    fn resolve(names: &[String]) -> Result<Self, PluginError> {
+        let find = |name: &str| {
+            names.iter().position(|c| c == name).ok_or_else(|| {
+                PluginError::Reject(format!("the source has no column `{name}`"))
+            })
+        };
+        Ok(Self {
+            id: find("id")?,
+            email: find("customer_email")?,
+            status: find("status")?,
+            amount: find("amount")?,
+            currency: find("currency")?,
+            updated_at: find("updated_at")?,
+        })
+    }
+}
+
+fn tenant() -> String {
+    get_setting("tenant").unwrap_or_else(|| "freshet".to_owned())
+}
+
+/// A cell as text, or a rejection naming the column.
+fn text(row: &Row, index: usize, column: &str) -> Result<String, PluginError> {
+    match &row.cells[index] {
+        Value::Text(s) | Value::Decimal(s) => Ok(s.clone()),
+        Value::Integer(i) => Ok(i.to_string()),
+        Value::Float(f) => Ok(f.to_string()),
+        Value::Null => Err(PluginError::Reject(format!("column `{column}` is null"))),
+        other => Err(PluginError::Reject(format!("column `{column}` has unexpected type {other:?}"))),
+    }
+}
+
+fn map_row(row: &Row, cols: &Columns, tenant: &str) -> Result<Vec<Event>, PluginError> {
+    let order = Order {
+        id: text(row, cols.id, "id")?,
+        email: text(row, cols.email, "customer_email")?,
+        status: text(row, cols.status, "status")?,
+        amount: text(row, cols.amount, "amount")?,
+        currency: text(row, cols.currency, "currency")?,
+    };
+    let timestamp = match &row.cells[cols.updated_at] {
+        Value::Timestamp(t) => *t,
+        other => {
+            return Err(PluginError::Reject(format!(
+                "column `updated_at` is not a timestamp: {other:?}"
+            )))
+        }
+    };
+    let body = mapping::event_body(&order, tenant).map_err(reject)?;
+    Ok(vec![Event { id: mapping::event_id(&row.identity), timestamp, body }])
+}
+
+fn reject(Rejection(reason): Rejection) -> PluginError {
+    PluginError::Reject(reason)
+}
+
+impl Guest for OrdersPlugin {
+    fn map_rows(batch: RowBatch) -> Vec<Result<Vec<Event>, PluginError>> {
+        let cols = match Columns::resolve(&batch.columns) {
+            Ok(cols) => cols,
+            Err(e) => return batch.rows.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let tenant = tenant();
+        batch.rows.iter().map(|row| map_row(row, &cols, &tenant)).collect()
+    }
+
+    fn decide(events: Vec<Event>) -> Vec<Result<Vec<Action>, PluginError>> {
+        let tenant = tenant();
+        events
+            .iter()
+            .map(|event| {
+                let decisions = mapping::decide(&event.id, &event.body, &tenant).map_err(reject)?;
+                if decisions.is_empty() {
+                    log(Level::Debug, &format!("event {}: no action", event.id));
+                }
+                Ok(decisions.into_iter().map(into_action).collect())
+            })
+            .collect()
+    }
+}
+
+fn into_action(decision: Decision) -> Action {
+    match decision {
+        Decision::Email { target, to, template, variables } => {
+            Action::Email(EmailRequest { target, to, template, variables })
+        }
+        Decision::Webhook { target, body } => Action::Webhook(WebhookRequest { target, body }),
+        Decision::CrmUpdate { target, object, external_id, fields } => {
+            Action::CrmUpdate(CrmUpdateRequest { target, object, external_id, fields })
+        }
+    }
+}
+
+export!(OrdersPlugin);
