@@ -1,6 +1,25 @@
 //! freshet: warehouse rows to AEP events and journey actions, through
 //! sandboxed WebAssembly plugins.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file — parse, pure validation with key paths.
+//! - [`source`]: the `Source` trait, the `(timestamp, key)` cursor, SQLite.
+//! - [`plugin`]: the wasmtime engine, the contract's bindings, limits.
+//! - [`deliver`]: the AEP envelope, the `Sink` trait, AEP batch and file sinks.
+//! - [`actions`]: targets and executors (webhook, record).
+//! - [`state`]: offsets, the action ledger, dead letters (`StateStore`).
+//! - [`pipeline`]: one page at a time from source to commit; [`run`].
+//! - [`cli`] and [`bench`]: the `freshet` command's subcommands.
 
+pub mod actions;
+pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod deliver;
+pub mod pipeline;
 pub mod plugin;
 pub mod source;
+pub mod state;
+
+pub use pipeline::{run, RunOptions, Stats};

@@ -8,7 +8,7 @@
 //! 3. Building (in [`crate::pipeline`]): the I/O checks — files, tables,
 //!    columns, environment variables — still naming the key.
 
-mod validate;
+pub(crate) mod validate;
 
 use crate::plugin::{EngineSettings, Limits};
 use serde::Deserialize;

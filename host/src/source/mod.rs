@@ -168,3 +168,29 @@ pub trait Source: Send + Sync {
     /// The rows after `after`, at or below `upper`, at most `limit`.
     async fn page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError>;
 }
+
+/// A row as a JSON object keyed by column, for dead letters and
+/// `freshet plugin test`. Timestamps as RFC 3339, binaries as hex.
+pub fn row_json(columns: &[String], row: &Row) -> String {
+    use crate::plugin::contract::Value;
+    use serde_json::{json, Map};
+    let mut cells = Map::new();
+    for (name, value) in columns.iter().zip(&row.cells) {
+        let v = match value {
+            Value::Null => serde_json::Value::Null,
+            Value::Boolean(b) => json!(b),
+            Value::Integer(i) => json!(i),
+            Value::Decimal(d) => json!(d),
+            Value::Float(f) => json!(f),
+            Value::Text(t) => json!(t),
+            Value::Timestamp(t) => json!(Timestamp::from_instant(*t).rfc3339()),
+            Value::Date(d) => json!(chrono::DateTime::from_timestamp(i64::from(*d) * 86_400, 0)
+                .map(|t| t.date_naive().to_string())
+                .unwrap_or_default()),
+            Value::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| json!(j)),
+            Value::Binary(b) => json!(hex::encode(b)),
+        };
+        cells.insert(name.clone(), v);
+    }
+    json!({"identity": row.identity, "cells": cells}).to_string()
+}

@@ -1,0 +1,128 @@
+//! Executing the actions plugins decide, through targets the operator
+//! configured. A plugin names a target; the URL, method, headers and secrets
+//! are here, never in the sandbox.
+//!
+//! Each action carries its idempotency key `(pipeline, row identity, action
+//! index)`; the pipeline records it in the ledger before and after, so a
+//! replay skips what finished. Executors send the key along (`Idempotency-Key`)
+//! so a receiver can close the one window the ledger cannot: a crash after
+//! the call and before the commit.
+
+mod record;
+mod webhook;
+
+use crate::config::TargetConfig;
+use crate::plugin::contract::Action;
+use std::collections::BTreeMap;
+
+pub use record::RecordTarget;
+pub use webhook::WebhookTarget;
+
+/// One action to run.
+#[derive(Debug, Clone)]
+pub struct ActionRequest {
+    /// `pipeline/identity/index`.
+    pub key: String,
+    /// The source row's identity.
+    pub identity: String,
+    /// What the plugin asked for.
+    pub action: Action,
+}
+
+/// How an action ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionResult {
+    /// It happened; the outcome code (`http_200`, `recorded`).
+    Done(String),
+    /// It failed for good; dead-lettered with the outcome and reason.
+    Failed {
+        /// `http_<code>`, `timedout`, `error`, `no_target`, `wrong_target`.
+        outcome: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A configured target.
+pub enum Target {
+    /// An HTTP call.
+    Webhook(WebhookTarget),
+    /// A line in a file.
+    Record(RecordTarget),
+}
+
+/// The name of an action's kind and its target.
+pub fn describe(action: &Action) -> (&'static str, &str) {
+    match action {
+        Action::Email(a) => ("email", &a.target),
+        Action::Webhook(a) => ("webhook", &a.target),
+        Action::CrmUpdate(a) => ("crm_update", &a.target),
+    }
+}
+
+/// An action as JSON, for records and dead letters.
+pub fn action_json(action: &Action) -> serde_json::Value {
+    let parsed = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    match action {
+        Action::Email(a) => serde_json::json!({
+            "kind": "email", "target": a.target, "to": a.to, "template": a.template,
+            "variables": parsed(&a.variables),
+        }),
+        Action::Webhook(a) => serde_json::json!({"kind": "webhook", "target": a.target, "body": parsed(&a.body)}),
+        Action::CrmUpdate(a) => serde_json::json!({
+            "kind": "crm_update", "target": a.target, "object": a.object,
+            "external_id": a.external_id, "fields": parsed(&a.fields),
+        }),
+    }
+}
+
+/// A pipeline's targets by name.
+pub struct Executors {
+    targets: BTreeMap<String, Target>,
+}
+
+impl Executors {
+    /// Builds the targets of one pipeline; `prefix` is its config key.
+    /// Resolves `${VAR}` secrets and opens files: errors name the key.
+    pub fn build(configs: &BTreeMap<String, TargetConfig>, prefix: &str) -> anyhow::Result<Self> {
+        let mut targets = BTreeMap::new();
+        for (name, config) in configs {
+            let key = format!("{prefix}.targets.{name}");
+            let target = match config {
+                TargetConfig::Webhook(w) => Target::Webhook(WebhookTarget::build(w, &key)?),
+                TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
+            };
+            targets.insert(name.clone(), target);
+        }
+        Ok(Self { targets })
+    }
+
+    /// Makes what record targets wrote durable, before the page commits.
+    pub fn sync(&self) -> std::io::Result<()> {
+        for target in self.targets.values() {
+            if let Target::Record(r) = target {
+                r.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one action to its final result.
+    pub async fn execute(&self, request: &ActionRequest) -> ActionResult {
+        let (kind, name) = describe(&request.action);
+        let Some(target) = self.targets.get(name) else {
+            return ActionResult::Failed {
+                outcome: "no_target".into(),
+                reason: format!("the plugin asked for {kind} target `{name}`, which the pipeline's config does not define"),
+            };
+        };
+        match (target, &request.action) {
+            (Target::Record(t), _) => t.record(request).await,
+            (Target::Webhook(t), Action::Webhook(w)) => t.call(&request.key, &w.body).await,
+            (Target::Webhook(_), _) => ActionResult::Failed {
+                outcome: "wrong_target".into(),
+                reason: format!("target `{name}` is a webhook; a {kind} action cannot use it"),
+            },
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The webhook executor, with journey-action semantics: one time window for
+//! the whole call (1–30 s), at most 3 retries inside it, no retry on 401, 403
+//! or 404, outcome codes `http_<code>`, `timedout`, `error`.
+
+use super::ActionResult;
+use crate::config::validate::env_references;
+use crate::config::WebhookTargetConfig;
+use crate::deliver::Backoff;
+use anyhow::{bail, Context as _};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::time::{Duration, Instant};
+
+/// One configured webhook.
+pub struct WebhookTarget {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: reqwest::Method,
+    headers: HeaderMap,
+    window: Duration,
+    max_retries: u32,
+}
+
+/// Replaces `${VAR}` with the environment variable's value.
+fn expand(value: &str, key: &str) -> anyhow::Result<String> {
+    let mut out = value.to_owned();
+    for name in env_references(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))? {
+        let secret = std::env::var(name)
+            .with_context(|| format!("{key}: environment variable `{name}` is not set"))?;
+        out = out.replace(&format!("${{{name}}}"), &secret);
+    }
+    Ok(out)
+}
+
+/// Whether a status is worth another attempt.
+fn retriable(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+impl WebhookTarget {
+    /// Builds the target; `key` is its config key path.
+    pub fn build(config: &WebhookTargetConfig, key: &str) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&config.url).with_context(|| format!("{key}.url"))?;
+        let method = reqwest::Method::from_bytes(config.method.as_bytes()).with_context(|| format!("{key}.method"))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let hkey = format!("{key}.headers.{name}");
+            let value = expand(value, &hkey)?;
+            let name = HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("{hkey}: not a header name"))?;
+            let mut value = HeaderValue::from_str(&value).with_context(|| format!("{hkey}: not a header value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if config.max_retries > 3 {
+            bail!("{key}.max_retries: at most 3");
+        }
+        let client = reqwest::Client::builder().build().with_context(|| format!("{key}: HTTP client"))?;
+        Ok(Self {
+            client,
+            url,
+            method,
+            headers,
+            window: Duration::from_millis(config.timeout_ms),
+            max_retries: config.max_retries,
+        })
+    }
+
+    /// Calls the webhook with `body` until it succeeds, fails for good, or
+    /// the window closes.
+    pub async fn call(&self, idempotency_key: &str, body: &str) -> ActionResult {
+        let deadline = Instant::now() + self.window;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut last = ActionResult::Failed { outcome: "timedout".into(), reason: "no attempt fit the window".into() };
+        for attempt in 0..=self.max_retries {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut request = self
+                .client
+                .request(self.method.clone(), self.url.clone())
+                .headers(self.headers.clone())
+                .header("idempotency-key", idempotency_key)
+                .timeout(left);
+            if self.method != reqwest::Method::GET {
+                request = request.header("content-type", "application/json").body(body.to_owned());
+            }
+            let (status, retry_after) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let after = crate::deliver::retry_after(response.headers());
+                    if response.status().is_success() {
+                        return ActionResult::Done(format!("http_{status}"));
+                    }
+                    let text = response.text().await.unwrap_or_default();
+                    last = ActionResult::Failed {
+                        outcome: format!("http_{status}"),
+                        reason: format!("{} answered {status}: {}", self.url, text.chars().take(500).collect::<String>()),
+                    };
+                    (Some(status), after)
+                }
+                Err(e) if e.is_timeout() => {
+                    last = ActionResult::Failed { outcome: "timedout".into(), reason: format!("{}: {e}", self.url) };
+                    (None, None)
+                }
+                Err(e) => {
+                    last = ActionResult::Failed { outcome: "error".into(), reason: format!("{}: {e}", self.url) };
+                    (None, None)
+                }
+            };
+            if status.is_some_and(|s| !retriable(s)) || attempt == self.max_retries {
+                break;
+            }
+            let wait = backoff.next(retry_after);
+            if Instant::now() + wait >= deadline {
+                break;
+            }
+            tracing::debug!(url = %self.url, ?status, attempt, "webhook call failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+        last
+    }
+}

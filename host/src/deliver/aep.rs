@@ -1,0 +1,262 @@
+//! AEP streaming ingestion through the batch endpoint
+//! (`POST {base}/collection/batch/{connection}`).
+//!
+//! Messages are packed into requests of at most `max_request_bytes` (AEP
+//! refuses more than 1 MB), sent with bounded concurrency, and each answer is
+//! read per message: a 207 lists one result per message, in order, and only
+//! the failed ones are resent. A whole-request 400 or 413 is split in halves
+//! until the offending message stands alone and is rejected.
+
+use super::retry::{classify, retry_after, Backoff, Verdict};
+use super::{DeliverError, Delivery, Message, Sink};
+use futures::stream::{self, StreamExt as _};
+use serde::Deserialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of `{"messages":[` + `]}`.
+const FRAME: usize = 15;
+
+/// The AEP batch sink of one pipeline.
+pub struct AepSink {
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    flow_id: Option<String>,
+    max_request_bytes: usize,
+    concurrency: usize,
+    backoff: (Duration, Duration),
+    shutdown: CancellationToken,
+}
+
+/// Settings for [`AepSink::new`].
+#[derive(Debug, Clone)]
+pub struct AepSettings {
+    /// Scheme, host and port, e.g. `https://dcs.adobedc.net`.
+    pub base_url: String,
+    /// The streaming connection id.
+    pub connection_id: String,
+    /// A bearer token for authenticated inlets.
+    pub token: Option<String>,
+    /// Sent as `x-adobe-flow-id`.
+    pub flow_id: Option<String>,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// First and largest wait between attempts.
+    pub backoff: (Duration, Duration),
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    #[serde(default)]
+    responses: Option<Vec<MessageAnswer>>,
+}
+
+#[derive(Deserialize)]
+struct MessageAnswer {
+    #[serde(default, rename = "statusCode")]
+    status_code: Option<u16>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "xactionId")]
+    xaction_id: Option<String>,
+}
+
+impl AepSink {
+    /// A sink for one connection.
+    pub fn new(settings: AepSettings, shutdown: CancellationToken) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .pool_max_idle_per_host(settings.concurrency)
+            .build()?;
+        let url = format!(
+            "{}/collection/batch/{}",
+            settings.base_url.trim_end_matches('/'),
+            settings.connection_id
+        );
+        Ok(Self {
+            client,
+            url,
+            token: settings.token,
+            flow_id: settings.flow_id,
+            max_request_bytes: settings.max_request_bytes,
+            concurrency: settings.concurrency,
+            backoff: settings.backoff,
+            shutdown,
+        })
+    }
+
+    /// Packs message indices into requests no larger than the limit.
+    fn pack(&self, messages: &[Message], out: &mut [Option<Delivery>]) -> Vec<Vec<usize>> {
+        let mut requests = Vec::new();
+        let mut current = Vec::new();
+        let mut size = FRAME;
+        for (i, m) in messages.iter().enumerate() {
+            let len = m.json.len() + 1;
+            if FRAME + len > self.max_request_bytes {
+                out[i] = Some(Delivery::Rejected {
+                    code: "too_large".into(),
+                    reason: format!(
+                        "the message is {} bytes; AEP takes at most {} bytes per request",
+                        m.json.len(),
+                        self.max_request_bytes
+                    ),
+                });
+                continue;
+            }
+            if size + len > self.max_request_bytes && !current.is_empty() {
+                requests.push(std::mem::take(&mut current));
+                size = FRAME;
+            }
+            size += len;
+            current.push(i);
+        }
+        if !current.is_empty() {
+            requests.push(current);
+        }
+        requests
+    }
+
+    fn body(messages: &[Message], indices: &[usize]) -> String {
+        let size = FRAME + indices.iter().map(|&i| messages[i].json.len() + 1).sum::<usize>();
+        let mut body = String::with_capacity(size);
+        body.push_str(r#"{"messages":["#);
+        for (n, &i) in indices.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(&messages[i].json);
+        }
+        body.push_str("]}");
+        body
+    }
+
+    async fn wait(&self, backoff: &mut Backoff, server: Option<Duration>) -> Result<(), DeliverError> {
+        let delay = backoff.next(server);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.shutdown.cancelled() => Err(DeliverError::Cancelled),
+        }
+    }
+
+    async fn post(&self, body: String) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
+        let mut request = self.client.post(&self.url).header("content-type", "application/json").body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(flow) = &self.flow_id {
+            request = request.header("x-adobe-flow-id", flow);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok((status, headers, response.text().await?))
+    }
+
+    /// Sends one request's messages until each has a final answer.
+    async fn send(&self, messages: &[Message], indices: Vec<usize>) -> Result<Vec<(usize, Delivery)>, DeliverError> {
+        let mut done = Vec::with_capacity(indices.len());
+        let mut todo = vec![indices];
+        while let Some(mut batch) = todo.pop() {
+            let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+            loop {
+                let answer = tokio::select! {
+                    r = self.post(Self::body(messages, &batch)) => r,
+                    () = self.shutdown.cancelled() => return Err(DeliverError::Cancelled),
+                };
+                let (status, headers, text) = match answer {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, error = %e, attempt = backoff.attempts(), "AEP request failed; retrying");
+                        self.wait(&mut backoff, None).await?;
+                        continue;
+                    }
+                };
+                match classify(status) {
+                    Verdict::Success => {
+                        let retry = read_answers(&batch, status, &text, &mut done);
+                        if retry.is_empty() {
+                            break;
+                        }
+                        tracing::warn!(url = %self.url, messages = retry.len(), "AEP asked to resend some messages");
+                        batch = retry;
+                        self.wait(&mut backoff, retry_after(&headers)).await?;
+                    }
+                    Verdict::Split if batch.len() > 1 => {
+                        let second = batch.split_off(batch.len() / 2);
+                        todo.push(second);
+                        todo.push(batch);
+                        break;
+                    }
+                    Verdict::Split | Verdict::Reject => {
+                        let reason = format!("AEP answered {status}: {}", text.trim());
+                        done.extend(batch.iter().map(|&i| {
+                            (i, Delivery::Rejected { code: format!("http_{status}"), reason: reason.clone() })
+                        }));
+                        break;
+                    }
+                    Verdict::Retry => {
+                        let wait = retry_after(&headers);
+                        tracing::warn!(url = %self.url, status, retry_after = ?wait, attempt = backoff.attempts(), "AEP asked to retry");
+                        self.wait(&mut backoff, wait).await?;
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Reads a successful answer into `done`; returns the messages to resend.
+fn read_answers(batch: &[usize], status: u16, text: &str, done: &mut Vec<(usize, Delivery)>) -> Vec<usize> {
+    let answers = serde_json::from_str::<BatchAnswer>(text).ok().and_then(|a| a.responses);
+    let Some(answers) = answers else {
+        // A 2xx without per-message results accepted the whole request.
+        done.extend(batch.iter().map(|&i| (i, Delivery::Delivered)));
+        return Vec::new();
+    };
+    let mut retry = Vec::new();
+    for (n, &i) in batch.iter().enumerate() {
+        match answers.get(n) {
+            None => retry.push(i),
+            Some(MessageAnswer { status_code: None, .. }) | Some(MessageAnswer { xaction_id: Some(_), status_code: Some(200..=299), .. }) => {
+                done.push((i, Delivery::Delivered))
+            }
+            Some(MessageAnswer { status_code: Some(code), message, .. }) => match classify(*code) {
+                Verdict::Retry => retry.push(i),
+                Verdict::Success => done.push((i, Delivery::Delivered)),
+                _ => done.push((
+                    i,
+                    Delivery::Rejected {
+                        code: format!("http_{code}"),
+                        reason: message.clone().unwrap_or_else(|| format!("AEP answered {status} with {code} for this message")),
+                    },
+                )),
+            },
+        }
+    }
+    retry
+}
+
+#[async_trait::async_trait]
+impl Sink for AepSink {
+    async fn deliver(&self, messages: &[Message]) -> Result<Vec<Delivery>, DeliverError> {
+        let mut out: Vec<Option<Delivery>> = vec![None; messages.len()];
+        let requests = self.pack(messages, &mut out);
+        let sends: Vec<_> = requests.into_iter().map(|r| self.send(messages, r)).collect();
+        let mut answers = stream::iter(sends).buffer_unordered(self.concurrency);
+        while let Some(answer) = answers.next().await {
+            for (i, delivery) in answer? {
+                out[i] = Some(delivery);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|d| d.unwrap_or(Delivery::Rejected { code: "lost".into(), reason: "no answer was recorded".into() }))
+            .collect())
+    }
+}

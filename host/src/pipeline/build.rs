@@ -1,0 +1,143 @@
+//! From a validated config to running parts: the I/O phase of config
+//! handling. Every failure names the config key it is about, and all
+//! pipelines are checked before any starts.
+
+use super::Pipeline;
+use crate::actions::Executors;
+use crate::config::{Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig};
+use crate::deliver::aep::{AepSettings, AepSink};
+use crate::deliver::file::FileSink;
+use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
+use crate::plugin::{CallContext, Runtime};
+use crate::source::sqlite::SqliteSource;
+use crate::source::{Cursor, Source, Timestamp};
+use crate::state::sqlite::SqliteState;
+use crate::state::StateStore;
+use anyhow::{anyhow, Context as _};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where a pipeline with no stored offset starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Initial {
+    /// At this instant (inclusive).
+    At(Timestamp),
+    /// At the source's "now" when the pipeline first starts.
+    Now,
+}
+
+impl Initial {
+    /// `timestamp.initial`, or what `backfill` implies, as the vendor's
+    /// connector reads them: `0` everything, `-1` from first start.
+    pub fn from_config(initial: Option<&InitialTimestamp>, backfill: bool) -> anyhow::Result<Self> {
+        Ok(match initial {
+            None if backfill => Initial::At(Timestamp::EPOCH),
+            None | Some(InitialTimestamp::EpochSeconds(-1)) => Initial::Now,
+            Some(InitialTimestamp::EpochSeconds(s)) => Initial::At(Timestamp(s.saturating_mul(1_000_000_000))),
+            Some(InitialTimestamp::Rfc3339(text)) => {
+                let t = chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("{text:?}"))?;
+                Initial::At(Timestamp::from_chrono(t.to_utc()))
+            }
+        })
+    }
+}
+
+/// The first cursor of a pipeline.
+pub async fn initial_cursor(initial: &Initial, source: &dyn Source) -> anyhow::Result<Cursor> {
+    Ok(match initial {
+        Initial::At(ts) => Cursor::before(*ts),
+        Initial::Now => Cursor::before(source.now().await?),
+    })
+}
+
+/// Builds every pipeline; on failure, reports every pipeline's problems.
+pub async fn build_all(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Vec<Pipeline>> {
+    let runtime = Runtime::new(&config.engine).context("engine")?;
+    let state: Arc<dyn StateStore> =
+        Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
+    let mut pipelines = Vec::new();
+    let mut errors = Vec::new();
+    for (name, pipeline) in &config.pipelines {
+        match build(name, pipeline, &runtime, state.clone(), shutdown) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(pipelines)
+}
+
+/// Opens the configured source; `prefix` is the pipeline's key.
+pub fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match config {
+        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &format!("{prefix}.source"))?)),
+    })
+}
+
+fn build(
+    name: &str,
+    config: &PipelineConfig,
+    runtime: &Runtime,
+    state: Arc<dyn StateStore>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Pipeline> {
+    let prefix = format!("pipelines.{name}");
+    let plugin = runtime.load(&config.plugin).map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
+    let source = open_source(&config.source, &prefix)?;
+    let (sink, envelopes): (Box<dyn Sink>, EnvelopeBuilder) = match &config.deliver {
+        DeliverConfig::Aep(a) => {
+            let token = match &a.token_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    anyhow!("{prefix}.deliver.token_env: environment variable `{var}` is not set")
+                })?),
+                None => None,
+            };
+            let settings = AepSettings {
+                base_url: a.base_url.clone(),
+                connection_id: a.connection_id.clone(),
+                token,
+                flow_id: a.flow_id.clone(),
+                max_request_bytes: a.max_request_bytes,
+                concurrency: a.concurrency,
+                timeout: Duration::from_millis(a.timeout_ms),
+                backoff: (Duration::from_millis(200), Duration::from_secs(30)),
+            };
+            let sink = AepSink::new(settings, shutdown.clone()).with_context(|| format!("{prefix}.deliver"))?;
+            let schema = SchemaRef { id: a.schema_id.clone() };
+            let envelopes =
+                EnvelopeBuilder::new(&schema, &a.ims_org, &a.dataset_id, a.flow_id.as_deref(), &a.source_name);
+            (Box::new(sink), envelopes)
+        }
+        DeliverConfig::File(f) => {
+            let sink = FileSink::open(&f.path).with_context(|| format!("{prefix}.deliver.path: {}", f.path.display()))?;
+            let schema = SchemaRef { id: f.schema_id.clone() };
+            (Box::new(sink), EnvelopeBuilder::new(&schema, &f.ims_org, &f.dataset_id, None, &f.source_name))
+        }
+    };
+    let executors = Executors::build(&config.targets, &prefix)?;
+    let SourceConfig::Sqlite(s) = &config.source;
+    let initial = Initial::from_config(s.timestamp.initial.as_ref(), s.backfill)
+        .with_context(|| format!("{prefix}.source.timestamp.initial"))?;
+    Ok(Pipeline {
+        name: name.into(),
+        source,
+        ctx: CallContext {
+            pipeline: name.into(),
+            limits: config.limits.clone(),
+            settings: Arc::new(config.plugin_settings.clone()),
+        },
+        plugin,
+        sink,
+        envelopes,
+        executors,
+        state,
+        batch_size: config.batch_size,
+        page_size: s.page_size,
+        poll_interval: Duration::from_millis(s.poll_interval_ms),
+        delay: Duration::from_millis(s.delay_ms),
+        initial,
+    })
+}

@@ -1,0 +1,186 @@
+//! A pipeline: source → plugin → deliver → actions → commit, one page at a
+//! time, and [`run`], which builds every pipeline of a config and runs them
+//! side by side until shutdown.
+//!
+//! The offset advances only after the page's events were acknowledged (or
+//! dead-lettered) and its actions finished (or dead-lettered), atomically with
+//! the ledger. A crash anywhere replays the page: at-least-once to AEP with
+//! deterministic `_id`s, and the ledger skips actions that already finished.
+
+mod build;
+mod page;
+
+pub use build::{build_all, initial_cursor};
+
+use crate::actions::Executors;
+use crate::deliver::{EnvelopeBuilder, Sink};
+use crate::plugin::{CallContext, Plugin};
+use crate::source::{Cursor, Source, SourceError};
+use crate::state::StateStore;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How `run` behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Drain what is there and stop, instead of polling forever.
+    pub once: bool,
+}
+
+/// Counters of one pipeline's run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Pages committed.
+    pub pages: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Events the plugin produced.
+    pub events: u64,
+    /// Events the destination accepted.
+    pub delivered: u64,
+    /// Events the destination refused for good.
+    pub rejected: u64,
+    /// Actions executed (finished or failed for good).
+    pub actions: u64,
+    /// Actions skipped because the ledger had them finished (replays).
+    pub actions_skipped: u64,
+    /// Dead letters written.
+    pub dead_letters: u64,
+}
+
+/// One built pipeline.
+pub struct Pipeline {
+    name: Arc<str>,
+    source: Box<dyn Source>,
+    plugin: Plugin,
+    ctx: CallContext,
+    sink: Box<dyn Sink>,
+    envelopes: EnvelopeBuilder,
+    executors: Executors,
+    state: Arc<dyn StateStore>,
+    batch_size: usize,
+    page_size: usize,
+    poll_interval: Duration,
+    delay: Duration,
+    initial: build::Initial,
+}
+
+/// First wait after a failed poll; doubles up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(200);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+impl Pipeline {
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The stored offset, or (first start) the initial one, stored now so a
+    /// restart before the first commit starts from the same place.
+    pub async fn start_cursor(&self) -> anyhow::Result<Cursor> {
+        if let Some(cursor) = self.state.offset(&self.name)? {
+            return Ok(cursor);
+        }
+        let initial = initial_cursor(&self.initial, self.source.as_ref()).await?;
+        Ok(self.state.init_offset(&self.name, &initial)?)
+    }
+
+    /// Polls and processes pages until shutdown (or, with `once`, until a
+    /// poll finds nothing). A page in flight when shutdown comes is finished
+    /// and committed. Returns the counters; an error only for a problem
+    /// retrying cannot fix (the table's schema changed under it).
+    pub async fn run(&self, shutdown: CancellationToken, options: RunOptions) -> anyhow::Result<Stats> {
+        let mut stats = Stats::default();
+        let mut cursor = self.start_cursor().await?;
+        tracing::info!(pipeline = %self.name, %cursor, plugin = %&self.plugin.version()[..12], "pipeline started");
+        let mut retry_wait = FIRST_RETRY_WAIT;
+        while !shutdown.is_cancelled() {
+            match self.poll_once(&cursor, &mut stats).await {
+                Ok((next, full)) => {
+                    retry_wait = FIRST_RETRY_WAIT;
+                    if let Some(next) = next {
+                        cursor = next;
+                    }
+                    if full {
+                        continue;
+                    }
+                    if options.once {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(self.poll_interval) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) if shutdown.is_cancelled() => {
+                    tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
+                }
+                Err(e) => {
+                    if let Some(SourceError::Schema { .. }) = e.downcast_ref::<SourceError>() {
+                        return Err(e.context(format!("pipeline {}", self.name)));
+                    }
+                    tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?retry_wait, "page failed; nothing committed, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry_wait) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    retry_wait = (retry_wait * 2).min(MAX_RETRY_WAIT);
+                }
+            }
+        }
+        tracing::info!(pipeline = %self.name, %cursor, rows = stats.rows, "pipeline stopped");
+        Ok(stats)
+    }
+
+    /// Reads and processes one page: the new cursor (if rows were read) and
+    /// whether the page was full (read again at once).
+    async fn poll_once(&self, cursor: &Cursor, stats: &mut Stats) -> anyhow::Result<(Option<Cursor>, bool)> {
+        let upper = self.source.now().await?.minus(self.delay);
+        let page = self.source.page(cursor, upper, self.page_size).await?;
+        let full = page.full;
+        let next = self.process(page, stats).await?;
+        if next.is_some() {
+            stats.pages += 1;
+        }
+        Ok((next, full))
+    }
+}
+
+/// Builds every pipeline in the config and runs them concurrently until
+/// `shutdown` (or, with `once`, until each has drained). Returns each
+/// pipeline's counters; fails if any pipeline could not be built or stopped
+/// on an error.
+pub async fn run(
+    config: &crate::config::Config,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<Vec<(String, Stats)>> {
+    let pipelines = build_all(config, &shutdown).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for pipeline in pipelines {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = pipeline.run(shutdown, options).await;
+            (pipeline.name().to_owned(), result)
+        });
+    }
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined?;
+        match result {
+            Ok(stats) => results.push((name, stats)),
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline stopped on an error");
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("\n"));
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(results)
+}

@@ -1,0 +1,239 @@
+//! The embedded state store: one SQLite file in WAL mode with
+//! `synchronous = FULL`, so a commit that returned survives a crash.
+
+use super::{Commit, DeadKind, DeadLetter, StateError, StateStore, StoredOffset};
+use crate::source::{Cursor, Key, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The schema version this code writes; older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS offsets (
+    pipeline   TEXT PRIMARY KEY,
+    ts_nanos   INTEGER NOT NULL,
+    key_json   TEXT,               -- NULL: before every row at ts_nanos
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    idempotency_key TEXT PRIMARY KEY,  -- pipeline/identity/index
+    pipeline        TEXT NOT NULL,
+    state           TEXT NOT NULL,     -- started | finished
+    outcome         TEXT,
+    updated_ms      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY,
+    pipeline   TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    identity   TEXT NOT NULL,
+    code       TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    payload    TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, id);
+";
+
+/// State in an SQLite file.
+pub struct SqliteState {
+    conn: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> StateError {
+    StateError(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn key_json(cursor: &Cursor) -> Result<Option<String>, StateError> {
+    cursor.key.as_ref().map(|k| serde_json::to_string(k).map_err(err)).transpose()
+}
+
+fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
+    let key: Option<Key> = key.map(|k| serde_json::from_str(&k)).transpose().map_err(err)?;
+    Ok(Cursor { ts: Timestamp(ts), key })
+}
+
+impl SqliteState {
+    /// Opens (creating if needed) the state file.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| StateError(format!("opening {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError(format!(
+                "{} has schema version {version}, newer than this freshet's {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StateError> {
+        self.conn.lock().map_err(|_| StateError("state connection lock poisoned".into()))
+    }
+}
+
+impl StateStore for SqliteState {
+    fn offset(&self, pipeline: &str) -> Result<Option<Cursor>, StateError> {
+        let conn = self.conn()?;
+        let row: Option<(i64, Option<String>)> = conn
+            .query_row("SELECT ts_nanos, key_json FROM offsets WHERE pipeline = ?1", [pipeline], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(err)?;
+        row.map(|(ts, key)| cursor_from(ts, key)).transpose()
+    }
+
+    fn init_offset(&self, pipeline: &str, cursor: &Cursor) -> Result<Cursor, StateError> {
+        {
+            let conn = self.conn()?;
+            conn.execute(
+                "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (pipeline) DO NOTHING",
+                params![pipeline, cursor.ts.0, key_json(cursor)?, now_ms()],
+            )
+            .map_err(err)?;
+        }
+        self.offset(pipeline)?.ok_or_else(|| StateError("offset vanished after insert".into()))
+    }
+
+    fn reset_offset(&self, pipeline: &str, cursor: Option<&Cursor>) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        match cursor {
+            None => conn.execute("DELETE FROM offsets WHERE pipeline = ?1", [pipeline]).map_err(err)?,
+            Some(c) => conn
+                .execute(
+                    "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline) DO UPDATE SET ts_nanos = ?2, key_json = ?3, updated_ms = ?4",
+                    params![pipeline, c.ts.0, key_json(c)?, now_ms()],
+                )
+                .map_err(err)?,
+        };
+        Ok(())
+    }
+
+    fn offsets(&self) -> Result<Vec<StoredOffset>, StateError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT pipeline, ts_nanos, key_json, updated_ms FROM offsets ORDER BY pipeline")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pipeline, ts, key, updated_ms) = row.map_err(err)?;
+            out.push(StoredOffset { pipeline, cursor: cursor_from(ts, key)?, updated_ms });
+        }
+        Ok(out)
+    }
+
+    fn finished_actions(&self, keys: &[String]) -> Result<HashSet<String>, StateError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT 1 FROM ledger WHERE idempotency_key = ?1 AND state = 'finished'")
+            .map_err(err)?;
+        let mut done = HashSet::new();
+        for key in keys {
+            if stmt.exists([key]).map_err(err)? {
+                done.insert(key.clone());
+            }
+        }
+        Ok(done)
+    }
+
+    fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES (?1, ?2, 'started', ?3)
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .map_err(err)?;
+            let now = now_ms();
+            for key in keys {
+                stmt.execute(params![key, pipeline, now]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn commit(&self, pipeline: &str, commit: &Commit) -> Result<(), StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err)?;
+        let now = now_ms();
+        {
+            let mut ledger = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms)
+                     VALUES (?1, ?2, 'finished', ?3, ?4)
+                     ON CONFLICT (idempotency_key) DO UPDATE SET state = 'finished', outcome = ?3, updated_ms = ?4",
+                )
+                .map_err(err)?;
+            for action in &commit.actions {
+                ledger.execute(params![action.key, pipeline, action.outcome, now]).map_err(err)?;
+            }
+            let mut dead = tx
+                .prepare_cached(
+                    "INSERT INTO dead_letters (pipeline, kind, identity, code, reason, payload, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for d in &commit.dead_letters {
+                dead.execute(params![pipeline, d.kind.as_str(), d.identity, d.code, d.reason, d.payload, now])
+                    .map_err(err)?;
+            }
+            if let Some(cursor) = &commit.cursor {
+                tx.execute(
+                    "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline) DO UPDATE SET ts_nanos = ?2, key_json = ?3, updated_ms = ?4",
+                    params![pipeline, cursor.ts.0, key_json(cursor)?, now],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, pipeline, kind, identity, code, reason, payload, created_ms FROM dead_letters
+                 WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY id",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([pipeline], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    kind: DeadKind::parse(&r.get::<_, String>(2)?),
+                    identity: r.get(3)?,
+                    code: r.get(4)?,
+                    reason: r.get(5)?,
+                    payload: r.get(6)?,
+                    created_ms: r.get(7)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+}
