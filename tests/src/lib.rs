@@ -1,1 +1,267 @@
-//! x
+//! Shared fixtures of freshet's integration tests: the guest plugins built by
+//! `build.rs`, an `orders` table in a temporary SQLite file, configs that
+//! point a pipeline at a loopback AEP and webhook receiver, and a way to run
+//! them.
+
+use freshet::config::Config;
+use freshet::source::Timestamp;
+use freshet::state::sqlite::SqliteState;
+use freshet::state::{DeadLetter, StateStore as _};
+use freshet::{RunOptions, Stats};
+use rusqlite::{params, Connection};
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+pub use freshet::bench::receiver::{Receiver, Scripted};
+
+/// Paths of the guest plugins and the shared component cache.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// One order row.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// Primary key.
+    pub id: i64,
+    /// Customer e-mail.
+    pub email: String,
+    /// `confirmed`, `cancelled`, ... (the hostile plugin reads its behaviour here).
+    pub status: String,
+    /// Decimal text.
+    pub amount: String,
+    /// Currency code.
+    pub currency: String,
+    /// Epoch milliseconds.
+    pub updated_at: i64,
+}
+
+impl Order {
+    /// An order with the given id, status and timestamp.
+    pub fn new(id: i64, status: &str, updated_at: i64) -> Self {
+        Self {
+            id,
+            email: format!("c{id}@example.com"),
+            status: status.to_owned(),
+            amount: format!("{}.50", id % 1000),
+            currency: "EUR".into(),
+            updated_at,
+        }
+    }
+}
+
+/// Epoch milliseconds, now.
+pub fn now_ms() -> i64 {
+    Timestamp::now().0 / 1_000_000
+}
+
+/// A temporary folder with an `orders` table and a pipeline config.
+pub struct Setup {
+    /// The folder (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The SQLite file holding `orders`.
+    pub db: PathBuf,
+    /// The plugin the pipeline runs.
+    pub plugin: String,
+    /// Rows per page.
+    pub page_size: usize,
+    /// Rows per plugin call.
+    pub batch_size: usize,
+    /// The delay window in ms.
+    pub delay_ms: u64,
+    /// `source.backfill`.
+    pub backfill: bool,
+    /// `source.timestamp.initial`, as TOML (e.g. `-1`, `"2025-01-01T00:00:00Z"`).
+    pub initial: Option<String>,
+    /// Extra TOML under `[pipelines.orders.limits]`.
+    pub limits: String,
+    /// Poll interval in ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Setup {
+    /// A new folder with an empty `orders` table, running `plugin`.
+    pub fn new(plugin: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("orders.db");
+        let conn = Connection::open(&db).expect("open orders db");
+        conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA).expect("create orders");
+        Self {
+            dir,
+            db,
+            plugin: plugin.to_owned(),
+            page_size: 100,
+            batch_size: 50,
+            delay_ms: 0,
+            backfill: true,
+            initial: None,
+            limits: String::new(),
+            poll_interval_ms: 100,
+        }
+    }
+
+    /// Inserts orders in one transaction.
+    pub fn insert(&self, orders: &[Order]) {
+        let mut conn = Connection::open(&self.db).expect("open orders db");
+        let tx = conn.transaction().expect("begin");
+        for o in orders {
+            tx.execute(
+                "INSERT INTO orders (id, customer_email, status, amount, currency, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![o.id, o.email, o.status, o.amount, o.currency, o.updated_at],
+            )
+            .expect("insert order");
+        }
+        tx.commit().expect("commit");
+    }
+
+    /// A path inside the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The config, delivering to `receiver` (webhooks to its `/hooks/NAME`;
+    /// e-mail and CRM actions recorded to files).
+    pub fn config_text(&self, receiver: &Receiver) -> String {
+        let initial = self.initial.as_ref().map(|i| format!(", initial = {i}")).unwrap_or_default();
+        format!(
+            r#"
+[engine]
+cache_dir = {cache:?}
+
+[state]
+path = {state:?}
+
+[pipelines.orders]
+plugin = {plugin:?}
+batch_size = {batch}
+plugin_settings = {{ tenant = "acme" }}
+
+[pipelines.orders.limits]
+{limits}
+
+[pipelines.orders.source]
+kind = "sqlite"
+path = {db:?}
+table = "orders"
+key_column = "id"
+page_size = {page}
+poll_interval_ms = {poll}
+delay_ms = {delay}
+backfill = {backfill}
+timestamp = {{ column = "updated_at", unit = "ms"{initial} }}
+
+[pipelines.orders.deliver]
+kind = "aep"
+base_url = "{aep}"
+connection_id = "conn-1"
+ims_org = "TEST@AdobeOrg"
+dataset_id = "ds-1"
+flow_id = "flow-1"
+schema_id = "https://ns.adobe.com/acme/schemas/orders"
+timeout_ms = 5000
+
+[pipelines.orders.targets.order-confirmed]
+kind = "webhook"
+url = "{aep}/hooks/order-confirmed"
+headers = {{ x-api-key = "${{FRESHET_TEST_HOOK_KEY}}" }}
+timeout_ms = 5000
+
+[pipelines.orders.targets.hook]
+kind = "webhook"
+url = "{aep}/hooks/hook"
+timeout_ms = 5000
+
+[pipelines.orders.targets.order-confirmation]
+kind = "record"
+path = {emails:?}
+
+[pipelines.orders.targets.crm]
+kind = "record"
+path = {crm:?}
+"#,
+            cache = plugins::COMPONENT_CACHE,
+            state = self.path("state.db"),
+            plugin = self.plugin,
+            batch = self.batch_size,
+            limits = self.limits,
+            db = self.db,
+            page = self.page_size,
+            poll = self.poll_interval_ms,
+            delay = self.delay_ms,
+            backfill = self.backfill,
+            aep = receiver.url(),
+            emails = self.path("emails.ndjson"),
+            crm = self.path("crm.ndjson"),
+        )
+    }
+
+    /// The parsed and validated config.
+    pub fn config(&self, receiver: &Receiver) -> Config {
+        // The webhook header's secret comes from the environment, as in production.
+        std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+        let config = freshet::config::parse(&self.config_text(receiver)).expect("test config parses");
+        let errors = config.validate();
+        assert!(errors.is_empty(), "test config is invalid: {errors:?}");
+        config
+    }
+
+    /// Runs the pipeline until it drains (`--once`).
+    pub async fn run_once(&self, receiver: &Receiver) -> anyhow::Result<Stats> {
+        let results = freshet::run(&self.config(receiver), CancellationToken::new(), RunOptions { once: true }).await?;
+        Ok(results.into_iter().next().map(|(_, s)| s).unwrap_or_default())
+    }
+
+    /// The state store.
+    pub fn state(&self) -> SqliteState {
+        SqliteState::open(&self.path("state.db")).expect("open state")
+    }
+
+    /// Dead letters so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.state().dead_letters(None).expect("read dead letters")
+    }
+
+    /// Lines of an NDJSON file in the folder (empty if it does not exist).
+    pub fn ndjson(&self, name: &str) -> Vec<serde_json::Value> {
+        read_ndjson(&self.path(name))
+    }
+}
+
+/// Lines of an NDJSON file.
+pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+        .collect()
+}
+
+/// The `_id`s the receiver accepted, in arrival order.
+pub fn received_ids(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .messages()
+        .iter()
+        .map(|m| m.envelope["body"]["xdmEntity"]["_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The order ids (`_acme.orderId`) the receiver accepted, in arrival order.
+pub fn received_order_ids(receiver: &Receiver) -> Vec<i64> {
+    receiver
+        .messages()
+        .iter()
+        .filter_map(|m| m.envelope["body"]["xdmEntity"]["_acme"]["orderId"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// Asserts each id in `expected` was received exactly once and nothing else.
+pub fn assert_exactly_once(mut got: Vec<i64>, expected: impl IntoIterator<Item = i64>) {
+    let mut want: Vec<i64> = expected.into_iter().collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    let dupes: Vec<i64> = got.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    assert!(dupes.is_empty(), "delivered more than once: {dupes:?}");
+    let missing: Vec<i64> = want.iter().filter(|id| got.binary_search(id).is_err()).copied().collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert_eq!(got, want);
+}

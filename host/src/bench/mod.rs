@@ -1,1 +1,171 @@
-//! Benchmarks.
+//! `freshet bench`: throughput figures any user can reproduce on their own
+//! machine, one JSON line each. Not a test: nothing here passes or fails on
+//! speed; it fails only if rows went missing.
+
+mod native;
+pub mod receiver;
+pub mod sample;
+
+use crate::plugin::contract::{Row, RowBatch};
+use crate::plugin::{CallContext, Limits, Runtime};
+use crate::source::{Cursor, Source as _, Timestamp};
+use anyhow::{ensure, Context as _};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `freshet bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The example orders plugin component.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// Rows in the end-to-end run.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Rows per plugin call.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Rows per page query.
+    #[arg(long, default_value_t = 5_000)]
+    page: usize,
+}
+
+fn emit(line: serde_json::Value) {
+    println!("{line}");
+}
+
+/// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
+/// actions recorded to files (their own executors are measured elsewhere).
+fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &BenchArgs) -> String {
+    let record = |name: &str| format!("[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {:?}\n", dir.join(format!("{name}.ndjson")));
+    format!(
+        r#"
+[state]
+path = {state:?}
+
+[pipelines.orders]
+plugin = {plugin:?}
+batch_size = {batch}
+plugin_settings = {{ tenant = "acme" }}
+
+[pipelines.orders.source]
+kind = "sqlite"
+path = {db:?}
+table = "orders"
+key_column = "id"
+page_size = {page}
+backfill = true
+timestamp = {{ column = "updated_at", unit = "ms" }}
+
+[pipelines.orders.deliver]
+kind = "aep"
+base_url = "{aep}"
+connection_id = "bench"
+ims_org = "BENCH@AdobeOrg"
+dataset_id = "bench-dataset"
+schema_id = "https://ns.adobe.com/acme/schemas/orders"
+
+{email}{hook}{crm}"#,
+        state = dir.join("state.db"),
+        batch = args.batch,
+        page = args.page,
+        email = record("order-confirmation"),
+        hook = record("order-confirmed"),
+        crm = record("crm"),
+    )
+}
+
+/// Runs every figure.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("orders.db");
+    let now = Timestamp::now();
+    sample::create_orders(&db, args.rows, now.minus(Duration::from_secs(86_400)), now.minus(Duration::from_secs(60)))?;
+    let rows = read_all(&db).await?;
+
+    // Plugin only: the sandbox boundary and the guest's work, no I/O.
+    let runtime = Runtime::new(&Default::default())?;
+    let compile_start = Instant::now();
+    let plugin = runtime.load(&args.plugin)?;
+    let compile = compile_start.elapsed();
+    let ctx = CallContext {
+        pipeline: "bench".into(),
+        limits: Limits::default(),
+        settings: Arc::new([("tenant".to_owned(), "acme".to_owned())].into()),
+    };
+    emit(json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&args.plugin)?.len(), "compile_ms": ms(compile)}));
+    for batch in [1, args.batch] {
+        let sample = if batch == 1 { &rows.1[..rows.1.len().min(20_000)] } else { &rows.1[..] };
+        let start = Instant::now();
+        let mut events = 0;
+        for chunk in sample.chunks(batch) {
+            let batch = RowBatch { columns: rows.0.clone(), rows: chunk.to_vec() };
+            let mapped: Vec<_> = plugin.map_rows(&ctx, &batch).into_iter().flat_map(|o| o.unwrap_or_default()).collect();
+            events += mapped.len();
+            plugin.decide(&ctx, &mapped);
+        }
+        let took = start.elapsed();
+        ensure!(events == sample.len(), "the plugin mapped {events} of {} rows", sample.len());
+        emit(json!({"bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": us_per(took, sample.len()), "rows_per_s": per_s(sample.len(), took)}));
+    }
+
+    // The same mapping natively.
+    let cols = native::OrderColumns::resolve(&rows.0).context("the sample table lacks a column")?;
+    let start = Instant::now();
+    let mut produced = (0, 0);
+    for row in &rows.1 {
+        let (e, a) = native::map_and_decide(row, &cols, "acme");
+        produced.0 += e;
+        produced.1 += a;
+    }
+    let took = start.elapsed();
+    ensure!(produced.0 == rows.1.len(), "native mapping produced {} events", produced.0);
+    emit(json!({"bench": "native", "rows": rows.1.len(), "us_per_row": us_per(took, rows.1.len()), "rows_per_s": per_s(rows.1.len(), took)}));
+
+    // End to end, offsets committed.
+    let receiver = receiver::Receiver::start(false).await?;
+    let text = bench_config(dir.path(), &db, &args.plugin, &receiver.url(), &args);
+    let config = crate::config::parse(&text)?;
+    let start = Instant::now();
+    let results = crate::run(&config, CancellationToken::new(), crate::RunOptions { once: true }).await?;
+    let took = start.elapsed();
+    let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
+    ensure!(
+        receiver.message_count() == args.rows as u64,
+        "the receiver got {} of {} events",
+        receiver.message_count(),
+        args.rows
+    );
+    emit(json!({
+        "bench": "end_to_end", "rows": args.rows, "seconds": took.as_secs_f64(),
+        "rows_per_s": per_s(args.rows, took), "aep_requests": receiver.request_count(),
+        "actions": stats.actions, "batch": args.batch, "page": args.page,
+    }));
+    Ok(())
+}
+
+/// Every row of the sample table, as the SQLite source reads them.
+async fn read_all(db: &Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
+    let config: crate::config::SqliteSourceConfig = serde_json::from_value(json!({
+        "path": db, "table": "orders", "key_column": "id",
+        "timestamp": {"column": "updated_at", "unit": "ms"},
+    }))?;
+    let source = Arc::new(crate::source::sqlite::SqliteSource::open(&config, "bench.source")?);
+    let page = source.page(&Cursor::before(Timestamp::EPOCH), Timestamp::now(), usize::MAX >> 1).await?;
+    Ok((source.columns().to_vec(), page.rows.into_iter().map(|r| r.row).collect()))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn us_per(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n.max(1) as f64
+}
+
+fn per_s(n: usize, d: Duration) -> f64 {
+    (n as f64 / d.as_secs_f64()).round()
+}

@@ -1,1 +1,201 @@
-//! CLI.
+//! The `freshet` subcommands: what each takes and prints. Each one is a thin
+//! layer over the library; the work happens in the modules it calls.
+
+mod plugin_test;
+
+use crate::config::{self, Config, LoadError};
+use crate::pipeline::{self, RunOptions};
+use crate::source::{Cursor, Timestamp};
+use crate::state::sqlite::SqliteState;
+use crate::state::StateStore as _;
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// freshet: warehouse rows to AEP events and journey actions through
+/// sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "freshet", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipelines of a config until Ctrl-C.
+    Run {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Drain what is there, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a config and print every problem with its key path.
+    Validate {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Show or reset pipeline offsets.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+    /// Dead letters: rows, events and actions that failed for good.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Create the example `orders` table in an SQLite file.
+    Sample {
+        /// The SQLite file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// How many rows to add.
+        #[arg(long, default_value_t = 300)]
+        rows: usize,
+    },
+    /// Measure this machine: prints one JSON line per figure.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin over rows from a JSON file and print what it produced and
+    /// used. Touches nothing: no source, no AEP, no actions, no state.
+    Test(plugin_test::TestArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum OffsetsCommand {
+    /// Print each pipeline's offset.
+    Show {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Move a pipeline's offset. Without `--to`, forget it: the next start
+    /// begins at the pipeline's `timestamp.initial` again.
+    Reset {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The pipeline.
+        #[arg(long)]
+        pipeline: String,
+        /// Restart reading at this instant (inclusive): RFC 3339 or epoch seconds.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print dead letters as JSON lines.
+    List {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this pipeline's.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+}
+
+/// Loads a config, printing every problem on failure.
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|e| match e {
+        LoadError::Read { .. } => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("{} is not valid:\n{e}", path.display()),
+    })
+}
+
+fn parse_instant(text: &str) -> anyhow::Result<Timestamp> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(Timestamp(seconds.saturating_mul(1_000_000_000)));
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .with_context(|| format!("{text:?} is neither epoch seconds nor an RFC 3339 instant"))?;
+    Ok(Timestamp::from_chrono(t.to_utc()))
+}
+
+/// Runs a parsed command line.
+pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Run { config, once } => {
+            let config = load(&config)?;
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::info!("shutting down: finishing the pages in flight");
+                    on_signal.cancel();
+                }
+            });
+            let results = pipeline::run(&config, shutdown, RunOptions { once }).await?;
+            for (name, stats) in results {
+                println!("{}", serde_json::json!({"pipeline": name, "stats": stats}));
+            }
+        }
+        Command::Validate { config } => match config::load(&config) {
+            Ok(_) => println!("{}: ok", config.display()),
+            Err(e) => {
+                eprintln!("{}: not valid\n{e}", config.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Plugin { command: PluginCommand::Test(args) } => return plugin_test::run(args),
+        Command::Offsets { command } => match command {
+            OffsetsCommand::Show { config } => {
+                let config = load(&config)?;
+                let state = SqliteState::open(&config.state.path)?;
+                let stored = state.offsets()?;
+                for name in config.pipelines.keys() {
+                    match stored.iter().find(|o| &o.pipeline == name) {
+                        Some(o) => println!(
+                            "{}",
+                            serde_json::json!({"pipeline": name, "cursor": o.cursor.to_string(), "ts": o.cursor.ts.rfc3339(), "key": o.cursor.key, "updated_ms": o.updated_ms})
+                        ),
+                        None => println!("{}", serde_json::json!({"pipeline": name, "cursor": null})),
+                    }
+                }
+            }
+            OffsetsCommand::Reset { config, pipeline, to } => {
+                let config = load(&config)?;
+                if !config.pipelines.contains_key(&pipeline) {
+                    bail!("the config has no pipeline `{pipeline}`");
+                }
+                let state = SqliteState::open(&config.state.path)?;
+                let cursor = to.as_deref().map(parse_instant).transpose()?.map(Cursor::before);
+                state.reset_offset(&pipeline, cursor.as_ref())?;
+                match cursor {
+                    Some(c) => println!("{pipeline}: offset set to {c}"),
+                    None => println!("{pipeline}: offset forgotten; the next start uses timestamp.initial"),
+                }
+            }
+        },
+        Command::Dlq { command: DlqCommand::List { config, pipeline } } => {
+            let config = load(&config)?;
+            let state = SqliteState::open(&config.state.path)?;
+            for letter in state.dead_letters(pipeline.as_deref())? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        Command::Sample { db, rows } => {
+            let now = Timestamp::now();
+            crate::bench::sample::create_orders(&db, rows, now.minus(std::time::Duration::from_secs(3600)), now)?;
+            println!("{}: {rows} orders added", db.display());
+        }
+        Command::Bench(args) => crate::bench::run(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

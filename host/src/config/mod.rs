@@ -8,6 +8,7 @@
 //! 3. Building (in [`crate::pipeline`]): the I/O checks — files, tables,
 //!    columns, environment variables — still naming the key.
 
+mod tagged;
 pub(crate) mod validate;
 
 use crate::plugin::{EngineSettings, Limits};
@@ -67,8 +68,7 @@ fn default_batch_size() -> usize {
 }
 
 /// `[pipelines.NAME.source]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum SourceConfig {
     /// A table in an SQLite database file.
     Sqlite(SqliteSourceConfig),
@@ -150,8 +150,7 @@ pub enum InitialTimestamp {
 }
 
 /// `[pipelines.NAME.deliver]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum DeliverConfig {
     /// AEP streaming ingestion, batch endpoint.
     Aep(AepConfig),
@@ -226,8 +225,7 @@ pub struct FileSinkConfig {
 }
 
 /// `[pipelines.NAME.targets.TARGET]`: where a named action goes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum TargetConfig {
     /// An HTTP call.
     Webhook(WebhookTargetConfig),
@@ -300,9 +298,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let deserializer = toml::Deserializer::parse(text)
         .map_err(|e| ConfigError::new("", e.message().to_owned()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().message().to_owned();
-        ConfigError::new(if path == "." { "" } else { &path }, message)
+        let (path, message) = tagged::split_message(&e.path().to_string(), e.inner().message());
+        ConfigError::new(path, message)
     })
 }
 
@@ -345,6 +342,38 @@ impl Config {
                     fix(&mut r.path);
                 }
             }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, rest) = tagged::split(d)?;
+        match kind.as_str() {
+            "sqlite" => tagged::variant(rest).map(Self::Sqlite),
+            other => Err(tagged::unknown(other, &["sqlite"])),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeliverConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, rest) = tagged::split(d)?;
+        match kind.as_str() {
+            "aep" => tagged::variant(rest).map(Self::Aep),
+            "file" => tagged::variant(rest).map(Self::File),
+            other => Err(tagged::unknown(other, &["aep", "file"])),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, rest) = tagged::split(d)?;
+        match kind.as_str() {
+            "webhook" => tagged::variant(rest).map(Self::Webhook),
+            "record" => tagged::variant(rest).map(Self::Record),
+            other => Err(tagged::unknown(other, &["webhook", "record"])),
         }
     }
 }

@@ -1,0 +1,226 @@
+//! A loopback HTTP peer that speaks AEP's batch ingestion protocol and
+//! takes webhooks, for `freshet bench` and the integration tests.
+//!
+//! It answers like AEP: `POST /collection/batch/{id}` gets a 207 with one
+//! result per message. Answers can be scripted ahead (a 500, a 429 with
+//! `Retry-After`, a 207 rejecting one message) to exercise failure paths
+//! against the real client code.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A scripted answer to the next AEP request (or webhook call).
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// Answer the whole request with this status (and `Retry-After` seconds).
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// `Retry-After` in seconds.
+        retry_after: Option<u64>,
+    },
+    /// Answer 207, rejecting the message at this index of the request.
+    RejectMessage {
+        /// The message's index in the request.
+        index: usize,
+        /// Its status code, e.g. 400.
+        status: u16,
+        /// AEP's message.
+        message: String,
+    },
+}
+
+/// A webhook call as received.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// The request path.
+    pub path: String,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The body as JSON.
+    pub body: Value,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// An AEP message as received, and when.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The envelope.
+    pub envelope: Value,
+    /// When its request arrived.
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Shared {
+    keep: bool,
+    aep_script: Mutex<VecDeque<Scripted>>,
+    hook_script: Mutex<VecDeque<Scripted>>,
+    messages: Mutex<Vec<Received>>,
+    hooks: Mutex<Vec<Hook>>,
+    message_count: AtomicU64,
+    request_count: AtomicU64,
+    auth: Mutex<Vec<Option<String>>>,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Receiver {
+    /// Starts on `127.0.0.1:0`. With `keep`, every message and webhook is
+    /// kept for inspection; without, only counted (for the benchmark).
+    pub async fn start(keep: bool) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { keep, ..Shared::default() });
+        let app = Router::new()
+            .route("/collection/batch/{connection}", post(batch))
+            .route("/hooks/{*rest}", post(hook).put(hook))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Scripts the answer to a coming AEP request (answers queue in order).
+    pub fn script_aep(&self, answer: Scripted) {
+        lock(&self.shared.aep_script).push_back(answer);
+    }
+
+    /// Scripts the answer to a coming webhook call.
+    pub fn script_hook(&self, answer: Scripted) {
+        lock(&self.shared.hook_script).push_back(answer);
+    }
+
+    /// Messages accepted so far (kept only with `keep`).
+    pub fn messages(&self) -> Vec<Received> {
+        lock(&self.shared.messages).clone()
+    }
+
+    /// Webhook calls answered 2xx so far (kept only with `keep`).
+    pub fn hooks(&self) -> Vec<Hook> {
+        lock(&self.shared.hooks).clone()
+    }
+
+    /// Messages accepted so far.
+    pub fn message_count(&self) -> u64 {
+        self.shared.message_count.load(Ordering::Relaxed)
+    }
+
+    /// AEP requests received so far, whatever their answer.
+    pub fn request_count(&self) -> u64 {
+        self.shared.request_count.load(Ordering::Relaxed)
+    }
+
+    /// The `Authorization` header of each AEP request, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        lock(&self.shared.auth).clone()
+    }
+}
+
+fn status_response(status: u16, retry_after: Option<u64>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (code, json!({"message": format!("scripted {status}")}).to_string()).into_response();
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert("retry-after", seconds.into());
+    }
+    response
+}
+
+async fn batch(
+    State(shared): State<Arc<Shared>>,
+    Path(_connection): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = Instant::now();
+    shared.request_count.fetch_add(1, Ordering::Relaxed);
+    lock(&shared.auth).push(headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let scripted = lock(&shared.aep_script).pop_front();
+    if let Some(Scripted::Status { status, retry_after }) = scripted {
+        return status_response(status, retry_after);
+    }
+    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, r#"{"message":"body is not a JSON object"}"#).into_response();
+    };
+    let Some(Value::Array(messages)) = request.remove("messages") else {
+        return (StatusCode::BAD_REQUEST, r#"{"message":"no messages array"}"#).into_response();
+    };
+    let rejected = match scripted {
+        Some(Scripted::RejectMessage { index, status, message }) => Some((index, status, message)),
+        _ => None,
+    };
+    let mut responses = Vec::with_capacity(messages.len());
+    let mut accepted = 0;
+    let mut kept = Vec::new();
+    for (i, envelope) in messages.into_iter().enumerate() {
+        match &rejected {
+            Some((index, status, message)) if *index == i => {
+                responses.push(json!({"statusCode": status, "message": message}));
+            }
+            _ => {
+                accepted += 1;
+                responses.push(json!({"xactionId": format!("x-{i}")}));
+                if shared.keep {
+                    kept.push(Received { envelope, at });
+                }
+            }
+        }
+    }
+    shared.message_count.fetch_add(accepted, Ordering::Relaxed);
+    lock(&shared.messages).extend(kept);
+    let answer = json!({"inletId": "loopback", "batchId": "b", "receivedTimeMs": 0, "responses": responses});
+    (StatusCode::MULTI_STATUS, answer.to_string()).into_response()
+}
+
+async fn hook(State(shared): State<Arc<Shared>>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let at = Instant::now();
+    if let Some(scripted) = lock(&shared.hook_script).pop_front() {
+        if let Scripted::Status { status, retry_after } = scripted {
+            return status_response(status, retry_after);
+        }
+    }
+    if shared.keep {
+        lock(&shared.hooks).push(Hook {
+            path: format!("/hooks/{rest}"),
+            idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            headers,
+            at,
+        });
+    }
+    (StatusCode::OK, "{}").into_response()
+}

@@ -1,0 +1,110 @@
+//! A plugin that misbehaves on some rows: each such row fails with the right
+//! typed error and lands in dead letters; the rows around it, in the same
+//! batch, are delivered; the run goes on.
+
+use freshet::plugin::{CallContext, Limits, PluginError, Runtime};
+use freshet::state::DeadKind;
+use freshet_tests::*;
+use std::sync::Arc;
+
+/// Runs rows 1..=9 through the hostile plugin, row 5 behaving as `behaviour`;
+/// returns the dead letter of row 5.
+async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLetter {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
+    setup.limits = limits.to_owned();
+    let base = now_ms() - 60_000;
+    let rows: Vec<Order> =
+        (1..10).map(|id| Order::new(id, if id == 5 { behaviour } else { "fine" }, base + id)).collect();
+    setup.insert(&rows);
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(stats.rows, 9);
+    assert_eq!(stats.delivered, 8, "every other row of the batch was delivered");
+    assert_eq!(receiver.hooks().len(), 8, "and its action ran");
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].kind, DeadKind::Row);
+    assert!(dead[0].identity.starts_with("5@"));
+    let row: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
+    assert_eq!(row["cells"]["status"], behaviour, "the row is kept for replay");
+    dead[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_runs_out_of_fuel() {
+    let dead = one_bad_row("loop", "fuel_per_row = 5_000_000").await;
+    assert_eq!(dead.code, "out_of_fuel");
+    assert!(dead.reason.contains("5000000"), "{}", dead.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_with_fuel_to_spare_hits_the_deadline() {
+    let dead = one_bad_row("loop", "fuel_per_row = 10_000_000_000\ntimeout_ms = 200").await;
+    assert_eq!(dead.code, "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_allocation_hits_the_memory_cap() {
+    let dead = one_bad_row("alloc", "memory_mib = 16\nfuel_per_row = 1_000_000_000").await;
+    assert_eq!(dead.code, "memory_exceeded");
+    assert!(dead.reason.contains(&(16u64 << 20).to_string()), "{}", dead.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_trap() {
+    let dead = one_bad_row("trap", "").await;
+    assert_eq!(dead.code, "trap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_recursion_is_a_trap() {
+    let dead = one_bad_row("recurse", "").await;
+    assert_eq!(dead.code, "trap");
+    assert!(dead.reason.contains("stack"), "{}", dead.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_row_is_dead_lettered_with_the_plugins_reason() {
+    let dead = one_bad_row("reject", "").await;
+    assert_eq!(dead.code, "reject");
+    assert!(dead.reason.contains("rejected on purpose"), "{}", dead.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_over_the_limit_is_refused() {
+    let dead = one_bad_row("huge", "output_bytes_per_row = 1_048_576").await;
+    assert_eq!(dead.code, "output_too_large");
+}
+
+/// The typed errors, straight from the runtime (what `freshet plugin test` shows).
+#[test]
+fn the_runtime_reports_each_breach_as_its_own_error() {
+    let runtime = Runtime::new(&freshet::plugin::EngineSettings {
+        cache_dir: Some(plugins::COMPONENT_CACHE.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let plugin = runtime.load(std::path::Path::new(plugins::HOSTILE_PLUGIN)).unwrap();
+    assert!(plugin.uses_wasi(), "a Rust std guest imports WASI and still links");
+    let ctx = |limits: Limits| CallContext { pipeline: "t".into(), limits, settings: Arc::new(Default::default()) };
+    let row = |status: &str| freshet::plugin::contract::Row {
+        identity: "1@0".into(),
+        cells: vec![freshet::plugin::contract::Value::Text(status.into())],
+    };
+    let columns = vec!["status".to_owned()];
+    let probe = |status: &str, limits: Limits| plugin.probe(&ctx(limits), &columns, &row(status));
+
+    let (ok, usage) = probe("fine", Limits::default());
+    let (events, actions) = ok.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(actions.len(), 1);
+    assert!(usage.fuel > 0 && usage.fuel < Limits::default().fuel_per_row, "{usage:?}");
+    assert!(usage.peak_memory > 0, "{usage:?}");
+
+    let small_fuel = Limits { fuel_per_row: 100_000, ..Limits::default() };
+    assert_eq!(probe("loop", small_fuel).0.unwrap_err(), PluginError::OutOfFuel { budget: 100_000 });
+    let memory = Limits { memory_mib: 8, ..Limits::default() };
+    assert!(matches!(probe("alloc", memory).0.unwrap_err(), PluginError::MemoryExceeded { cap, .. } if cap == 8 << 20));
+    assert!(matches!(probe("trap", Limits::default()).0.unwrap_err(), PluginError::Trap(_)));
+    assert!(matches!(probe("internal", Limits::default()).0.unwrap_err(), PluginError::Guest(_)));
+}
