@@ -13,6 +13,8 @@ mod webhook;
 
 use crate::config::TargetConfig;
 use crate::plugin::contract::Action;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 pub use record::RecordTarget;
@@ -60,20 +62,60 @@ pub fn describe(action: &Action) -> (&'static str, &str) {
     }
 }
 
-/// An action as JSON, for records and dead letters.
-pub fn action_json(action: &Action) -> serde_json::Value {
-    let parsed = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
-    match action {
-        Action::Email(a) => serde_json::json!({
-            "kind": "email", "target": a.target, "to": a.to, "template": a.template,
-            "variables": parsed(&a.variables),
-        }),
-        Action::Webhook(a) => serde_json::json!({"kind": "webhook", "target": a.target, "body": parsed(&a.body)}),
-        Action::CrmUpdate(a) => serde_json::json!({
-            "kind": "crm_update", "target": a.target, "object": a.object,
-            "external_id": a.external_id, "fields": parsed(&a.fields),
-        }),
+/// A JSON text the plugin runtime already validated, embedded as it is
+/// (or as a string, should it somehow not parse).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum Payload<'a> {
+    Raw(&'a RawValue),
+    Text(&'a str),
+}
+
+fn payload(text: &str) -> Payload<'_> {
+    serde_json::from_str(text).map_or(Payload::Text(text), Payload::Raw)
+}
+
+/// An action as it is recorded and dead-lettered: `{"kind": "email", ...}`.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum ActionView<'a> {
+    /// An e-mail.
+    #[allow(missing_docs)]
+    Email { target: &'a str, to: &'a str, template: &'a str, variables: Payload<'a> },
+    /// A webhook call.
+    #[allow(missing_docs)]
+    Webhook { target: &'a str, body: Payload<'a> },
+    /// A CRM upsert.
+    #[allow(missing_docs)]
+    CrmUpdate { target: &'a str, object: &'a str, external_id: &'a str, fields: Payload<'a> },
+}
+
+impl<'a> From<&'a Action> for ActionView<'a> {
+    fn from(action: &'a Action) -> Self {
+        match action {
+            Action::Email(a) => ActionView::Email {
+                target: &a.target,
+                to: &a.to,
+                template: &a.template,
+                variables: payload(&a.variables),
+            },
+            Action::Webhook(a) => ActionView::Webhook { target: &a.target, body: payload(&a.body) },
+            Action::CrmUpdate(a) => ActionView::CrmUpdate {
+                target: &a.target,
+                object: &a.object,
+                external_id: &a.external_id,
+                fields: payload(&a.fields),
+            },
+        }
     }
+}
+
+/// An action as a JSON value, for `freshet plugin test` and dead letters.
+pub fn action_json(action: &Action) -> serde_json::Value {
+    serde_json::to_string(&ActionView::from(action))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A pipeline's targets by name.

@@ -2,7 +2,7 @@
 //! page before the pipeline commits. Serves the quickstart and dry runs, and any action
 //! kind whose real executor a deployment does not use.
 
-use super::{action_json, ActionRequest, ActionResult};
+use super::{ActionRequest, ActionResult, ActionView};
 use anyhow::Context as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,12 +36,17 @@ impl RecordTarget {
 
     /// Writes one action (durable after [`RecordTarget::sync`]).
     pub async fn record(&self, request: &ActionRequest) -> ActionResult {
-        let line = serde_json::json!({
-            "idempotency_key": request.key,
-            "identity": request.identity,
-            "action": action_json(&request.action),
-        })
-        .to_string();
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            idempotency_key: &'a str,
+            identity: &'a str,
+            action: ActionView<'a>,
+        }
+        let line = Line { idempotency_key: &request.key, identity: &request.identity, action: (&request.action).into() };
+        let line = match serde_json::to_string(&line) {
+            Ok(line) => line,
+            Err(e) => return ActionResult::Failed { outcome: "error".into(), reason: format!("serializing the action: {e}") },
+        };
         let written = self.file.lock().map_err(|_| std::io::Error::other("lock poisoned")).and_then(|mut f| {
             f.write_all(line.as_bytes())?;
             f.write_all(b"\n")

@@ -11,7 +11,7 @@
 
 use crate::actions::action_json;
 use crate::plugin::contract::{Row, Value};
-use crate::plugin::{CallContext, Limits, Runtime};
+use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
 use crate::source::Timestamp;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value as Json};
@@ -122,10 +122,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (columns, rows) = read_rows(&args.rows)?;
     let runtime = Runtime::new(&Default::default())?;
     let plugin = runtime.load(&args.plugin)?;
+    let version = plugin.version()[..12].to_owned();
     let ctx = CallContext { pipeline: "plugin-test".into(), limits: limits.clone(), settings: Arc::new(settings) };
+    let sandbox = Sandbox::new(plugin, ctx);
     let mut failed = 0;
     for (n, row) in rows.iter().enumerate() {
-        let (result, usage) = plugin.probe(&ctx, &columns, row);
+        let (result, usage) = sandbox.probe(&columns, row);
         let usage = json!({
             "fuel": usage.fuel, "fuel_limit": limits.fuel_per_row,
             "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
@@ -159,6 +161,6 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    eprintln!("{} rows, {failed} failed (plugin {})", rows.len(), &plugin.version()[..12]);
+    eprintln!("{} rows, {failed} failed (plugin {})", rows.len(), version);
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

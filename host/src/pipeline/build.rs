@@ -8,7 +8,7 @@ use crate::config::{Config, DeliverConfig, InitialTimestamp, PipelineConfig, Sou
 use crate::deliver::aep::{AepSettings, AepSink};
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
-use crate::plugin::{CallContext, Runtime};
+use crate::plugin::{CallContext, Runtime, Sandbox};
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
 use crate::state::sqlite::SqliteState;
@@ -124,12 +124,14 @@ fn build(
     Ok(Pipeline {
         name: name.into(),
         source,
-        ctx: CallContext {
-            pipeline: name.into(),
-            limits: config.limits.clone(),
-            settings: Arc::new(config.plugin_settings.clone()),
-        },
-        plugin,
+        sandbox: Arc::new(Sandbox::new(
+            plugin,
+            CallContext {
+                pipeline: name.into(),
+                limits: config.limits.clone(),
+                settings: Arc::new(config.plugin_settings.clone()),
+            },
+        )),
         sink,
         envelopes,
         executors,

@@ -14,7 +14,7 @@ pub use build::{build_all, initial_cursor};
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
-use crate::plugin::{CallContext, Plugin};
+use crate::plugin::Sandbox;
 use crate::source::{Cursor, Source, SourceError};
 use crate::state::StateStore;
 use serde::Serialize;
@@ -54,8 +54,7 @@ pub struct Stats {
 pub struct Pipeline {
     name: Arc<str>,
     source: Box<dyn Source>,
-    plugin: Plugin,
-    ctx: CallContext,
+    sandbox: Arc<Sandbox>,
     sink: Box<dyn Sink>,
     envelopes: EnvelopeBuilder,
     executors: Executors,
@@ -94,7 +93,7 @@ impl Pipeline {
     pub async fn run(&self, shutdown: CancellationToken, options: RunOptions) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
         let mut cursor = self.start_cursor().await?;
-        tracing::info!(pipeline = %self.name, %cursor, plugin = %&self.plugin.version()[..12], "pipeline started");
+        tracing::info!(pipeline = %self.name, %cursor, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         let mut retry_wait = FIRST_RETRY_WAIT;
         while !shutdown.is_cancelled() {
             match self.poll_once(&cursor, &mut stats).await {

@@ -60,18 +60,17 @@ impl Pipeline {
             let rest = rows.split_off(rows.len().min(self.batch_size));
             batches.push(RowBatch { columns: columns.clone(), rows: std::mem::replace(&mut rows, rest) });
         }
-        let plugin = self.plugin.clone();
-        let ctx = self.ctx.clone();
+        let sandbox = self.sandbox.clone();
         let batch_size = self.batch_size;
         let mapped = tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::new();
             for batch in &batches {
-                outcomes.extend(plugin.map_rows(&ctx, batch));
+                outcomes.extend(sandbox.map_rows(batch));
             }
             let events: Vec<Event> = outcomes.iter().flat_map(|o| o.iter().flatten().cloned()).collect();
             let mut decisions = Vec::with_capacity(events.len());
             for chunk in events.chunks(batch_size) {
-                decisions.extend(plugin.decide(&ctx, chunk));
+                decisions.extend(sandbox.decide(chunk));
             }
             Mapped { batches, rows: outcomes, decisions }
         })

@@ -11,6 +11,7 @@
 //! The generated bindings stay private to this module; the contract's types
 //! are re-exported in [`contract`].
 
+mod check;
 mod error;
 mod limits;
 mod sandbox;
@@ -19,11 +20,13 @@ pub use error::PluginError;
 pub use limits::Limits;
 
 use anyhow::Context as _;
+use check::{check_action, check_event};
 use sandbox::StoreState;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
@@ -205,6 +208,16 @@ pub struct Plugin {
 /// One input's answer: the outputs, or why it failed.
 pub type Outcome<T> = Result<Vec<T>, PluginError>;
 
+/// A live instance and its store.
+struct Instance {
+    store: Store<StoreState>,
+    plugin: PipelinePlugin,
+}
+
+/// A call into an instance over a range of the inputs.
+type Call<'a, T> = dyn Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>
+    + 'a;
+
 impl Plugin {
     /// The SHA-256 of the component's bytes: which version produced an event.
     pub fn version(&self) -> &str {
@@ -216,90 +229,133 @@ impl Plugin {
         self.uses_wasi
     }
 
+    /// A fresh instance in a fresh store; its start-up runs under the budget
+    /// of one row.
+    fn instantiate(&self, ctx: &CallContext) -> Result<Instance, PluginError> {
+        let mut store = Store::new(&self.engine, StoreState::new(ctx));
+        store.limiter(|state| &mut state.meter);
+        arm(&mut store, ctx.limits.fuel_per_row, &ctx.limits)?;
+        let plugin = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, ctx.limits.fuel_per_row, &ctx.limits))?;
+        Ok(Instance { store, plugin })
+    }
+}
+
+/// Gives a store its budget for one call: fuel, the epoch deadline, a fresh
+/// log budget and a clean record of denied growth.
+fn arm(store: &mut Store<StoreState>, fuel: u64, limits: &Limits) -> Result<(), PluginError> {
+    store.set_fuel(fuel).map_err(|e| PluginError::Trap(e.to_string()))?;
+    store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
+    store.epoch_deadline_trap();
+    store.data_mut().begin_call(limits);
+    Ok(())
+}
+
+/// One pipeline's view of its plugin: the component, the pipeline's limits
+/// and settings, and a warm instance reused from call to call. The instance
+/// is discarded after any failure the sandbox stopped, so a trap never leaves
+/// a broken instance behind; the next call gets a fresh one.
+pub struct Sandbox {
+    plugin: Plugin,
+    ctx: CallContext,
+    warm: Mutex<Option<Instance>>,
+}
+
+impl Sandbox {
+    /// A sandbox for one pipeline.
+    pub fn new(plugin: Plugin, ctx: CallContext) -> Self {
+        Self { plugin, ctx, warm: Mutex::new(None) }
+    }
+
+    /// The component.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The pipeline's limits and settings.
+    pub fn context(&self) -> &CallContext {
+        &self.ctx
+    }
+
     /// Maps rows to events: one outcome per row, in order.
-    pub fn map_rows(&self, ctx: &CallContext, batch: &RowBatch) -> Vec<Outcome<Event>> {
+    pub fn map_rows(&self, batch: &RowBatch) -> Vec<Outcome<Event>> {
         let rows = batch.rows.len();
-        self.batched(ctx, rows, |plugin, store, range| {
+        let call = |plugin: &PipelinePlugin, store: &mut Store<StoreState>, range: Range<usize>| {
             if range.len() == rows {
                 plugin.call_map_rows(store, batch)
             } else {
                 let sub = RowBatch { columns: batch.columns.clone(), rows: batch.rows[range].to_vec() };
                 plugin.call_map_rows(store, &sub)
             }
-        }, check_event)
+        };
+        self.batched(rows, &call, check_event)
     }
 
     /// Decides the actions for events: one outcome per event, in order.
-    pub fn decide(&self, ctx: &CallContext, events: &[Event]) -> Vec<Outcome<Action>> {
-        self.batched(ctx, events.len(), |plugin, store, range| {
+    pub fn decide(&self, events: &[Event]) -> Vec<Outcome<Action>> {
+        let call = |plugin: &PipelinePlugin, store: &mut Store<StoreState>, range: Range<usize>| {
             plugin.call_decide(store, &events[range])
-        }, check_action)
+        };
+        self.batched(events.len(), &call, check_action)
     }
 
-    /// Runs `call` over all `n` inputs in one instance; if the sandbox stops
-    /// that call, runs each input alone in a fresh instance so that only the
-    /// inputs that cause the failure fail.
-    fn batched<T>(
-        &self,
-        ctx: &CallContext,
-        n: usize,
-        call: impl Fn(
-            &PipelinePlugin,
-            &mut Store<StoreState>,
-            std::ops::Range<usize>,
-        ) -> wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>,
-        check: fn(&T) -> Result<usize, String>,
-    ) -> Vec<Outcome<T>> {
+    /// Runs `call` over all `n` inputs in the warm instance; if the sandbox
+    /// stops that call, runs each input alone in a fresh instance so that only
+    /// the inputs that cause the failure fail.
+    fn batched<T>(&self, n: usize, call: &Call<'_, T>, check: fn(&T) -> Result<usize, String>) -> Vec<Outcome<T>> {
         if n == 0 {
             return Vec::new();
         }
-        match self.call_once(ctx, 0..n, &call, check) {
-            Ok((outcomes, _)) => outcomes,
-            Err(e) if n == 1 || !e.is_sandbox_failure() => (0..n).map(|_| Err(e.clone())).collect(),
-            Err(e) => {
-                tracing::debug!(pipeline = %ctx.pipeline, error = %e, rows = n, "batch failed, retrying row by row");
-                (0..n)
-                    .map(|i| match self.call_once(ctx, i..i + 1, &call, check) {
-                        Ok((mut one, _)) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
-                        Err(e) => Err(e),
-                    })
-                    .collect()
-            }
+        let mut slot = self.warm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let warm = match slot.take() {
+            Some(instance) => Ok(instance),
+            None => self.plugin.instantiate(&self.ctx),
+        };
+        let error = match warm {
+            Ok(mut instance) => match self.call(&mut instance, 0..n, call, check) {
+                Ok((outcomes, _)) => {
+                    *slot = Some(instance);
+                    return outcomes;
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if n == 1 || !error.is_sandbox_failure() {
+            return (0..n).map(|_| Err(error.clone())).collect();
         }
+        tracing::debug!(pipeline = %self.ctx.pipeline, error = %error, inputs = n, "batch failed; retrying input by input");
+        (0..n)
+            .map(|i| {
+                let mut fresh = self.plugin.instantiate(&self.ctx)?;
+                let (mut one, _) = self.call(&mut fresh, i..i + 1, call, check)?;
+                one.pop().unwrap_or_else(|| Ok(Vec::new()))
+            })
+            .collect()
     }
 
-    /// One call in a fresh instance with a budget for `range.len()` inputs.
-    fn call_once<T>(
+    /// One call with a budget for `range.len()` inputs.
+    fn call<T>(
         &self,
-        ctx: &CallContext,
-        range: std::ops::Range<usize>,
-        call: &impl Fn(
-            &PipelinePlugin,
-            &mut Store<StoreState>,
-            std::ops::Range<usize>,
-        ) -> wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>,
+        instance: &mut Instance,
+        range: Range<usize>,
+        call: &Call<'_, T>,
         check: fn(&T) -> Result<usize, String>,
     ) -> Result<(Vec<Outcome<T>>, Usage), PluginError> {
         let n = range.len();
-        let budget = ctx.limits.fuel_per_row.saturating_mul(n as u64);
-        let mut store = self.store(ctx, budget)?;
-        let answer = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|plugin| call(&plugin, &mut store, range));
-        let answer = answer.map_err(|e| classify(e, &store, budget, &ctx.limits))?;
-        let usage = Usage {
-            fuel: budget - store.get_fuel().unwrap_or(0),
-            peak_memory: store.data().meter.peak_memory,
-        };
+        let limits = &self.ctx.limits;
+        let budget = limits.fuel_per_row.saturating_mul(n as u64);
+        let store = &mut instance.store;
+        arm(store, budget, limits)?;
+        let answer = call(&instance.plugin, store, range).map_err(|e| classify(e, store, budget, limits))?;
+        let usage = Usage { fuel: budget - store.get_fuel().unwrap_or(0), peak_memory: store.data().meter.peak_memory };
         store.data().finish_call();
         if answer.len() != n {
-            return Err(PluginError::Contract(format!(
-                "answered {} results for {n} inputs",
-                answer.len()
-            )));
+            return Err(PluginError::Contract(format!("answered {} results for {n} inputs", answer.len())));
         }
-        let limit = ctx.limits.output_bytes_per_row;
+        let limit = limits.output_bytes_per_row;
         let outcomes = answer
             .into_iter()
             .map(|result| {
@@ -320,49 +376,44 @@ impl Plugin {
         Ok((outcomes, usage))
     }
 
-    /// Maps and decides one row alone, reporting what each call used.
-    /// For `freshet plugin test`.
+    /// Maps and decides one row alone, each call in a fresh instance, and
+    /// reports what the calls used. For `freshet plugin test`.
     pub fn probe(
         &self,
-        ctx: &CallContext,
         columns: &[String],
         row: &contract::Row,
     ) -> (Result<(Vec<Event>, Vec<Outcome<Action>>), PluginError>, Usage) {
         let batch = RowBatch { columns: columns.to_vec(), rows: vec![row.clone()] };
-        let mapped = self.call_once(ctx, 0..1, &|p, s, _| p.call_map_rows(s, &batch), check_event);
-        let (mut outcomes, map_usage) = match mapped {
+        let fresh_call = |call: &Call<'_, Event>| {
+            let mut instance = self.plugin.instantiate(&self.ctx)?;
+            self.call(&mut instance, 0..1, call, check_event)
+        };
+        let (mut outcomes, mut usage) = match fresh_call(&|p, s, _| p.call_map_rows(s, &batch)) {
             Ok(ok) => ok,
             Err(e) => return (Err(e), Usage::default()),
         };
         let events = match outcomes.pop() {
             Some(Ok(events)) => events,
-            Some(Err(e)) => return (Err(e), map_usage),
+            Some(Err(e)) => return (Err(e), usage),
             None => Vec::new(),
         };
-        let mut usage = map_usage;
         let mut actions = Vec::with_capacity(events.len());
         for event in &events {
             let one = std::slice::from_ref(event);
-            match self.call_once(ctx, 0..1, &|p, s, _| p.call_decide(s, one), check_action) {
-                Ok((mut out, u)) => {
-                    usage.fuel += u.fuel;
-                    usage.peak_memory = usage.peak_memory.max(u.peak_memory);
+            let decided = self
+                .plugin
+                .instantiate(&self.ctx)
+                .and_then(|mut i| self.call(&mut i, 0..1, &|p, s, _| p.call_decide(s, one), check_action));
+            match decided {
+                Ok((mut out, used)) => {
+                    usage.fuel += used.fuel;
+                    usage.peak_memory = usage.peak_memory.max(used.peak_memory);
                     actions.push(out.pop().unwrap_or_else(|| Ok(Vec::new())));
                 }
                 Err(e) => actions.push(Err(e)),
             }
         }
         (Ok((events, actions)), usage)
-    }
-
-    fn store(&self, ctx: &CallContext, fuel: u64) -> Result<Store<StoreState>, PluginError> {
-        let mut store = Store::new(&self.engine, StoreState::new(ctx));
-        store.limiter(|state| &mut state.meter);
-        store.set_fuel(fuel).map_err(|e| PluginError::Trap(e.to_string()))?;
-        let ticks = ctx.limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        Ok(store)
     }
 }
 
@@ -383,36 +434,4 @@ fn classify(err: wasmtime::Error, store: &Store<StoreState>, budget: u64, limits
         return PluginError::TableExceeded { requested };
     }
     PluginError::Trap(format!("{err:#}"))
-}
-
-/// An event's body must be a JSON object and must not set `_id` or
-/// `timestamp` itself (the host writes them from the typed fields).
-fn check_event(event: &Event) -> Result<usize, String> {
-    let fields: BTreeMap<std::borrow::Cow<'_, str>, serde::de::IgnoredAny> =
-        serde_json::from_str(&event.body)
-            .map_err(|e| format!("event {} body is not a JSON object: {e}", event.id))?;
-    if fields.contains_key("_id") || fields.contains_key("timestamp") {
-        return Err(format!("event {} body sets `_id` or `timestamp`; use the event's fields", event.id));
-    }
-    if event.id.is_empty() {
-        return Err("an event has an empty id".to_owned());
-    }
-    Ok(event.body.len() + event.id.len())
-}
-
-/// An action's JSON fields must be JSON objects (webhook bodies: any JSON).
-fn check_action(action: &Action) -> Result<usize, String> {
-    use serde::de::IgnoredAny;
-    let object = |what: &str, text: &str| {
-        serde_json::from_str::<BTreeMap<std::borrow::Cow<'_, str>, IgnoredAny>>(text)
-            .map(|_| text.len())
-            .map_err(|e| format!("{what} is not a JSON object: {e}"))
-    };
-    match action {
-        Action::Email(e) => object("e-mail variables", &e.variables),
-        Action::Webhook(w) => serde_json::from_str::<IgnoredAny>(&w.body)
-            .map(|_| w.body.len())
-            .map_err(|e| format!("webhook body is not JSON: {e}")),
-        Action::CrmUpdate(c) => object("CRM fields", &c.fields),
-    }
 }

@@ -35,6 +35,14 @@ impl StoreState {
         }
     }
 
+    /// Starts a call: a fresh log budget and a clean record of denials.
+    pub fn begin_call(&mut self, limits: &super::Limits) {
+        self.log_budget = limits.log_bytes_per_call;
+        self.log_dropped = 0;
+        self.meter.memory_denied = None;
+        self.meter.table_denied = None;
+    }
+
     /// Reports what the call's log budget dropped.
     pub fn finish_call(&self) {
         if self.log_dropped > 0 {

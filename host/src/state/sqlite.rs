@@ -38,6 +38,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, id);
 ";
 
+/// Keys per ledger statement: one statement per chunk instead of per key,
+/// well under SQLite's limit on bound parameters.
+const CHUNK: usize = 400;
+
+/// `?first, ?first+1, ...`: `n` numbered placeholders.
+fn numbered(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",")
+}
+
 /// State in an SQLite file.
 pub struct SqliteState {
     conn: Mutex<Connection>,
@@ -145,13 +154,16 @@ impl StateStore for SqliteState {
 
     fn finished_actions(&self, keys: &[String]) -> Result<HashSet<String>, StateError> {
         let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT 1 FROM ledger WHERE idempotency_key = ?1 AND state = 'finished'")
-            .map_err(err)?;
         let mut done = HashSet::new();
-        for key in keys {
-            if stmt.exists([key]).map_err(err)? {
-                done.insert(key.clone());
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT idempotency_key FROM ledger WHERE state = 'finished' AND idempotency_key IN ({})",
+                numbered(1, chunk.len())
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0)).map_err(err)?;
+            for key in rows {
+                done.insert(key.map_err(err)?);
             }
         }
         Ok(done)
@@ -160,17 +172,17 @@ impl StateStore for SqliteState {
     fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES (?1, ?2, 'started', ?3)
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .map_err(err)?;
-            let now = now_ms();
-            for key in keys {
-                stmt.execute(params![key, pipeline, now]).map_err(err)?;
-            }
+        let now = now_ms();
+        for chunk in keys.chunks(CHUNK) {
+            // ?1 pipeline, ?2 now, then one key each.
+            let values = (0..chunk.len()).map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3)).collect::<Vec<_>>().join(",");
+            let sql = format!(
+                "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
+                 ON CONFLICT (idempotency_key) DO NOTHING"
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
+            params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
+            tx.prepare_cached(&sql).map_err(err)?.execute(params.as_slice()).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -180,15 +192,23 @@ impl StateStore for SqliteState {
         let tx = conn.transaction().map_err(err)?;
         let now = now_ms();
         {
-            let mut ledger = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms)
-                     VALUES (?1, ?2, 'finished', ?3, ?4)
-                     ON CONFLICT (idempotency_key) DO UPDATE SET state = 'finished', outcome = ?3, updated_ms = ?4",
-                )
-                .map_err(err)?;
-            for action in &commit.actions {
-                ledger.execute(params![action.key, pipeline, action.outcome, now]).map_err(err)?;
+            for chunk in commit.actions.chunks(CHUNK) {
+                // ?1 pipeline, ?2 now, then (key, outcome) pairs.
+                let values = (0..chunk.len())
+                    .map(|i| format!("(?{}, ?1, 'finished', ?{}, ?2)", 2 * i + 3, 2 * i + 4))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms) VALUES {values}
+                     ON CONFLICT (idempotency_key) DO UPDATE
+                     SET state = 'finished', outcome = excluded.outcome, updated_ms = excluded.updated_ms"
+                );
+                let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
+                for action in chunk {
+                    params.push(&action.key);
+                    params.push(&action.outcome);
+                }
+                tx.prepare_cached(&sql).map_err(err)?.execute(params.as_slice()).map_err(err)?;
             }
             let mut dead = tx
                 .prepare_cached(

@@ -2,10 +2,16 @@
 //!
 //! Kept apart from the bindings so the host's benchmark can compile this very
 //! file natively and compare the sandboxed path with plain Rust doing the same
-//! work. Depends on `serde_json` and `sha2` only.
+//! work. Depends on `serde` and `serde_json` (with `raw_value`) and `sha2`.
+//!
+//! JSON is written straight into a `String` and read back with borrowed,
+//! typed structs: no `serde_json::Value` trees, whose many small allocations
+//! are the slowest thing a wasm guest can do.
 
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// An `orders` row, as the plugin reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,11 +36,12 @@ pub struct Rejection(pub String);
 /// identity from the key and timestamp the same way on every read, so a
 /// replayed row gets the same `_id` and AEP can drop the duplicate.
 pub fn event_id(identity: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(identity.as_bytes());
     let mut out = String::with_capacity(64);
     for byte in digest {
-        out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     out
 }
@@ -48,6 +55,37 @@ pub fn event_type(status: &str) -> String {
     }
 }
 
+/// Appends `s` as a JSON string literal.
+fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `"key":"value"` pairs as a JSON object.
+fn push_object(out: &mut String, fields: &[(&str, &str)]) {
+    out.push('{');
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(out, key);
+        out.push(':');
+        push_str(out, value);
+    }
+    out.push('}');
+}
+
 /// The `xdmEntity` fields besides `_id` and `timestamp`, as JSON text.
 ///
 /// `tenant` is the AEP tenant id without the leading underscore; tenant-owned
@@ -59,25 +97,29 @@ pub fn event_body(order: &Order, tenant: &str) -> Result<String, Rejection> {
     let amount: f64 = order
         .amount
         .parse()
-        .map_err(|_| Rejection(format!("amount {:?} is not a decimal number", order.amount)))?;
-    let mut body = Map::new();
-    body.insert("eventType".to_owned(), Value::String(event_type(&order.status)));
-    body.insert(
-        "identityMap".to_owned(),
-        json!({"Email": [{"id": order.email, "primary": true, "authenticatedState": "authenticated"}]}),
-    );
-    body.insert(
-        "commerce".to_owned(),
-        json!({
-            "order": {"purchaseID": order.id, "priceTotal": amount, "currencyCode": order.currency},
-            "purchases": {"value": if order.status == "confirmed" { 1 } else { 0 }},
-        }),
-    );
-    body.insert(
-        format!("_{tenant}"),
-        json!({"orderId": order.id, "orderStatus": order.status, "amount": order.amount}),
-    );
-    Ok(Value::Object(body).to_string())
+        .ok()
+        .filter(|a: &f64| a.is_finite())
+        .ok_or_else(|| Rejection(format!("amount {:?} is not a decimal number", order.amount)))?;
+    let mut out = String::with_capacity(320 + order.email.len() + order.id.len() * 2);
+    out.push_str("{\"eventType\":");
+    push_str(&mut out, &event_type(&order.status));
+    out.push_str(",\"identityMap\":{\"Email\":[{\"id\":");
+    push_str(&mut out, &order.email);
+    out.push_str(",\"primary\":true,\"authenticatedState\":\"authenticated\"}]}");
+    out.push_str(",\"commerce\":{\"order\":{\"purchaseID\":");
+    push_str(&mut out, &order.id);
+    out.push_str(",\"priceTotal\":");
+    out.push_str(&serde_json::Number::from_f64(amount).map_or_else(|| "0".to_owned(), |n| n.to_string()));
+    out.push_str(",\"currencyCode\":");
+    push_str(&mut out, &order.currency);
+    out.push_str("},\"purchases\":{\"value\":");
+    out.push(if order.status == "confirmed" { '1' } else { '0' });
+    out.push_str("}},");
+    push_str(&mut out, &format!("_{tenant}"));
+    out.push(':');
+    push_object(&mut out, &[("orderId", &order.id), ("orderStatus", &order.status), ("amount", &order.amount)]);
+    out.push('}');
+    Ok(out)
 }
 
 /// One action the example decides, before it is put in the contract's types.
@@ -91,45 +133,121 @@ pub enum Decision {
     CrmUpdate { target: String, object: String, external_id: String, fields: String },
 }
 
+#[derive(Deserialize)]
+struct Identity<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct IdentityMap<'a> {
+    #[serde(rename = "Email", borrow, default)]
+    email: Vec<Identity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TenantFields<'a> {
+    #[serde(rename = "orderId", borrow)]
+    order_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "orderStatus", borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    amount: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct CommerceOrder<'a> {
+    #[serde(rename = "currencyCode", borrow)]
+    currency: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct Commerce<'a> {
+    #[serde(borrow)]
+    order: CommerceOrder<'a>,
+}
+
 /// Decides the actions for one event body produced by [`event_body`]:
 /// a confirmed order gets the confirmation e-mail and the `order-confirmed`
 /// webhook; a cancelled one updates the CRM contact; others trigger nothing.
 pub fn decide(event_id: &str, body: &str, tenant: &str) -> Result<Vec<Decision>, Rejection> {
-    let body: Value =
-        serde_json::from_str(body).map_err(|e| Rejection(format!("event body is not JSON: {e}")))?;
-    let fields = &body[format!("_{tenant}").as_str()];
-    let status = fields["orderStatus"].as_str().unwrap_or_default();
-    let order_id = fields["orderId"].as_str().unwrap_or_default();
-    let amount = fields["amount"].as_str().unwrap_or_default();
-    let email = body["identityMap"]["Email"][0]["id"].as_str().unwrap_or_default();
-    let currency = body["commerce"]["order"]["currencyCode"].as_str().unwrap_or_default();
-    if email.is_empty() || order_id.is_empty() {
+    let bad = |what: &str, e: serde_json::Error| Rejection(format!("event {event_id}: {what}: {e}"));
+    // Top-level fields are kept raw; only the three this needs are parsed.
+    let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(body).map_err(|e| bad("body", e))?;
+    let field = |name: &str| fields.get(name).map(|raw| raw.get()).ok_or_else(|| Rejection(format!("event {event_id} has no `{name}`")));
+    let tenant_key = format!("_{tenant}");
+    let own: TenantFields = serde_json::from_str(field(&tenant_key)?).map_err(|e| bad(&tenant_key, e))?;
+    let identities: IdentityMap = serde_json::from_str(field("identityMap")?).map_err(|e| bad("identityMap", e))?;
+    let commerce: Commerce = serde_json::from_str(field("commerce")?).map_err(|e| bad("commerce", e))?;
+    let email = identities.email.first().map(|i| i.id.as_ref()).unwrap_or_default();
+    if email.is_empty() || own.order_id.is_empty() {
         return Err(Rejection(format!("event {event_id} has no order id or e-mail")));
     }
-    Ok(match status {
+    let (order_id, amount, currency) = (own.order_id.as_ref(), own.amount.as_ref(), commerce.order.currency.as_ref());
+    let json = |fields: &[(&str, &str)]| {
+        let mut out = String::with_capacity(160);
+        push_object(&mut out, fields);
+        out
+    };
+    Ok(match own.status.as_ref() {
         "confirmed" => vec![
             Decision::Email {
                 target: "order-confirmation".to_owned(),
                 to: email.to_owned(),
                 template: "order-confirmation".to_owned(),
-                variables: json!({"orderId": order_id, "amount": amount, "currency": currency})
-                    .to_string(),
+                variables: json(&[("orderId", order_id), ("amount", amount), ("currency", currency)]),
             },
             Decision::Webhook {
                 target: "order-confirmed".to_owned(),
-                body: json!({
-                    "eventId": event_id, "orderId": order_id, "email": email,
-                    "amount": amount, "currency": currency,
-                })
-                .to_string(),
+                body: json(&[
+                    ("eventId", event_id),
+                    ("orderId", order_id),
+                    ("email", email),
+                    ("amount", amount),
+                    ("currency", currency),
+                ]),
             },
         ],
         "cancelled" => vec![Decision::CrmUpdate {
             target: "crm".to_owned(),
             object: "Contact".to_owned(),
             external_id: email.to_owned(),
-            fields: json!({"last_order_id": order_id, "last_order_status": "cancelled"}).to_string(),
+            fields: json(&[("last_order_id", order_id), ("last_order_status", "cancelled")]),
         }],
         _ => Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: &str) -> Order {
+        Order {
+            id: "42".into(),
+            email: "ada\"q@example.com".into(),
+            status: status.into(),
+            amount: "12.50".into(),
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn body_is_valid_json_with_escapes() {
+        let body = event_body(&order("confirmed"), "acme").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["identityMap"]["Email"][0]["id"], "ada\"q@example.com");
+        assert_eq!(v["commerce"]["order"]["priceTotal"], 12.5);
+        assert_eq!(v["_acme"]["amount"], "12.50");
+    }
+
+    #[test]
+    fn decisions_follow_the_status() {
+        let body = event_body(&order("confirmed"), "acme").unwrap();
+        assert_eq!(decide("e", &body, "acme").unwrap().len(), 2);
+        let body = event_body(&order("cancelled"), "acme").unwrap();
+        assert!(matches!(&decide("e", &body, "acme").unwrap()[..], [Decision::CrmUpdate { .. }]));
+        let body = event_body(&order("pending"), "acme").unwrap();
+        assert!(decide("e", &body, "acme").unwrap().is_empty());
+    }
 }
