@@ -2,7 +2,7 @@
 //! typed error and lands in dead letters; the rows around it, in the same
 //! batch, are delivered; the run goes on.
 
-use freshet::plugin::{CallContext, Limits, PluginError, Runtime};
+use freshet::plugin::{CallContext, Limits, PluginError, Runtime, Sandbox};
 use freshet::state::DeadKind;
 use freshet_tests::*;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
         cells: vec![freshet::plugin::contract::Value::Text(status.into())],
     };
     let columns = vec!["status".to_owned()];
-    let probe = |status: &str, limits: Limits| plugin.probe(&ctx(limits), &columns, &row(status));
+    let probe = |status: &str, limits: Limits| Sandbox::new(plugin.clone(), ctx(limits)).probe(&columns, &row(status));
 
     let (ok, usage) = probe("fine", Limits::default());
     let (events, actions) = ok.unwrap();

@@ -164,11 +164,9 @@ impl AepSink {
         while let Some(mut batch) = todo.pop() {
             let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
             loop {
-                let answer = tokio::select! {
-                    r = self.post(Self::body(messages, &batch)) => r,
-                    () = self.shutdown.cancelled() => return Err(DeliverError::Cancelled),
-                };
-                let (status, headers, text) = match answer {
+                // A request in flight is not abandoned at shutdown (it is
+                // bounded by the request timeout); only waits to retry are.
+                let (status, headers, text) = match self.post(Self::body(messages, &batch)).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         tracing::warn!(url = %self.url, error = %e, attempt = backoff.attempts(), "AEP request failed; retrying");

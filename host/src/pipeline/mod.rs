@@ -29,7 +29,7 @@ pub struct RunOptions {
     pub once: bool,
 }
 
-/// Counters of one pipeline's run.
+/// Counters of one pipeline's run: what was committed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// Pages committed.
@@ -48,6 +48,20 @@ pub struct Stats {
     pub actions_skipped: u64,
     /// Dead letters written.
     pub dead_letters: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, other: &Stats) {
+        self.pages += other.pages;
+        self.rows += other.rows;
+        self.events += other.events;
+        self.delivered += other.delivered;
+        self.rejected += other.rejected;
+        self.actions += other.actions;
+        self.actions_skipped += other.actions_skipped;
+        self.dead_letters += other.dead_letters;
+    }
 }
 
 /// One built pipeline.
@@ -87,32 +101,18 @@ impl Pipeline {
     }
 
     /// Polls and processes pages until shutdown (or, with `once`, until a
-    /// poll finds nothing). A page in flight when shutdown comes is finished
+    /// poll finds nothing). Pages in flight when shutdown comes are finished
     /// and committed. Returns the counters; an error only for a problem
     /// retrying cannot fix (the table's schema changed under it).
     pub async fn run(&self, shutdown: CancellationToken, options: RunOptions) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
-        let mut cursor = self.start_cursor().await?;
-        tracing::info!(pipeline = %self.name, %cursor, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
+        let mut committed = self.start_cursor().await?;
+        tracing::info!(pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         let mut retry_wait = FIRST_RETRY_WAIT;
         while !shutdown.is_cancelled() {
-            match self.poll_once(&cursor, &mut stats).await {
-                Ok((next, full)) => {
-                    retry_wait = FIRST_RETRY_WAIT;
-                    if let Some(next) = next {
-                        cursor = next;
-                    }
-                    if full {
-                        continue;
-                    }
-                    if options.once {
-                        break;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(self.poll_interval) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                }
+            let pages = stats.pages;
+            match self.stream(&mut committed, &shutdown, options, &mut stats).await {
+                Ok(()) => break,
                 Err(e) if shutdown.is_cancelled() => {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
                 }
@@ -120,7 +120,10 @@ impl Pipeline {
                     if let Some(SourceError::Schema { .. }) = e.downcast_ref::<SourceError>() {
                         return Err(e.context(format!("pipeline {}", self.name)));
                     }
-                    tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?retry_wait, "page failed; nothing committed, retrying");
+                    if stats.pages > pages {
+                        retry_wait = FIRST_RETRY_WAIT;
+                    }
+                    tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?retry_wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
                     tokio::select! {
                         () = tokio::time::sleep(retry_wait) => {}
                         () = shutdown.cancelled() => {}
@@ -129,21 +132,67 @@ impl Pipeline {
                 }
             }
         }
-        tracing::info!(pipeline = %self.name, %cursor, rows = stats.rows, "pipeline stopped");
+        tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, "pipeline stopped");
         Ok(stats)
     }
 
-    /// Reads and processes one page: the new cursor (if rows were read) and
-    /// whether the page was full (read again at once).
-    async fn poll_once(&self, cursor: &Cursor, stats: &mut Stats) -> anyhow::Result<(Option<Cursor>, bool)> {
-        let upper = self.source.now().await?.minus(self.delay);
-        let page = self.source.page(cursor, upper, self.page_size).await?;
-        let full = page.full;
-        let next = self.process(page, stats).await?;
-        if next.is_some() {
-            stats.pages += 1;
-        }
-        Ok((next, full))
+    /// Reads and maps pages ahead of the one being delivered: the reader
+    /// (source and plugin, CPU on the blocking pool) runs one page ahead of
+    /// the writer (delivery, actions, commit, I/O), so the two overlap.
+    /// Pages commit strictly in order; `committed` follows the writer.
+    /// Ends when the reader stops (shutdown, or `once` and nothing new) and
+    /// the writer has committed everything read; or on the first error.
+    async fn stream(
+        &self,
+        committed: &mut Cursor,
+        shutdown: &CancellationToken,
+        options: RunOptions,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        // Stops the reader when the writer fails.
+        let stop = shutdown.child_token();
+        let mut cursor = committed.clone();
+        let reader = async {
+            while !stop.is_cancelled() {
+                let upper = self.source.now().await?.minus(self.delay);
+                let page = self.source.page(&cursor, upper, self.page_size).await?;
+                let full = page.full;
+                if let Some(mapped) = self.map_page(page).await? {
+                    cursor = mapped.last().clone();
+                    if tx.send(mapped).await.is_err() {
+                        break;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                if options.once {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(self.poll_interval) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+            drop(tx);
+            anyhow::Ok(())
+        };
+        let writer = async {
+            while let Some(mapped) = rx.recv().await {
+                match self.finish(mapped, stats).await {
+                    Ok(cursor) => *committed = cursor,
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        // A failed read still lets the writer commit what was read before it.
+        let (read, written) = tokio::join!(reader, writer);
+        written.and(read)
     }
 }
 

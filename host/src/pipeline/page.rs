@@ -15,13 +15,22 @@ use futures::stream::{self, StreamExt as _};
 const ACTION_CONCURRENCY: usize = 32;
 
 /// What the sandbox made of a page's rows.
-struct Mapped {
+pub(super) struct Mapped {
+    /// Just past the page's last row: the offset once the page is done.
+    last: Cursor,
     /// The rows, kept for dead letters.
     batches: Vec<RowBatch>,
     /// Per row (in page order): its events, or why it failed.
     rows: Vec<Outcome<Event>>,
     /// Per event (in the order of `rows` flattened): its actions, or why not.
     decisions: Vec<Outcome<Action>>,
+}
+
+impl Mapped {
+    /// Just past the page's last row.
+    pub(super) fn last(&self) -> &Cursor {
+        &self.last
+    }
 }
 
 fn dead(kind: DeadKind, identity: &str, code: &str, reason: String, payload: String) -> DeadLetter {
@@ -51,8 +60,12 @@ fn plugin_dead(kind: DeadKind, identity: &str, e: &PluginError, payload: String)
 }
 
 impl Pipeline {
-    /// Runs the plugin over a page on the blocking pool.
-    async fn map_page(&self, page: Page) -> anyhow::Result<Mapped> {
+    /// Runs the plugin over a page on the blocking pool; `None` for an
+    /// empty page.
+    pub(super) async fn map_page(&self, page: Page) -> anyhow::Result<Option<Mapped>> {
+        let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
+            return Ok(None);
+        };
         let columns = self.source.columns().to_vec();
         let mut rows: Vec<Row> = page.rows.into_iter().map(|r| r.row).collect();
         let mut batches = Vec::new();
@@ -72,18 +85,20 @@ impl Pipeline {
             for chunk in events.chunks(batch_size) {
                 decisions.extend(sandbox.decide(chunk));
             }
-            Mapped { batches, rows: outcomes, decisions }
+            Mapped { last, batches, rows: outcomes, decisions }
         })
         .await?;
-        Ok(mapped)
+        Ok(Some(mapped))
     }
 
-    /// Processes the page; returns the cursor it committed.
-    pub(super) async fn process(&self, page: Page, stats: &mut Stats) -> anyhow::Result<Option<Cursor>> {
-        let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
-            return Ok(None);
-        };
-        let mapped = self.map_page(page).await?;
+    /// Delivers a mapped page, runs its actions and commits; returns the
+    /// committed cursor and adds the page's counters to `total`.
+    pub(super) async fn finish(&self, mapped: Mapped, total: &mut Stats) -> anyhow::Result<Cursor> {
+        // Counted apart and added only once committed: the counters say what
+        // is done, not what was attempted.
+        let mut page = Stats::default();
+        let stats = &mut page;
+        let last = mapped.last.clone();
         let mut commit = Commit { cursor: Some(last.clone()), ..Commit::default() };
         let rows = mapped.batches.iter().flat_map(|b| b.rows.iter().map(move |r| (r, &b.columns)));
 
@@ -153,7 +168,9 @@ impl Pipeline {
         let state = self.state.clone();
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || state.commit(&name, &commit)).await??;
-        Ok(Some(last))
+        page.pages = 1;
+        total.add(&page);
+        Ok(last)
     }
 
     /// Runs the actions not already finished, recording them in the ledger
