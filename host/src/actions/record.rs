@@ -11,7 +11,7 @@ use std::sync::Mutex;
 /// Appends action requests to an NDJSON file.
 pub struct RecordTarget {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
+    file: Mutex<std::io::BufWriter<std::fs::File>>,
 }
 
 impl RecordTarget {
@@ -25,13 +25,15 @@ impl RecordTarget {
             .append(true)
             .open(path)
             .with_context(|| format!("{key}.path: opening {}", path.display()))?;
-        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
+        Ok(Self { path: path.to_owned(), file: Mutex::new(std::io::BufWriter::with_capacity(256 * 1024, file)) })
     }
 
     /// Makes every recorded line durable; the pipeline calls it once per page,
     /// before committing, rather than syncing each line.
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.lock().map_err(|_| std::io::Error::other("lock poisoned"))?.sync_data()
+        let mut file = self.file.lock().map_err(|_| std::io::Error::other("lock poisoned"))?;
+        file.flush()?;
+        file.get_ref().sync_data()
     }
 
     /// Writes one action (durable after [`RecordTarget::sync`]).
