@@ -12,17 +12,30 @@ use std::process::Command;
 /// (constant, crate folder from the workspace root, artifact name)
 const GUESTS: &[(&str, &str, &str)] = &[
     ("ORDERS_PLUGIN", "plugins/rust", "freshet_orders_plugin"),
-    ("HOSTILE_PLUGIN", "tests/plugins/hostile", "freshet_hostile_plugin"),
+    (
+        "HOSTILE_PLUGIN",
+        "tests/plugins/hostile",
+        "freshet_hostile_plugin",
+    ),
 ];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("tests/ sits in the workspace root").to_owned();
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_owned();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<crate>-<hash>/out.
-    let target = std::env::var_os("FRESHET_WASM_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        out.ancestors().nth(4).expect("OUT_DIR is inside the target folder").join("wasm-guests")
-    });
+    let target = std::env::var_os("FRESHET_WASM_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            out.ancestors()
+                .nth(4)
+                .expect("OUT_DIR is inside the target folder")
+                .join("wasm-guests")
+        });
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-env-changed=FRESHET_WASM_TARGET_DIR");
     let mut consts = String::new();
@@ -32,7 +45,10 @@ fn main() {
             println!("cargo:rerun-if-changed={}", dir.join(watched).display());
         }
         let wasm = build(&dir, &target, artifact);
-        consts.push_str(&format!("/// The `{artifact}` component.\npub const {name}: &str = {:?};\n", wasm.display()));
+        consts.push_str(&format!(
+            "/// The `{artifact}` component.\npub const {name}: &str = {:?};\n",
+            wasm.display()
+        ));
     }
     consts.push_str(&format!(
         "/// Where tests cache compiled components.\npub const COMPONENT_CACHE: &str = {:?};\n",
@@ -44,7 +60,13 @@ fn main() {
 fn build(dir: &Path, target: &Path, artifact: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", target)
         // The host build's flags are not the guest's.
@@ -55,10 +77,19 @@ fn build(dir: &Path, target: &Path, artifact: &str) -> PathBuf {
         .expect("running cargo for a guest plugin");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stderr.contains("wasm32-wasip2") && (stderr.contains("not installed") || stderr.contains("can't find crate")) {
-            panic!("toolchain missing: install it with `rustup target add wasm32-wasip2`\n{stderr}");
+        if stderr.contains("wasm32-wasip2")
+            && (stderr.contains("not installed") || stderr.contains("can't find crate"))
+        {
+            panic!(
+                "toolchain missing: install it with `rustup target add wasm32-wasip2`\n{stderr}"
+            );
         }
-        panic!("building the guest plugin {} failed:\n{stderr}", dir.display());
+        panic!(
+            "building the guest plugin {} failed:\n{stderr}",
+            dir.display()
+        );
     }
-    target.join("wasm32-wasip2/release").join(format!("{artifact}.wasm"))
+    target
+        .join("wasm32-wasip2/release")
+        .join(format!("{artifact}.wasm"))
 }

@@ -2,6 +2,7 @@
 //! [`freshet::cli`].
 
 use clap::Parser as _;
+use std::io::IsTerminal as _;
 
 fn main() -> std::process::ExitCode {
     let args = freshet::cli::Args::parse();
@@ -11,8 +12,12 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -85,7 +85,8 @@ impl Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("orders.db");
         let conn = Connection::open(&db).expect("open orders db");
-        conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA).expect("create orders");
+        conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA)
+            .expect("create orders");
         Self {
             dir,
             db,
@@ -122,7 +123,11 @@ impl Setup {
     /// The config, delivering to `receiver` (webhooks to its `/hooks/NAME`;
     /// e-mail and CRM actions recorded to files).
     pub fn config_text(&self, receiver: &Receiver) -> String {
-        let initial = self.initial.as_ref().map(|i| format!(", initial = {i}")).unwrap_or_default();
+        let initial = self
+            .initial
+            .as_ref()
+            .map(|i| format!(", initial = {i}"))
+            .unwrap_or_default();
         format!(
             r#"
 [engine]
@@ -199,7 +204,8 @@ path = {crm:?}
     pub fn config(&self, receiver: &Receiver) -> Config {
         // The webhook header's secret comes from the environment, as in production.
         std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
-        let config = freshet::config::parse(&self.config_text(receiver)).expect("test config parses");
+        let config =
+            freshet::config::parse(&self.config_text(receiver)).expect("test config parses");
         let errors = config.validate();
         assert!(errors.is_empty(), "test config is invalid: {errors:?}");
         config
@@ -207,8 +213,17 @@ path = {crm:?}
 
     /// Runs the pipeline until it drains (`--once`).
     pub async fn run_once(&self, receiver: &Receiver) -> anyhow::Result<Stats> {
-        let results = freshet::run(&self.config(receiver), CancellationToken::new(), RunOptions { once: true }).await?;
-        Ok(results.into_iter().next().map(|(_, s)| s).unwrap_or_default())
+        let results = freshet::run(
+            &self.config(receiver),
+            CancellationToken::new(),
+            RunOptions { once: true },
+        )
+        .await?;
+        Ok(results
+            .into_iter()
+            .next()
+            .map(|(_, s)| s)
+            .unwrap_or_default())
     }
 
     /// The state store.
@@ -241,7 +256,12 @@ pub fn received_ids(receiver: &Receiver) -> Vec<String> {
     receiver
         .messages()
         .iter()
-        .map(|m| m.envelope["body"]["xdmEntity"]["_id"].as_str().unwrap_or_default().to_owned())
+        .map(|m| {
+            m.envelope["body"]["xdmEntity"]["_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -250,7 +270,12 @@ pub fn received_order_ids(receiver: &Receiver) -> Vec<i64> {
     receiver
         .messages()
         .iter()
-        .filter_map(|m| m.envelope["body"]["xdmEntity"]["_acme"]["orderId"].as_str()?.parse().ok())
+        .filter_map(|m| {
+            m.envelope["body"]["xdmEntity"]["_acme"]["orderId"]
+                .as_str()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -259,9 +284,17 @@ pub fn assert_exactly_once(mut got: Vec<i64>, expected: impl IntoIterator<Item =
     let mut want: Vec<i64> = expected.into_iter().collect();
     got.sort_unstable();
     want.sort_unstable();
-    let dupes: Vec<i64> = got.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    let dupes: Vec<i64> = got
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
     assert!(dupes.is_empty(), "delivered more than once: {dupes:?}");
-    let missing: Vec<i64> = want.iter().filter(|id| got.binary_search(id).is_err()).copied().collect();
+    let missing: Vec<i64> = want
+        .iter()
+        .filter(|id| got.binary_search(id).is_err())
+        .copied()
+        .collect();
     assert!(missing.is_empty(), "never delivered: {missing:?}");
     assert_eq!(got, want);
 }

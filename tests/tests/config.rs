@@ -26,8 +26,9 @@ fn golden_config_errors() {
         if std::env::var_os("FRESHET_BLESS").is_some() {
             std::fs::write(&golden, &error).unwrap();
         }
-        let expected = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|_| panic!("{} is missing; run with FRESHET_BLESS=1", golden.display()));
+        let expected = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+            panic!("{} is missing; run with FRESHET_BLESS=1", golden.display())
+        });
         assert_eq!(error, expected, "{}", path.display());
     }
     assert!(cases >= 5, "golden cases found: {cases}");
@@ -39,14 +40,22 @@ async fn start_error(schema: &str, timestamp_column: &str) -> String {
     let receiver = Receiver::start(true).await.unwrap();
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     std::fs::remove_file(&setup.db).unwrap();
-    rusqlite::Connection::open(&setup.db).unwrap().execute_batch(schema).unwrap();
+    rusqlite::Connection::open(&setup.db)
+        .unwrap()
+        .execute_batch(schema)
+        .unwrap();
     let text = setup.config_text(&receiver).replace(
         "timestamp = { column = \"updated_at\"",
         &format!("timestamp = {{ column = \"{timestamp_column}\""),
     );
     std::env::set_var("FRESHET_TEST_HOOK_KEY", "x");
     let config = freshet::config::parse(&text).unwrap();
-    let result = freshet::run(&config, Default::default(), freshet::RunOptions { once: true }).await;
+    let result = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await;
     let error = format!("{:#}", result.expect_err("the pipeline must not start"));
     assert_eq!(receiver.request_count(), 0, "nothing delivered");
     error
@@ -55,7 +64,10 @@ async fn start_error(schema: &str, timestamp_column: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timestamp_column_that_does_not_exist_is_named() {
     let error = start_error(freshet::bench::sample::ORDERS_SCHEMA, "modified_at").await;
-    assert_eq!(error, "pipelines.orders.source.timestamp.column: table `orders` has no column `modified_at`");
+    assert_eq!(
+        error,
+        "pipelines.orders.source.timestamp.column: table `orders` has no column `modified_at`"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,20 +75,32 @@ async fn a_nullable_timestamp_column_is_refused() {
     let schema = "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_email TEXT, status TEXT, amount TEXT, currency TEXT, updated_at INTEGER)";
     let error = start_error(schema, "updated_at").await;
     assert!(
-        error.starts_with("pipelines.orders.source.timestamp.column: column `updated_at` is nullable"),
+        error.starts_with(
+            "pipelines.orders.source.timestamp.column: column `updated_at` is nullable"
+        ),
         "{error}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_is_named() {
-    let error = start_error("CREATE TABLE customers (id INTEGER PRIMARY KEY)", "updated_at").await;
-    assert!(error.starts_with("pipelines.orders.source.table: table `orders` does not exist"), "{error}");
+    let error = start_error(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY)",
+        "updated_at",
+    )
+    .await;
+    assert!(
+        error.starts_with("pipelines.orders.source.table: table `orders` does not exist"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_timestamp_column_is_refused() {
     let schema = "CREATE TABLE orders (id INTEGER PRIMARY KEY, updated_at TEXT NOT NULL)";
     let error = start_error(schema, "updated_at").await;
-    assert!(error.contains("must be an INTEGER of epoch units"), "{error}");
+    assert!(
+        error.contains("must be an INTEGER of epoch units"),
+        "{error}"
+    );
 }

@@ -14,8 +14,14 @@ fn pending(ids: std::ops::Range<i64>) -> Vec<Order> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_then_a_200_loses_nothing() {
     let receiver = Receiver::start(true).await.unwrap();
-    receiver.script_aep(Scripted::Status { status: 500, retry_after: None });
-    receiver.script_aep(Scripted::Status { status: 503, retry_after: None });
+    receiver.script_aep(Scripted::Status {
+        status: 500,
+        retry_after: None,
+    });
+    receiver.script_aep(Scripted::Status {
+        status: 503,
+        retry_after: None,
+    });
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.insert(&pending(1..41));
     let stats = setup.run_once(&receiver).await.unwrap();
@@ -28,12 +34,18 @@ async fn a_500_then_a_200_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried_after_the_retry_after_it_names() {
     let receiver = Receiver::start(true).await.unwrap();
-    receiver.script_aep(Scripted::Status { status: 429, retry_after: Some(1) });
+    receiver.script_aep(Scripted::Status {
+        status: 429,
+        retry_after: Some(1),
+    });
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.insert(&pending(1..11));
     let started = Instant::now();
     let stats = setup.run_once(&receiver).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for Retry-After"
+    );
     assert_eq!(stats.delivered, 10);
     assert_eq!(receiver.request_count(), 2);
     assert_exactly_once(received_order_ids(&receiver), 1..11);
@@ -59,10 +71,17 @@ async fn a_207_rejecting_one_message_dead_letters_it_with_the_reason() {
     let letter = &dead[0];
     assert_eq!(letter.kind, DeadKind::Event);
     assert_eq!(letter.code, "http_400");
-    assert!(letter.reason.contains("priceTotal must be a number"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("priceTotal must be a number"),
+        "{}",
+        letter.reason
+    );
     assert!(letter.identity.starts_with("4@"), "{}", letter.identity);
     let envelope: serde_json::Value = serde_json::from_str(&letter.payload).unwrap();
-    assert_eq!(envelope["body"]["xdmEntity"]["_acme"]["orderId"], "4", "the envelope is kept for replay");
+    assert_eq!(
+        envelope["body"]["xdmEntity"]["_acme"]["orderId"], "4",
+        "the envelope is kept for replay"
+    );
     // The offset moved past the rejected row: a rerun sends nothing again.
     assert_eq!(setup.run_once(&receiver).await.unwrap().rows, 0);
 }
@@ -74,9 +93,18 @@ async fn a_webhook_failing_for_good_is_dead_lettered_and_a_5xx_is_retried() {
     // Two confirmed orders: the first webhook call gets a 503 (retried), the
     // second a 404 (never retried).
     let base = now_ms() - 60_000;
-    setup.insert(&[Order::new(1, "confirmed", base), Order::new(2, "confirmed", base + 1)]);
-    receiver.script_hook(Scripted::Status { status: 503, retry_after: None });
-    receiver.script_hook(Scripted::Status { status: 404, retry_after: None });
+    setup.insert(&[
+        Order::new(1, "confirmed", base),
+        Order::new(2, "confirmed", base + 1),
+    ]);
+    receiver.script_hook(Scripted::Status {
+        status: 503,
+        retry_after: None,
+    });
+    receiver.script_hook(Scripted::Status {
+        status: 404,
+        retry_after: None,
+    });
     let stats = setup.run_once(&receiver).await.unwrap();
     assert_eq!(stats.actions, 4, "two e-mails, two webhooks");
     // Actions run concurrently, so which row got which failure is not fixed:

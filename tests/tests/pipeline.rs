@@ -8,7 +8,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn orders(ids: std::ops::Range<i64>, base_ms: i64) -> Vec<Order> {
-    ids.map(|id| Order::new(id, freshet::bench::sample::status_of(id as u64), base_ms + id)).collect()
+    ids.map(|id| {
+        Order::new(
+            id,
+            freshet::bench::sample::status_of(id as u64),
+            base_ms + id,
+        )
+    })
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,21 +35,39 @@ async fn rows_become_aep_envelopes_and_confirmed_orders_fire_webhooks() {
     assert_eq!(messages.len(), 120);
     for (m, order) in messages.iter().zip(&rows) {
         let e = &m.envelope;
-        assert_eq!(e["header"]["schemaRef"]["id"], "https://ns.adobe.com/acme/schemas/orders");
-        assert_eq!(e["header"]["schemaRef"]["contentType"], "application/vnd.adobe.xed-full+json;version=1");
+        assert_eq!(
+            e["header"]["schemaRef"]["id"],
+            "https://ns.adobe.com/acme/schemas/orders"
+        );
+        assert_eq!(
+            e["header"]["schemaRef"]["contentType"],
+            "application/vnd.adobe.xed-full+json;version=1"
+        );
         assert_eq!(e["header"]["imsOrgId"], "TEST@AdobeOrg");
         assert_eq!(e["header"]["datasetId"], "ds-1");
         assert_eq!(e["header"]["flowId"], "flow-1");
         assert_eq!(e["body"]["xdmMeta"]["schemaRef"], e["header"]["schemaRef"]);
         let entity = &e["body"]["xdmEntity"];
         let identity = format!("{}@{}", order.id, order.updated_at * 1_000_000);
-        assert_eq!(entity["_id"], hex::encode(Sha256::digest(identity.as_bytes())), "deterministic _id");
-        let ts = chrono::DateTime::parse_from_rfc3339(entity["timestamp"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            entity["_id"],
+            hex::encode(Sha256::digest(identity.as_bytes())),
+            "deterministic _id"
+        );
+        let ts =
+            chrono::DateTime::parse_from_rfc3339(entity["timestamp"].as_str().unwrap()).unwrap();
         assert_eq!(ts.timestamp_millis(), order.updated_at);
-        assert_eq!(entity["identityMap"]["Email"][0]["id"], order.email.as_str());
+        assert_eq!(
+            entity["identityMap"]["Email"][0]["id"],
+            order.email.as_str()
+        );
         assert_eq!(entity["_acme"]["orderId"], order.id.to_string());
         assert_eq!(entity["_acme"]["orderStatus"], order.status.as_str());
-        let event_type = if order.status == "confirmed" { "commerce.purchases" } else { "commerce.order.pending" };
+        let event_type = if order.status == "confirmed" {
+            "commerce.purchases"
+        } else {
+            "commerce.order.pending"
+        };
         if order.status != "cancelled" {
             assert_eq!(entity["eventType"], event_type);
         }
@@ -54,12 +79,24 @@ async fn rows_become_aep_envelopes_and_confirmed_orders_fire_webhooks() {
     let mut keys = HashSet::new();
     for hook in &hooks {
         assert_eq!(hook.path, "/hooks/order-confirmed");
-        assert_eq!(hook.headers["x-api-key"], "s3cret", "the secret came from the environment");
-        let key = hook.idempotency_key.clone().expect("an Idempotency-Key header");
-        assert!(key.starts_with("orders/") && key.ends_with("/1"), "{key}: webhook is the row's 2nd action");
+        assert_eq!(
+            hook.headers["x-api-key"], "s3cret",
+            "the secret came from the environment"
+        );
+        let key = hook
+            .idempotency_key
+            .clone()
+            .expect("an Idempotency-Key header");
+        assert!(
+            key.starts_with("orders/") && key.ends_with("/1"),
+            "{key}: webhook is the row's 2nd action"
+        );
         assert!(keys.insert(key), "idempotency keys are unique");
     }
-    let hooked: HashSet<String> = hooks.iter().map(|h| h.body["orderId"].as_str().unwrap().to_owned()).collect();
+    let hooked: HashSet<String> = hooks
+        .iter()
+        .map(|h| h.body["orderId"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(hooked, confirmed.iter().map(|o| o.id.to_string()).collect());
 
     let emails = setup.ndjson("emails.ndjson");
@@ -93,15 +130,26 @@ async fn restart_resumes_from_the_committed_offset() {
     }
     shutdown.cancel();
     let first = run.await.unwrap().unwrap()[0].1;
-    assert!(first.rows >= 200 && first.rows < 1000, "stopped part-way: {first:?}");
+    assert!(
+        first.rows >= 200 && first.rows < 1000,
+        "stopped part-way: {first:?}"
+    );
 
     // More rows arrive while it is down; the second run picks up where the first committed.
     setup.insert(&orders(1001..1101, base));
     let second = setup.run_once(&receiver).await.unwrap();
     assert_eq!(first.rows + second.rows, 1100, "{first:?} {second:?}");
     assert_exactly_once(received_order_ids(&receiver), 1..1101);
-    let hook_keys: Vec<String> = receiver.hooks().iter().filter_map(|h| h.idempotency_key.clone()).collect();
-    assert_eq!(hook_keys.len(), hook_keys.iter().collect::<HashSet<_>>().len(), "no webhook twice");
+    let hook_keys: Vec<String> = receiver
+        .hooks()
+        .iter()
+        .filter_map(|h| h.idempotency_key.clone())
+        .collect();
+    assert_eq!(
+        hook_keys.len(),
+        hook_keys.iter().collect::<HashSet<_>>().len(),
+        "no webhook twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,10 +164,17 @@ async fn replay_after_an_offset_reset_redelivers_events_but_not_actions() {
     use freshet::state::StateStore as _;
     setup.state().reset_offset("orders", None).unwrap();
     let replay = setup.run_once(&receiver).await.unwrap();
-    assert_eq!(replay.delivered, 50, "events are at-least-once: replayed with the same _ids");
+    assert_eq!(
+        replay.delivered, 50,
+        "events are at-least-once: replayed with the same _ids"
+    );
     let ids = received_ids(&receiver);
     assert_eq!(ids[..50], ids[50..], "the same deterministic _ids");
-    assert_eq!(receiver.hooks().len(), hooks, "the ledger kept every webhook from firing twice");
+    assert_eq!(
+        receiver.hooks().len(),
+        hooks,
+        "the ledger kept every webhook from firing twice"
+    );
     assert_eq!(replay.actions, 0);
     assert_eq!(replay.actions_skipped, first.actions);
 }
@@ -131,7 +186,11 @@ async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once() {
     setup.page_size = 100;
     setup.batch_size = 30;
     let ts = now_ms() - 10_000;
-    setup.insert(&(1..1001).map(|id| Order::new(id, "pending", ts)).collect::<Vec<_>>());
+    setup.insert(
+        &(1..1001)
+            .map(|id| Order::new(id, "pending", ts))
+            .collect::<Vec<_>>(),
+    );
     let stats = setup.run_once(&receiver).await.unwrap();
     assert_eq!(stats.pages, 10);
     assert_exactly_once(received_order_ids(&receiver), 1..1001);
@@ -161,7 +220,11 @@ async fn a_row_committed_late_inside_the_delay_window_is_delivered() {
     }
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    assert_eq!(received_order_ids(&receiver), vec![2, 1], "in timestamp order, none lost");
+    assert_eq!(
+        received_order_ids(&receiver),
+        vec![2, 1],
+        "in timestamp order, none lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +233,11 @@ async fn backfill_false_reads_only_rows_after_the_first_start_and_initial_starts
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.backfill = false;
     setup.insert(&orders(1..11, now_ms() - 60_000));
-    assert_eq!(setup.run_once(&receiver).await.unwrap().rows, 0, "old rows skipped");
+    assert_eq!(
+        setup.run_once(&receiver).await.unwrap().rows,
+        0,
+        "old rows skipped"
+    );
     setup.insert(&orders(11..16, now_ms() - 10_000 + 1_000));
     // -1 was fixed at the first start; rows stamped after it are read.
     setup.insert(&[Order::new(100, "pending", now_ms() + 10)]);

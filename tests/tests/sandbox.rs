@@ -14,19 +14,26 @@ async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLette
     let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
     setup.limits = limits.to_owned();
     let base = now_ms() - 60_000;
-    let rows: Vec<Order> =
-        (1..10).map(|id| Order::new(id, if id == 5 { behaviour } else { "fine" }, base + id)).collect();
+    let rows: Vec<Order> = (1..10)
+        .map(|id| Order::new(id, if id == 5 { behaviour } else { "fine" }, base + id))
+        .collect();
     setup.insert(&rows);
     let stats = setup.run_once(&receiver).await.unwrap();
     assert_eq!(stats.rows, 9);
-    assert_eq!(stats.delivered, 8, "every other row of the batch was delivered");
+    assert_eq!(
+        stats.delivered, 8,
+        "every other row of the batch was delivered"
+    );
     assert_eq!(receiver.hooks().len(), 8, "and its action ran");
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].kind, DeadKind::Row);
     assert!(dead[0].identity.starts_with("5@"));
     let row: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
-    assert_eq!(row["cells"]["status"], behaviour, "the row is kept for replay");
+    assert_eq!(
+        row["cells"]["status"], behaviour,
+        "the row is kept for replay"
+    );
     dead[0].clone()
 }
 
@@ -47,7 +54,11 @@ async fn an_infinite_loop_with_fuel_to_spare_hits_the_deadline() {
 async fn unbounded_allocation_hits_the_memory_cap() {
     let dead = one_bad_row("alloc", "memory_mib = 16\nfuel_per_row = 1_000_000_000").await;
     assert_eq!(dead.code, "memory_exceeded");
-    assert!(dead.reason.contains(&(16u64 << 20).to_string()), "{}", dead.reason);
+    assert!(
+        dead.reason.contains(&(16u64 << 20).to_string()),
+        "{}",
+        dead.reason
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +78,11 @@ async fn unbounded_recursion_is_a_trap() {
 async fn a_rejected_row_is_dead_lettered_with_the_plugins_reason() {
     let dead = one_bad_row("reject", "").await;
     assert_eq!(dead.code, "reject");
-    assert!(dead.reason.contains("rejected on purpose"), "{}", dead.reason);
+    assert!(
+        dead.reason.contains("rejected on purpose"),
+        "{}",
+        dead.reason
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,27 +99,58 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
         ..Default::default()
     })
     .unwrap();
-    let plugin = runtime.load(std::path::Path::new(plugins::HOSTILE_PLUGIN)).unwrap();
-    assert!(plugin.uses_wasi(), "a Rust std guest imports WASI and still links");
-    let ctx = |limits: Limits| CallContext { pipeline: "t".into(), limits, settings: Arc::new(Default::default()) };
+    let plugin = runtime
+        .load(std::path::Path::new(plugins::HOSTILE_PLUGIN))
+        .unwrap();
+    assert!(
+        plugin.uses_wasi(),
+        "a Rust std guest imports WASI and still links"
+    );
+    let ctx = |limits: Limits| CallContext {
+        pipeline: "t".into(),
+        limits,
+        settings: Arc::new(Default::default()),
+    };
     let row = |status: &str| freshet::plugin::contract::Row {
         identity: "1@0".into(),
         cells: vec![freshet::plugin::contract::Value::Text(status.into())],
     };
     let columns = vec!["status".to_owned()];
-    let probe = |status: &str, limits: Limits| Sandbox::new(plugin.clone(), ctx(limits)).probe(&columns, &row(status));
+    let probe = |status: &str, limits: Limits| {
+        Sandbox::new(plugin.clone(), ctx(limits)).probe(&columns, &row(status))
+    };
 
     let (ok, usage) = probe("fine", Limits::default());
     let (events, actions) = ok.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(actions.len(), 1);
-    assert!(usage.fuel > 0 && usage.fuel < Limits::default().fuel_per_row, "{usage:?}");
+    assert!(
+        usage.fuel > 0 && usage.fuel < Limits::default().fuel_per_row,
+        "{usage:?}"
+    );
     assert!(usage.peak_memory > 0, "{usage:?}");
 
-    let small_fuel = Limits { fuel_per_row: 100_000, ..Limits::default() };
-    assert_eq!(probe("loop", small_fuel).0.unwrap_err(), PluginError::OutOfFuel { budget: 100_000 });
-    let memory = Limits { memory_mib: 8, ..Limits::default() };
-    assert!(matches!(probe("alloc", memory).0.unwrap_err(), PluginError::MemoryExceeded { cap, .. } if cap == 8 << 20));
-    assert!(matches!(probe("trap", Limits::default()).0.unwrap_err(), PluginError::Trap(_)));
-    assert!(matches!(probe("internal", Limits::default()).0.unwrap_err(), PluginError::Guest(_)));
+    let small_fuel = Limits {
+        fuel_per_row: 100_000,
+        ..Limits::default()
+    };
+    assert_eq!(
+        probe("loop", small_fuel).0.unwrap_err(),
+        PluginError::OutOfFuel { budget: 100_000 }
+    );
+    let memory = Limits {
+        memory_mib: 8,
+        ..Limits::default()
+    };
+    assert!(
+        matches!(probe("alloc", memory).0.unwrap_err(), PluginError::MemoryExceeded { cap, .. } if cap == 8 << 20)
+    );
+    assert!(matches!(
+        probe("trap", Limits::default()).0.unwrap_err(),
+        PluginError::Trap(_)
+    ));
+    assert!(matches!(
+        probe("internal", Limits::default()).0.unwrap_err(),
+        PluginError::Guest(_)
+    ));
 }

@@ -81,13 +81,23 @@ fn payload(text: &str) -> Payload<'_> {
 pub(crate) enum ActionView<'a> {
     /// An e-mail.
     #[allow(missing_docs)]
-    Email { target: &'a str, to: &'a str, template: &'a str, variables: Payload<'a> },
+    Email {
+        target: &'a str,
+        to: &'a str,
+        template: &'a str,
+        variables: Payload<'a>,
+    },
     /// A webhook call.
     #[allow(missing_docs)]
     Webhook { target: &'a str, body: Payload<'a> },
     /// A CRM upsert.
     #[allow(missing_docs)]
-    CrmUpdate { target: &'a str, object: &'a str, external_id: &'a str, fields: Payload<'a> },
+    CrmUpdate {
+        target: &'a str,
+        object: &'a str,
+        external_id: &'a str,
+        fields: Payload<'a>,
+    },
 }
 
 impl<'a> From<&'a Action> for ActionView<'a> {
@@ -99,7 +109,10 @@ impl<'a> From<&'a Action> for ActionView<'a> {
                 template: &a.template,
                 variables: payload(&a.variables),
             },
-            Action::Webhook(a) => ActionView::Webhook { target: &a.target, body: payload(&a.body) },
+            Action::Webhook(a) => ActionView::Webhook {
+                target: &a.target,
+                body: payload(&a.body),
+            },
             Action::CrmUpdate(a) => ActionView::CrmUpdate {
                 target: &a.target,
                 object: &a.object,

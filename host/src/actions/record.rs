@@ -18,20 +18,27 @@ impl RecordTarget {
     /// Opens the file for appending; `key` names the target in errors.
     pub fn open(path: &Path, key: &str) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("{key}.path: creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{key}.path: creating {}", dir.display()))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("{key}.path: opening {}", path.display()))?;
-        Ok(Self { path: path.to_owned(), file: Mutex::new(std::io::BufWriter::with_capacity(256 * 1024, file)) })
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(std::io::BufWriter::with_capacity(256 * 1024, file)),
+        })
     }
 
     /// Makes every recorded line durable; the pipeline calls it once per page,
     /// before committing, rather than syncing each line.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut file = self.file.lock().map_err(|_| std::io::Error::other("lock poisoned"))?;
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("lock poisoned"))?;
         file.flush()?;
         file.get_ref().sync_data()
     }
@@ -44,18 +51,34 @@ impl RecordTarget {
             identity: &'a str,
             action: ActionView<'a>,
         }
-        let line = Line { idempotency_key: &request.key, identity: &request.identity, action: (&request.action).into() };
+        let line = Line {
+            idempotency_key: &request.key,
+            identity: &request.identity,
+            action: (&request.action).into(),
+        };
         let line = match serde_json::to_string(&line) {
             Ok(line) => line,
-            Err(e) => return ActionResult::Failed { outcome: "error".into(), reason: format!("serializing the action: {e}") },
+            Err(e) => {
+                return ActionResult::Failed {
+                    outcome: "error".into(),
+                    reason: format!("serializing the action: {e}"),
+                }
+            }
         };
-        let written = self.file.lock().map_err(|_| std::io::Error::other("lock poisoned")).and_then(|mut f| {
-            f.write_all(line.as_bytes())?;
-            f.write_all(b"\n")
-        });
+        let written = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("lock poisoned"))
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                f.write_all(b"\n")
+            });
         match written {
             Ok(()) => ActionResult::Done("recorded".into()),
-            Err(e) => ActionResult::Failed { outcome: "error".into(), reason: format!("{}: {e}", self.path.display()) },
+            Err(e) => ActionResult::Failed {
+                outcome: "error".into(),
+                reason: format!("{}: {e}", self.path.display()),
+            },
         }
     }
 }

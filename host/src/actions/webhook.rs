@@ -40,20 +40,25 @@ impl WebhookTarget {
     /// Builds the target; `key` is its config key path.
     pub fn build(config: &WebhookTargetConfig, key: &str) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(&config.url).with_context(|| format!("{key}.url"))?;
-        let method = reqwest::Method::from_bytes(config.method.as_bytes()).with_context(|| format!("{key}.method"))?;
+        let method = reqwest::Method::from_bytes(config.method.as_bytes())
+            .with_context(|| format!("{key}.method"))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             let hkey = format!("{key}.headers.{name}");
             let value = expand(value, &hkey)?;
-            let name = HeaderName::from_bytes(name.as_bytes()).with_context(|| format!("{hkey}: not a header name"))?;
-            let mut value = HeaderValue::from_str(&value).with_context(|| format!("{hkey}: not a header value"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("{hkey}: not a header name"))?;
+            let mut value = HeaderValue::from_str(&value)
+                .with_context(|| format!("{hkey}: not a header value"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
         if config.max_retries > 3 {
             bail!("{key}.max_retries: at most 3");
         }
-        let client = reqwest::Client::builder().build().with_context(|| format!("{key}: HTTP client"))?;
+        let client = reqwest::Client::builder()
+            .build()
+            .with_context(|| format!("{key}: HTTP client"))?;
         Ok(Self {
             client,
             url,
@@ -69,7 +74,10 @@ impl WebhookTarget {
     pub async fn call(&self, idempotency_key: &str, body: &str) -> ActionResult {
         let deadline = Instant::now() + self.window;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last = ActionResult::Failed { outcome: "timedout".into(), reason: "no attempt fit the window".into() };
+        let mut last = ActionResult::Failed {
+            outcome: "timedout".into(),
+            reason: "no attempt fit the window".into(),
+        };
         for attempt in 0..=self.max_retries {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -82,7 +90,9 @@ impl WebhookTarget {
                 .header("idempotency-key", idempotency_key)
                 .timeout(left);
             if self.method != reqwest::Method::GET {
-                request = request.header("content-type", "application/json").body(body.to_owned());
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.to_owned());
             }
             let (status, retry_after) = match request.send().await {
                 Ok(response) => {
@@ -94,16 +104,26 @@ impl WebhookTarget {
                     let text = response.text().await.unwrap_or_default();
                     last = ActionResult::Failed {
                         outcome: format!("http_{status}"),
-                        reason: format!("{} answered {status}: {}", self.url, text.chars().take(500).collect::<String>()),
+                        reason: format!(
+                            "{} answered {status}: {}",
+                            self.url,
+                            text.chars().take(500).collect::<String>()
+                        ),
                     };
                     (Some(status), after)
                 }
                 Err(e) if e.is_timeout() => {
-                    last = ActionResult::Failed { outcome: "timedout".into(), reason: format!("{}: {e}", self.url) };
+                    last = ActionResult::Failed {
+                        outcome: "timedout".into(),
+                        reason: format!("{}: {e}", self.url),
+                    };
                     (None, None)
                 }
                 Err(e) => {
-                    last = ActionResult::Failed { outcome: "error".into(), reason: format!("{}: {e}", self.url) };
+                    last = ActionResult::Failed {
+                        outcome: "error".into(),
+                        reason: format!("{}: {e}", self.url),
+                    };
                     (None, None)
                 }
             };

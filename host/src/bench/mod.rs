@@ -40,7 +40,12 @@ fn emit(line: serde_json::Value) {
 /// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
 fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &BenchArgs) -> String {
-    let record = |name: &str| format!("[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {:?}\n", dir.join(format!("{name}.ndjson")));
+    let record = |name: &str| {
+        format!(
+            "[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {:?}\n",
+            dir.join(format!("{name}.ndjson"))
+        )
+    };
     format!(
         r#"
 [engine]
@@ -87,7 +92,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("orders.db");
     let now = Timestamp::now();
-    sample::create_orders(&db, args.rows, now.minus(Duration::from_secs(86_400)), now.minus(Duration::from_secs(60)))?;
+    sample::create_orders(
+        &db,
+        args.rows,
+        now.minus(Duration::from_secs(86_400)),
+        now.minus(Duration::from_secs(60)),
+    )?;
     let rows = read_all(&db).await?;
 
     // Plugin only: the sandbox boundary and the guest's work, no I/O. The
@@ -106,15 +116,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         settings: Arc::new([("tenant".to_owned(), "acme".to_owned())].into()),
     };
     let sandbox = Sandbox::new(plugin, ctx);
-    emit(json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&args.plugin)?.len(), "compile_ms": ms(compile)}));
+    emit(
+        json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&args.plugin)?.len(), "compile_ms": ms(compile)}),
+    );
     for batch in [1, args.batch] {
-        let sample = if batch == 1 { &rows.1[..rows.1.len().min(20_000)] } else { &rows.1[..] };
+        let sample = if batch == 1 {
+            &rows.1[..rows.1.len().min(20_000)]
+        } else {
+            &rows.1[..]
+        };
         let (mut map_time, mut decide_time) = (Duration::ZERO, Duration::ZERO);
         let mut events = 0;
         for chunk in sample.chunks(batch) {
-            let batch = RowBatch { columns: rows.0.clone(), rows: chunk.to_vec() };
+            let batch = RowBatch {
+                columns: rows.0.clone(),
+                rows: chunk.to_vec(),
+            };
             let start = Instant::now();
-            let mapped: Vec<_> = sandbox.map_rows(&batch).into_iter().flat_map(|o| o.unwrap_or_default()).collect();
+            let mapped: Vec<_> = sandbox
+                .map_rows(&batch)
+                .into_iter()
+                .flat_map(|o| o.unwrap_or_default())
+                .collect();
             map_time += start.elapsed();
             events += mapped.len();
             let start = Instant::now();
@@ -122,7 +145,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             decide_time += start.elapsed();
         }
         let took = map_time + decide_time;
-        ensure!(events == sample.len(), "the plugin mapped {events} of {} rows", sample.len());
+        ensure!(
+            events == sample.len(),
+            "the plugin mapped {events} of {} rows",
+            sample.len()
+        );
         emit(json!({
             "bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": us_per(took, sample.len()),
             "map_us_per_row": us_per(map_time, sample.len()), "decide_us_per_row": us_per(decide_time, sample.len()),
@@ -140,15 +167,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         produced.1 += a;
     }
     let took = start.elapsed();
-    ensure!(produced.0 == rows.1.len(), "native mapping produced {} events", produced.0);
-    emit(json!({"bench": "native", "rows": rows.1.len(), "us_per_row": us_per(took, rows.1.len()), "rows_per_s": per_s(rows.1.len(), took)}));
+    ensure!(
+        produced.0 == rows.1.len(),
+        "native mapping produced {} events",
+        produced.0
+    );
+    emit(
+        json!({"bench": "native", "rows": rows.1.len(), "us_per_row": us_per(took, rows.1.len()), "rows_per_s": per_s(rows.1.len(), took)}),
+    );
 
     // End to end, offsets committed.
     let receiver = receiver::Receiver::start(false).await?;
     let text = bench_config(dir.path(), &db, &args.plugin, &receiver.url(), &args);
     let config = crate::config::parse(&text)?;
     let start = Instant::now();
-    let results = crate::run(&config, CancellationToken::new(), crate::RunOptions { once: true }).await?;
+    let results = crate::run(
+        &config,
+        CancellationToken::new(),
+        crate::RunOptions { once: true },
+    )
+    .await?;
     let took = start.elapsed();
     let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
     ensure!(
@@ -171,9 +209,21 @@ async fn read_all(db: &Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
         "path": db, "table": "orders", "key_column": "id",
         "timestamp": {"column": "updated_at", "unit": "ms"},
     }))?;
-    let source = Arc::new(crate::source::sqlite::SqliteSource::open(&config, "bench.source")?);
-    let page = source.page(&Cursor::before(Timestamp::EPOCH), Timestamp::now(), usize::MAX >> 1).await?;
-    Ok((source.columns().to_vec(), page.rows.into_iter().map(|r| r.row).collect()))
+    let source = Arc::new(crate::source::sqlite::SqliteSource::open(
+        &config,
+        "bench.source",
+    )?);
+    let page = source
+        .page(
+            &Cursor::before(Timestamp::EPOCH),
+            Timestamp::now(),
+            usize::MAX >> 1,
+        )
+        .await?;
+    Ok((
+        source.columns().to_vec(),
+        page.rows.into_iter().map(|r| r.row).collect(),
+    ))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -50,7 +50,10 @@ pub fn map_and_decide(row: &Row, cols: &OrderColumns, tenant: &str) -> (usize, u
     };
     let id = mapping::event_id(&row.identity);
     match mapping::event_body(&order, tenant) {
-        Ok(body) => (1, mapping::decide(&id, &body, tenant).map_or(0, |d| d.len())),
+        Ok(body) => (
+            1,
+            mapping::decide(&id, &body, tenant).map_or(0, |d| d.len()),
+        ),
         Err(_) => (0, 0),
     }
 }

@@ -97,7 +97,10 @@ impl Receiver {
     /// Starts on `127.0.0.1:0`. With `keep`, every message and webhook is
     /// kept for inspection; without, only counted (for the benchmark).
     pub async fn start(keep: bool) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { keep, ..Shared::default() });
+        let shared = Arc::new(Shared {
+            keep,
+            ..Shared::default()
+        });
         let app = Router::new()
             .route("/collection/batch/{connection}", post(batch))
             .route("/hooks/{*rest}", post(hook).put(hook))
@@ -153,7 +156,11 @@ impl Receiver {
 
 fn status_response(status: u16, retry_after: Option<u64>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (code, json!({"message": format!("scripted {status}")}).to_string()).into_response();
+    let mut response = (
+        code,
+        json!({"message": format!("scripted {status}")}).to_string(),
+    )
+        .into_response();
     if let Some(seconds) = retry_after {
         response.headers_mut().insert("retry-after", seconds.into());
     }
@@ -168,9 +175,18 @@ async fn batch(
 ) -> Response {
     let at = Instant::now();
     shared.request_count.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.auth).push(headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    lock(&shared.auth).push(
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     let scripted = lock(&shared.aep_script).pop_front();
-    if let Some(Scripted::Status { status, retry_after }) = scripted {
+    if let Some(Scripted::Status {
+        status,
+        retry_after,
+    }) = scripted
+    {
         return status_response(status, retry_after);
     }
     // Messages are held raw: the benchmark counts them without building
@@ -188,7 +204,11 @@ async fn batch(
         }
     };
     let rejected = match scripted {
-        Some(Scripted::RejectMessage { index, status, message }) => Some((index, status, message)),
+        Some(Scripted::RejectMessage {
+            index,
+            status,
+            message,
+        }) => Some((index, status, message)),
         _ => None,
     };
     let mut responses = Vec::with_capacity(messages.len());
@@ -203,28 +223,44 @@ async fn batch(
                 accepted += 1;
                 responses.push(json!({"xactionId": format!("x-{i}")}));
                 if shared.keep {
-                    kept.push(Received { envelope: serde_json::from_str(raw.get()).unwrap_or(Value::Null), at });
+                    kept.push(Received {
+                        envelope: serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                        at,
+                    });
                 }
             }
         }
     }
     shared.message_count.fetch_add(accepted, Ordering::Relaxed);
     lock(&shared.messages).extend(kept);
-    let answer = json!({"inletId": "loopback", "batchId": "b", "receivedTimeMs": 0, "responses": responses});
+    let answer =
+        json!({"inletId": "loopback", "batchId": "b", "receivedTimeMs": 0, "responses": responses});
     (StatusCode::MULTI_STATUS, answer.to_string()).into_response()
 }
 
-async fn hook(State(shared): State<Arc<Shared>>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook(
+    State(shared): State<Arc<Shared>>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let at = Instant::now();
     if let Some(scripted) = lock(&shared.hook_script).pop_front() {
-        if let Scripted::Status { status, retry_after } = scripted {
+        if let Scripted::Status {
+            status,
+            retry_after,
+        } = scripted
+        {
             return status_response(status, retry_after);
         }
     }
     if shared.keep {
         lock(&shared.hooks).push(Hook {
             path: format!("/hooks/{rest}"),
-            idempotency_key: headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            idempotency_key: headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             headers,
             at,

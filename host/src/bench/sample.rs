@@ -34,13 +34,20 @@ pub fn status_of(n: u64) -> &'static str {
 /// Creates the table if needed and adds `rows` orders whose `updated_at`
 /// spreads evenly over `[from, to]` (several rows share each millisecond when
 /// there are more rows than milliseconds). Returns the first id added.
-pub fn create_orders(db: &Path, rows: usize, from: Timestamp, to: Timestamp) -> anyhow::Result<i64> {
+pub fn create_orders(
+    db: &Path,
+    rows: usize,
+    from: Timestamp,
+    to: Timestamp,
+) -> anyhow::Result<i64> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
     conn.execute_batch(ORDERS_SCHEMA)?;
-    let first: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| r.get(0))?;
+    let first: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM orders", [], |r| {
+        r.get(0)
+    })?;
     let (from_ms, to_ms) = (from.0 / 1_000_000, to.0 / 1_000_000);
     let span = (to_ms - from_ms).max(0);
     let tx = conn.transaction()?;
@@ -52,7 +59,12 @@ pub fn create_orders(db: &Path, rows: usize, from: Timestamp, to: Timestamp) -> 
             let id = first + i;
             let n = id as u64;
             let cents = (n * 137) % 50_000 + 100;
-            let at = from_ms + if rows > 1 { span * i / (rows as i64 - 1) } else { 0 };
+            let at = from_ms
+                + if rows > 1 {
+                    span * i / (rows as i64 - 1)
+                } else {
+                    0
+                };
             insert.execute(params![
                 id,
                 format!("customer{}@example.com", n % 5_000),

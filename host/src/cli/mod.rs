@@ -153,7 +153,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         },
-        Command::Plugin { command: PluginCommand::Test(args) } => return plugin_test::run(args),
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => return plugin_test::run(args),
         Command::Offsets { command } => match command {
             OffsetsCommand::Show { config } => {
                 let config = load(&config)?;
@@ -165,25 +167,39 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                             "{}",
                             serde_json::json!({"pipeline": name, "cursor": o.cursor.to_string(), "ts": o.cursor.ts.rfc3339(), "key": o.cursor.key, "updated_ms": o.updated_ms})
                         ),
-                        None => println!("{}", serde_json::json!({"pipeline": name, "cursor": null})),
+                        None => {
+                            println!("{}", serde_json::json!({"pipeline": name, "cursor": null}))
+                        }
                     }
                 }
             }
-            OffsetsCommand::Reset { config, pipeline, to } => {
+            OffsetsCommand::Reset {
+                config,
+                pipeline,
+                to,
+            } => {
                 let config = load(&config)?;
                 if !config.pipelines.contains_key(&pipeline) {
                     bail!("the config has no pipeline `{pipeline}`");
                 }
                 let state = SqliteState::open(&config.state.path)?;
-                let cursor = to.as_deref().map(parse_instant).transpose()?.map(Cursor::before);
+                let cursor = to
+                    .as_deref()
+                    .map(parse_instant)
+                    .transpose()?
+                    .map(Cursor::before);
                 state.reset_offset(&pipeline, cursor.as_ref())?;
                 match cursor {
                     Some(c) => println!("{pipeline}: offset set to {c}"),
-                    None => println!("{pipeline}: offset forgotten; the next start uses timestamp.initial"),
+                    None => println!(
+                        "{pipeline}: offset forgotten; the next start uses timestamp.initial"
+                    ),
                 }
             }
         },
-        Command::Dlq { command: DlqCommand::List { config, pipeline } } => {
+        Command::Dlq {
+            command: DlqCommand::List { config, pipeline },
+        } => {
             let config = load(&config)?;
             let state = SqliteState::open(&config.state.path)?;
             for letter in state.dead_letters(pipeline.as_deref())? {
@@ -192,7 +208,12 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Sample { db, rows } => {
             let now = Timestamp::now();
-            crate::bench::sample::create_orders(&db, rows, now.minus(std::time::Duration::from_secs(3600)), now)?;
+            crate::bench::sample::create_orders(
+                &db,
+                rows,
+                now.minus(std::time::Duration::from_secs(3600)),
+                now,
+            )?;
             println!("{}: {rows} orders added", db.display());
         }
         Command::Bench(args) => crate::bench::run(args).await?,

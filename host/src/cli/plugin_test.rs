@@ -52,7 +52,11 @@ fn cell(column: &str, v: &Json) -> anyhow::Result<Value> {
         Json::String(s) => Value::Text(s.clone()),
         Json::Object(o) if o.len() == 1 => {
             let (kind, inner) = o.iter().next().ok_or_else(|| anyhow!("empty object"))?;
-            let text = || inner.as_str().ok_or_else(|| anyhow!("column `{column}`: `{kind}` takes a string"));
+            let text = || {
+                inner
+                    .as_str()
+                    .ok_or_else(|| anyhow!("column `{column}`: `{kind}` takes a string"))
+            };
             match kind.as_str() {
                 "timestamp" => {
                     let t = chrono::DateTime::parse_from_rfc3339(text()?)
@@ -63,11 +67,15 @@ fn cell(column: &str, v: &Json) -> anyhow::Result<Value> {
                 "date" => {
                     let d = chrono::NaiveDate::parse_from_str(text()?, "%Y-%m-%d")
                         .with_context(|| format!("column `{column}`: not a YYYY-MM-DD date"))?;
-                    let days = d.signed_duration_since(chrono::NaiveDate::default()).num_days();
+                    let days = d
+                        .signed_duration_since(chrono::NaiveDate::default())
+                        .num_days();
                     Value::Date(i32::try_from(days)?)
                 }
                 "json" => Value::Json(inner.to_string()),
-                "binary" => Value::Binary(hex::decode(text()?).with_context(|| format!("column `{column}`: not hex"))?),
+                "binary" => Value::Binary(
+                    hex::decode(text()?).with_context(|| format!("column `{column}`: not hex"))?,
+                ),
                 _ => Value::Json(v.to_string()),
             }
         }
@@ -77,9 +85,10 @@ fn cell(column: &str, v: &Json) -> anyhow::Result<Value> {
 
 /// Reads the rows file into columns and rows.
 fn read_rows(path: &std::path::Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let objects: Vec<serde_json::Map<String, Json>> =
-        serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let objects: Vec<serde_json::Map<String, Json>> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON array of objects", path.display()))?;
     let mut columns: Vec<String> = Vec::new();
     for object in &objects {
         for key in object.keys().filter(|k| *k != "_identity") {
@@ -109,21 +118,31 @@ fn read_rows(path: &std::path::Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (limits, mut settings) = match (&args.config, &args.pipeline) {
         (Some(path), Some(name)) => {
-            let config = crate::config::load(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let p = config.pipelines.get(name).ok_or_else(|| anyhow!("the config has no pipeline `{name}`"))?;
+            let config =
+                crate::config::load(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let p = config
+                .pipelines
+                .get(name)
+                .ok_or_else(|| anyhow!("the config has no pipeline `{name}`"))?;
             (p.limits.clone(), p.plugin_settings.clone())
         }
         _ => (Limits::default(), BTreeMap::new()),
     };
     for setting in &args.settings {
-        let Some((k, v)) = setting.split_once('=') else { bail!("--setting {setting:?}: expected NAME=VALUE") };
+        let Some((k, v)) = setting.split_once('=') else {
+            bail!("--setting {setting:?}: expected NAME=VALUE")
+        };
         settings.insert(k.to_owned(), v.to_owned());
     }
     let (columns, rows) = read_rows(&args.rows)?;
     let runtime = Runtime::new(&Default::default())?;
     let plugin = runtime.load(&args.plugin)?;
     let version = plugin.version()[..12].to_owned();
-    let ctx = CallContext { pipeline: "plugin-test".into(), limits: limits.clone(), settings: Arc::new(settings) };
+    let ctx = CallContext {
+        pipeline: "plugin-test".into(),
+        limits: limits.clone(),
+        settings: Arc::new(settings),
+    };
     let sandbox = Sandbox::new(plugin, ctx);
     let mut failed = 0;
     for (n, row) in rows.iter().enumerate() {
@@ -136,11 +155,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             Ok((events, actions)) => {
                 let events_json: Vec<Json> = events
                     .iter()
-                    .map(|e| json!({
-                        "_id": e.id,
-                        "timestamp": Timestamp::from_instant(e.timestamp).rfc3339(),
-                        "body": serde_json::from_str::<Json>(&e.body).unwrap_or(Json::Null),
-                    }))
+                    .map(|e| {
+                        json!({
+                            "_id": e.id,
+                            "timestamp": Timestamp::from_instant(e.timestamp).rfc3339(),
+                            "body": serde_json::from_str::<Json>(&e.body).unwrap_or(Json::Null),
+                        })
+                    })
                     .collect();
                 let actions_json: Vec<Json> = actions
                     .iter()
@@ -162,5 +183,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     eprintln!("{} rows, {failed} failed (plugin {})", rows.len(), version);
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -306,8 +306,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 /// Reads, parses and validates a config file. Relative paths inside it are
 /// taken from the file's own folder.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut config = parse(&text).map_err(LoadError::Parse)?;
     let errors = config.validate();
     if !errors.is_empty() {

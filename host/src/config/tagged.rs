@@ -19,7 +19,10 @@ pub(super) fn split<'de, D: Deserializer<'de>>(d: D) -> Result<(String, toml::Ta
     let mut table = toml::Table::deserialize(d)?;
     match table.remove("kind") {
         Some(toml::Value::String(kind)) => Ok((kind, table)),
-        Some(other) => Err(D::Error::custom(format!("{SEP}kind{SEP}must be a string, not {}", other.type_str()))),
+        Some(other) => Err(D::Error::custom(format!(
+            "{SEP}kind{SEP}must be a string, not {}",
+            other.type_str()
+        ))),
         None => Err(D::Error::missing_field("kind")),
     }
 }
@@ -34,8 +37,14 @@ pub(super) fn variant<T: DeserializeOwned, E: serde::de::Error>(rest: toml::Tabl
 
 /// The error for a `kind` that is not one of `expected`.
 pub(super) fn unknown<E: serde::de::Error>(kind: &str, expected: &[&str]) -> E {
-    let expected = expected.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-    E::custom(format!("{SEP}kind{SEP}unknown kind `{kind}`, expected one of {expected}"))
+    let expected = expected
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    E::custom(format!(
+        "{SEP}kind{SEP}unknown kind `{kind}`, expected one of {expected}"
+    ))
 }
 
 /// Joins an outer key path and a message that may carry an inner one.

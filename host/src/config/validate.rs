@@ -16,7 +16,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -40,7 +43,8 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at(&mut self, key: &str, message: impl Into<String>) {
-        self.out.push(ConfigError::new(format!("{}.{key}", self.prefix), message));
+        self.out
+            .push(ConfigError::new(format!("{}.{key}", self.prefix), message));
     }
 
     fn check(&mut self, ok: bool, key: &str, message: impl Into<String>) {
@@ -54,13 +58,20 @@ impl Errors<'_> {
     }
 
     fn range<T: PartialOrd + fmt::Display>(&mut self, value: T, min: T, max: T, key: &str) {
-        self.check(min <= value && value <= max, key, format!("must be between {min} and {max}, not {value}"));
+        self.check(
+            min <= value && value <= max,
+            key,
+            format!("must be between {min} and {max}, not {value}"),
+        );
     }
 
     fn url(&mut self, value: &str, key: &str) {
         match reqwest::Url::parse(value) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => self.at(key, format!("must be an http or https URL, not {}", url.scheme())),
+            Ok(url) => self.at(
+                key,
+                format!("must be an http or https URL, not {}", url.scheme()),
+            ),
             Err(e) => self.at(key, format!("is not a URL ({e}): {value:?}")),
         }
     }
@@ -70,7 +81,9 @@ impl Errors<'_> {
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// Is `name` a plain SQL identifier (no quoting needed)?
@@ -86,7 +99,9 @@ pub(crate) fn env_references(value: &str) -> Result<Vec<&str>, String> {
     let mut rest = value;
     while let Some(start) = rest.find("${") {
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in {value:?}"))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in {value:?}"))?;
         let name = &after[..end];
         if !is_env_name(name) {
             return Err(format!("`${{{name}}}` is not an environment variable name"));
@@ -106,17 +121,30 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
         if self.pipelines.is_empty() {
-            out.push(ConfigError::new("pipelines", "at least one pipeline is needed"));
+            out.push(ConfigError::new(
+                "pipelines",
+                "at least one pipeline is needed",
+            ));
         }
         let engine = &self.engine;
         {
-            let mut e = Errors { prefix: "engine".into(), out: &mut out };
+            let mut e = Errors {
+                prefix: "engine".into(),
+                out: &mut out,
+            };
             e.range(engine.max_instances, 1, 10_000, "max_instances");
             e.range(engine.max_memory_mib, 1, 4096, "max_memory_mib");
         }
         {
-            let mut e = Errors { prefix: "state".into(), out: &mut out };
-            e.check(!self.state.path.as_os_str().is_empty(), "path", "must not be empty");
+            let mut e = Errors {
+                prefix: "state".into(),
+                out: &mut out,
+            };
+            e.check(
+                !self.state.path.as_os_str().is_empty(),
+                "path",
+                "must not be empty",
+            );
         }
         for (name, pipeline) in &self.pipelines {
             let prefix = format!("pipelines.{name}");
@@ -126,24 +154,44 @@ impl Config {
                     "a pipeline name is 1-64 of a-z, 0-9, '-' and '_'",
                 ));
             }
-            validate_pipeline(pipeline, engine.max_memory_mib, Errors { prefix, out: &mut out });
+            validate_pipeline(
+                pipeline,
+                engine.max_memory_mib,
+                Errors {
+                    prefix,
+                    out: &mut out,
+                },
+            );
         }
         out
     }
 }
 
 fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>) {
-    e.check(!p.plugin.as_os_str().is_empty(), "plugin", "must name a .wasm file");
+    e.check(
+        !p.plugin.as_os_str().is_empty(),
+        "plugin",
+        "must name a .wasm file",
+    );
     e.range(p.batch_size, 1, 10_000, "batch_size");
     let l = &p.limits;
     e.range(l.fuel_per_row, 1_000, 10_000_000_000, "limits.fuel_per_row");
     e.range(l.timeout_ms, 10, 600_000, "limits.timeout_ms");
     e.range(l.memory_mib, 1, max_memory_mib, "limits.memory_mib");
     e.range(l.table_elements, 100, 10_000_000, "limits.table_elements");
-    e.range(l.output_bytes_per_row, 1024, 16 * 1024 * 1024, "limits.output_bytes_per_row");
+    e.range(
+        l.output_bytes_per_row,
+        1024,
+        16 * 1024 * 1024,
+        "limits.output_bytes_per_row",
+    );
     match &p.source {
         SourceConfig::Sqlite(s) => {
-            e.check(!s.path.as_os_str().is_empty(), "source.path", "must not be empty");
+            e.check(
+                !s.path.as_os_str().is_empty(),
+                "source.path",
+                "must not be empty",
+            );
             for (key, value) in [
                 ("source.table", &s.table),
                 ("source.key_column", &s.key_column),
@@ -152,11 +200,19 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 if value.trim().is_empty() {
                     e.at(key, "must not be empty");
                 } else if !is_sql_identifier(value) {
-                    e.at(key, format!("{value:?} is not a plain SQL identifier (letters, digits, '_')"));
+                    e.at(
+                        key,
+                        format!("{value:?} is not a plain SQL identifier (letters, digits, '_')"),
+                    );
                 }
             }
             e.range(s.page_size, 1, 100_000, "source.page_size");
-            e.range(s.poll_interval_ms, 100, 3_600_000, "source.poll_interval_ms");
+            e.range(
+                s.poll_interval_ms,
+                100,
+                3_600_000,
+                "source.poll_interval_ms",
+            );
             e.range(s.delay_ms, 0, 86_400_000, "source.delay_ms");
             match &s.timestamp.initial {
                 Some(InitialTimestamp::EpochSeconds(n)) if *n < -1 => e.at(
@@ -176,18 +232,35 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
         DeliverConfig::Aep(a) => {
             e.url(&a.base_url, "deliver.base_url");
             e.non_empty(&a.connection_id, "deliver.connection_id");
-            e.check(a.ims_org.ends_with("@AdobeOrg"), "deliver.ims_org", "must end with @AdobeOrg");
+            e.check(
+                a.ims_org.ends_with("@AdobeOrg"),
+                "deliver.ims_org",
+                "must end with @AdobeOrg",
+            );
             e.non_empty(&a.dataset_id, "deliver.dataset_id");
             e.url(&a.schema_id, "deliver.schema_id");
-            e.range(a.max_request_bytes, 10_000, 1_000_000, "deliver.max_request_bytes");
+            e.range(
+                a.max_request_bytes,
+                10_000,
+                1_000_000,
+                "deliver.max_request_bytes",
+            );
             e.range(a.concurrency, 1, 64, "deliver.concurrency");
             e.range(a.timeout_ms, 100, 600_000, "deliver.timeout_ms");
             if let Some(var) = &a.token_env {
-                e.check(is_env_name(var), "deliver.token_env", "must be an environment variable name");
+                e.check(
+                    is_env_name(var),
+                    "deliver.token_env",
+                    "must be an environment variable name",
+                );
             }
         }
         DeliverConfig::File(f) => {
-            e.check(!f.path.as_os_str().is_empty(), "deliver.path", "must not be empty");
+            e.check(
+                !f.path.as_os_str().is_empty(),
+                "deliver.path",
+                "must not be empty",
+            );
             e.non_empty(&f.dataset_id, "deliver.dataset_id");
             e.url(&f.schema_id, "deliver.schema_id");
         }
@@ -195,7 +268,10 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
     for (name, target) in &p.targets {
         let key = |k: &str| format!("targets.{name}.{k}");
         if !is_identifier(name) {
-            e.at(&format!("targets.{name}"), "a target name is 1-64 of a-z, 0-9, '-' and '_'");
+            e.at(
+                &format!("targets.{name}"),
+                "a target name is 1-64 of a-z, 0-9, '-' and '_'",
+            );
         }
         match target {
             TargetConfig::Webhook(w) => {
@@ -214,7 +290,11 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 }
             }
             TargetConfig::Record(r) => {
-                e.check(!r.path.as_os_str().is_empty(), &key("path"), "must not be empty");
+                e.check(
+                    !r.path.as_os_str().is_empty(),
+                    &key("path"),
+                    "must not be empty",
+                );
             }
         }
     }

@@ -122,7 +122,11 @@ impl AepSink {
     }
 
     fn body(messages: &[Message], indices: &[usize]) -> String {
-        let size = FRAME + indices.iter().map(|&i| messages[i].json.len() + 1).sum::<usize>();
+        let size = FRAME
+            + indices
+                .iter()
+                .map(|&i| messages[i].json.len() + 1)
+                .sum::<usize>();
         let mut body = String::with_capacity(size);
         body.push_str(r#"{"messages":["#);
         for (n, &i) in indices.iter().enumerate() {
@@ -135,7 +139,11 @@ impl AepSink {
         body
     }
 
-    async fn wait(&self, backoff: &mut Backoff, server: Option<Duration>) -> Result<(), DeliverError> {
+    async fn wait(
+        &self,
+        backoff: &mut Backoff,
+        server: Option<Duration>,
+    ) -> Result<(), DeliverError> {
         let delay = backoff.next(server);
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
@@ -143,8 +151,15 @@ impl AepSink {
         }
     }
 
-    async fn post(&self, body: String) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
-        let mut request = self.client.post(&self.url).header("content-type", "application/json").body(body);
+    async fn post(
+        &self,
+        body: String,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -158,7 +173,11 @@ impl AepSink {
     }
 
     /// Sends one request's messages until each has a final answer.
-    async fn send(&self, messages: &[Message], indices: Vec<usize>) -> Result<Vec<(usize, Delivery)>, DeliverError> {
+    async fn send(
+        &self,
+        messages: &[Message],
+        indices: Vec<usize>,
+    ) -> Result<Vec<(usize, Delivery)>, DeliverError> {
         let mut done = Vec::with_capacity(indices.len());
         let mut todo = vec![indices];
         while let Some(mut batch) = todo.pop() {
@@ -193,7 +212,13 @@ impl AepSink {
                     Verdict::Split | Verdict::Reject => {
                         let reason = format!("AEP answered {status}: {}", text.trim());
                         done.extend(batch.iter().map(|&i| {
-                            (i, Delivery::Rejected { code: format!("http_{status}"), reason: reason.clone() })
+                            (
+                                i,
+                                Delivery::Rejected {
+                                    code: format!("http_{status}"),
+                                    reason: reason.clone(),
+                                },
+                            )
                         }));
                         break;
                     }
@@ -210,8 +235,15 @@ impl AepSink {
 }
 
 /// Reads a successful answer into `done`; returns the messages to resend.
-fn read_answers(batch: &[usize], status: u16, text: &str, done: &mut Vec<(usize, Delivery)>) -> Vec<usize> {
-    let answers = serde_json::from_str::<BatchAnswer>(text).ok().and_then(|a| a.responses);
+fn read_answers(
+    batch: &[usize],
+    status: u16,
+    text: &str,
+    done: &mut Vec<(usize, Delivery)>,
+) -> Vec<usize> {
+    let answers = serde_json::from_str::<BatchAnswer>(text)
+        .ok()
+        .and_then(|a| a.responses);
     let Some(answers) = answers else {
         // A 2xx without per-message results accepted the whole request.
         done.extend(batch.iter().map(|&i| (i, Delivery::Delivered)));
@@ -221,17 +253,28 @@ fn read_answers(batch: &[usize], status: u16, text: &str, done: &mut Vec<(usize,
     for (n, &i) in batch.iter().enumerate() {
         match answers.get(n) {
             None => retry.push(i),
-            Some(MessageAnswer { status_code: None, .. }) | Some(MessageAnswer { xaction_id: Some(_), status_code: Some(200..=299), .. }) => {
-                done.push((i, Delivery::Delivered))
-            }
-            Some(MessageAnswer { status_code: Some(code), message, .. }) => match classify(*code) {
+            Some(MessageAnswer {
+                status_code: None, ..
+            })
+            | Some(MessageAnswer {
+                xaction_id: Some(_),
+                status_code: Some(200..=299),
+                ..
+            }) => done.push((i, Delivery::Delivered)),
+            Some(MessageAnswer {
+                status_code: Some(code),
+                message,
+                ..
+            }) => match classify(*code) {
                 Verdict::Retry => retry.push(i),
                 Verdict::Success => done.push((i, Delivery::Delivered)),
                 _ => done.push((
                     i,
                     Delivery::Rejected {
                         code: format!("http_{code}"),
-                        reason: message.clone().unwrap_or_else(|| format!("AEP answered {status} with {code} for this message")),
+                        reason: message.clone().unwrap_or_else(|| {
+                            format!("AEP answered {status} with {code} for this message")
+                        }),
                     },
                 )),
             },
@@ -245,7 +288,10 @@ impl Sink for AepSink {
     async fn deliver(&self, messages: &[Message]) -> Result<Vec<Delivery>, DeliverError> {
         let mut out: Vec<Option<Delivery>> = vec![None; messages.len()];
         let requests = self.pack(messages, &mut out);
-        let sends: Vec<_> = requests.into_iter().map(|r| self.send(messages, r)).collect();
+        let sends: Vec<_> = requests
+            .into_iter()
+            .map(|r| self.send(messages, r))
+            .collect();
         let mut answers = stream::iter(sends).buffer_unordered(self.concurrency);
         while let Some(answer) = answers.next().await {
             for (i, delivery) in answer? {
@@ -254,7 +300,12 @@ impl Sink for AepSink {
         }
         Ok(out
             .into_iter()
-            .map(|d| d.unwrap_or(Delivery::Rejected { code: "lost".into(), reason: "no answer was recorded".into() }))
+            .map(|d| {
+                d.unwrap_or(Delivery::Rejected {
+                    code: "lost".into(),
+                    reason: "no answer was recorded".into(),
+                })
+            })
             .collect())
     }
 }

@@ -79,7 +79,9 @@ mod tests {
     #[test]
     fn envelope_has_aep_shape_and_the_body_fields() {
         let b = EnvelopeBuilder::new(
-            &SchemaRef { id: "https://ns.adobe.com/acme/schemas/1".into() },
+            &SchemaRef {
+                id: "https://ns.adobe.com/acme/schemas/1".into(),
+            },
             "ORG@AdobeOrg",
             "ds1",
             Some("flow1"),
@@ -87,14 +89,20 @@ mod tests {
         );
         let event = Event {
             id: "abc".into(),
-            timestamp: Instant { seconds: 1_700_000_000, nanos: 500_000_000 },
+            timestamp: Instant {
+                seconds: 1_700_000_000,
+                nanos: 500_000_000,
+            },
             body: r#" {"eventType":"commerce.purchases","_acme":{"x":1}} "#.into(),
         };
         let v: serde_json::Value = serde_json::from_str(&b.render(&event)).unwrap();
         assert_eq!(v["header"]["datasetId"], "ds1");
         assert_eq!(v["header"]["flowId"], "flow1");
         assert_eq!(v["header"]["imsOrgId"], "ORG@AdobeOrg");
-        assert_eq!(v["header"]["schemaRef"]["id"], "https://ns.adobe.com/acme/schemas/1");
+        assert_eq!(
+            v["header"]["schemaRef"]["id"],
+            "https://ns.adobe.com/acme/schemas/1"
+        );
         assert_eq!(v["body"]["xdmMeta"]["schemaRef"], v["header"]["schemaRef"]);
         let e = &v["body"]["xdmEntity"];
         assert_eq!(e["_id"], "abc");
@@ -105,8 +113,23 @@ mod tests {
 
     #[test]
     fn empty_body_renders_valid_json() {
-        let b = EnvelopeBuilder::new(&SchemaRef { id: "https://x/s".into() }, "O@AdobeOrg", "d", None, "s");
-        let event = Event { id: "i".into(), timestamp: Instant { seconds: -1, nanos: 0 }, body: "{}".into() };
+        let b = EnvelopeBuilder::new(
+            &SchemaRef {
+                id: "https://x/s".into(),
+            },
+            "O@AdobeOrg",
+            "d",
+            None,
+            "s",
+        );
+        let event = Event {
+            id: "i".into(),
+            timestamp: Instant {
+                seconds: -1,
+                nanos: 0,
+            },
+            body: "{}".into(),
+        };
         let v: serde_json::Value = serde_json::from_str(&b.render(&event)).unwrap();
         assert_eq!(v["body"]["xdmEntity"]["timestamp"], "1969-12-31T23:59:59Z");
         assert!(v["header"].get("flowId").is_none());

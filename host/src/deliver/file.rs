@@ -18,8 +18,14 @@ impl FileSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
     }
 }
 
@@ -32,7 +38,10 @@ impl Sink for FileSink {
             buf.push('\n');
         }
         let io = |e: std::io::Error| DeliverError::Io(format!("{}: {e}", self.path.display()));
-        let mut file = self.file.lock().map_err(|_| DeliverError::Io("file sink lock poisoned".into()))?;
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| DeliverError::Io("file sink lock poisoned".into()))?;
         file.write_all(buf.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)?;
         Ok(vec![Delivery::Delivered; messages.len()])

@@ -48,13 +48,20 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubling each attempt, never above `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempt: 0 }
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The next wait: a random duration up to the current step, or the
     /// server's `Retry-After` when that is longer.
     pub fn next(&mut self, retry_after: Option<Duration>) -> Duration {
-        let step = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        let step = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
         self.attempt += 1;
         let jittered = rand::rng().random_range(step / 2..=step);
         match retry_after {

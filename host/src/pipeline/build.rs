@@ -34,9 +34,12 @@ impl Initial {
         Ok(match initial {
             None if backfill => Initial::At(Timestamp::EPOCH),
             None | Some(InitialTimestamp::EpochSeconds(-1)) => Initial::Now,
-            Some(InitialTimestamp::EpochSeconds(s)) => Initial::At(Timestamp(s.saturating_mul(1_000_000_000))),
+            Some(InitialTimestamp::EpochSeconds(s)) => {
+                Initial::At(Timestamp(s.saturating_mul(1_000_000_000)))
+            }
             Some(InitialTimestamp::Rfc3339(text)) => {
-                let t = chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("{text:?}"))?;
+                let t = chrono::DateTime::parse_from_rfc3339(text)
+                    .with_context(|| format!("{text:?}"))?;
                 Initial::At(Timestamp::from_chrono(t.to_utc()))
             }
         })
@@ -52,7 +55,10 @@ pub async fn initial_cursor(initial: &Initial, source: &dyn Source) -> anyhow::R
 }
 
 /// Builds every pipeline; on failure, reports every pipeline's problems.
-pub async fn build_all(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Vec<Pipeline>> {
+pub async fn build_all(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Pipeline>> {
     let runtime = Runtime::new(&config.engine).context("engine")?;
     let state: Arc<dyn StateStore> =
         Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
@@ -73,7 +79,10 @@ pub async fn build_all(config: &Config, shutdown: &CancellationToken) -> anyhow:
 /// Opens the configured source; `prefix` is the pipeline's key.
 pub fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
     Ok(match config {
-        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &format!("{prefix}.source"))?)),
+        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(
+            s,
+            &format!("{prefix}.source"),
+        )?)),
     })
 }
 
@@ -85,7 +94,9 @@ fn build(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Pipeline> {
     let prefix = format!("pipelines.{name}");
-    let plugin = runtime.load(&config.plugin).map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
+    let plugin = runtime
+        .load(&config.plugin)
+        .map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
     let source = open_source(&config.source, &prefix)?;
     let (sink, envelopes): (Box<dyn Sink>, EnvelopeBuilder) = match &config.deliver {
         DeliverConfig::Aep(a) => {
@@ -105,16 +116,30 @@ fn build(
                 timeout: Duration::from_millis(a.timeout_ms),
                 backoff: (Duration::from_millis(200), Duration::from_secs(30)),
             };
-            let sink = AepSink::new(settings, shutdown.clone()).with_context(|| format!("{prefix}.deliver"))?;
-            let schema = SchemaRef { id: a.schema_id.clone() };
-            let envelopes =
-                EnvelopeBuilder::new(&schema, &a.ims_org, &a.dataset_id, a.flow_id.as_deref(), &a.source_name);
+            let sink = AepSink::new(settings, shutdown.clone())
+                .with_context(|| format!("{prefix}.deliver"))?;
+            let schema = SchemaRef {
+                id: a.schema_id.clone(),
+            };
+            let envelopes = EnvelopeBuilder::new(
+                &schema,
+                &a.ims_org,
+                &a.dataset_id,
+                a.flow_id.as_deref(),
+                &a.source_name,
+            );
             (Box::new(sink), envelopes)
         }
         DeliverConfig::File(f) => {
-            let sink = FileSink::open(&f.path).with_context(|| format!("{prefix}.deliver.path: {}", f.path.display()))?;
-            let schema = SchemaRef { id: f.schema_id.clone() };
-            (Box::new(sink), EnvelopeBuilder::new(&schema, &f.ims_org, &f.dataset_id, None, &f.source_name))
+            let sink = FileSink::open(&f.path)
+                .with_context(|| format!("{prefix}.deliver.path: {}", f.path.display()))?;
+            let schema = SchemaRef {
+                id: f.schema_id.clone(),
+            };
+            (
+                Box::new(sink),
+                EnvelopeBuilder::new(&schema, &f.ims_org, &f.dataset_id, None, &f.source_name),
+            )
         }
     };
     let executors = Executors::build(&config.targets, &prefix)?;

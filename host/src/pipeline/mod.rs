@@ -104,14 +104,21 @@ impl Pipeline {
     /// poll finds nothing). Pages in flight when shutdown comes are finished
     /// and committed. Returns the counters; an error only for a problem
     /// retrying cannot fix (the table's schema changed under it).
-    pub async fn run(&self, shutdown: CancellationToken, options: RunOptions) -> anyhow::Result<Stats> {
+    pub async fn run(
+        &self,
+        shutdown: CancellationToken,
+        options: RunOptions,
+    ) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
         let mut committed = self.start_cursor().await?;
         tracing::info!(pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         let mut retry_wait = FIRST_RETRY_WAIT;
         while !shutdown.is_cancelled() {
             let pages = stats.pages;
-            match self.stream(&mut committed, &shutdown, options, &mut stats).await {
+            match self
+                .stream(&mut committed, &shutdown, options, &mut stats)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if shutdown.is_cancelled() => {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");

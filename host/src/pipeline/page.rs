@@ -71,7 +71,10 @@ impl Pipeline {
         let mut batches = Vec::new();
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(self.batch_size));
-            batches.push(RowBatch { columns: columns.clone(), rows: std::mem::replace(&mut rows, rest) });
+            batches.push(RowBatch {
+                columns: columns.clone(),
+                rows: std::mem::replace(&mut rows, rest),
+            });
         }
         let sandbox = self.sandbox.clone();
         let batch_size = self.batch_size;
@@ -80,12 +83,20 @@ impl Pipeline {
             for batch in &batches {
                 outcomes.extend(sandbox.map_rows(batch));
             }
-            let events: Vec<Event> = outcomes.iter().flat_map(|o| o.iter().flatten().cloned()).collect();
+            let events: Vec<Event> = outcomes
+                .iter()
+                .flat_map(|o| o.iter().flatten().cloned())
+                .collect();
             let mut decisions = Vec::with_capacity(events.len());
             for chunk in events.chunks(batch_size) {
                 decisions.extend(sandbox.decide(chunk));
             }
-            Mapped { last, batches, rows: outcomes, decisions }
+            Mapped {
+                last,
+                batches,
+                rows: outcomes,
+                decisions,
+            }
         })
         .await?;
         Ok(Some(mapped))
@@ -99,8 +110,14 @@ impl Pipeline {
         let mut page = Stats::default();
         let stats = &mut page;
         let last = mapped.last.clone();
-        let mut commit = Commit { cursor: Some(last.clone()), ..Commit::default() };
-        let rows = mapped.batches.iter().flat_map(|b| b.rows.iter().map(move |r| (r, &b.columns)));
+        let mut commit = Commit {
+            cursor: Some(last.clone()),
+            ..Commit::default()
+        };
+        let rows = mapped
+            .batches
+            .iter()
+            .flat_map(|b| b.rows.iter().map(move |r| (r, &b.columns)));
 
         // Events in page order, with their row's identity and decisions.
         let mut events: Vec<(&str, &Event, &Outcome<Action>)> = Vec::new();
@@ -110,13 +127,20 @@ impl Pipeline {
             match outcome {
                 Ok(list) => {
                     for event in list {
-                        let Some(decided) = decisions.next() else { break };
+                        let Some(decided) = decisions.next() else {
+                            break;
+                        };
                         events.push((&row.identity, event, decided));
                     }
                 }
                 Err(e) => {
                     tracing::debug!(pipeline = %self.name, identity = %row.identity, error = %e, "row failed in the plugin");
-                    commit.dead_letters.push(plugin_dead(DeadKind::Row, &row.identity, e, crate::source::row_json(columns, row)));
+                    commit.dead_letters.push(plugin_dead(
+                        DeadKind::Row,
+                        &row.identity,
+                        e,
+                        crate::source::row_json(columns, row),
+                    ));
                 }
             }
         }
@@ -124,14 +148,19 @@ impl Pipeline {
 
         let messages: Vec<Message> = events
             .iter()
-            .map(|(identity, event, _)| Message { identity: (*identity).to_owned(), json: self.envelopes.render(event) })
+            .map(|(identity, event, _)| Message {
+                identity: (*identity).to_owned(),
+                json: self.envelopes.render(event),
+            })
             .collect();
         let deliveries = self.sink.deliver(&messages).await?;
 
         // Actions of delivered events, keyed (pipeline, identity, index).
         let mut requests = Vec::new();
         let mut index_of_row: Option<(&str, usize)> = None;
-        for (((identity, event, decided), delivery), message) in events.iter().zip(&deliveries).zip(messages) {
+        for (((identity, event, decided), delivery), message) in
+            events.iter().zip(&deliveries).zip(messages)
+        {
             let next = match index_of_row {
                 Some((id, n)) if id == *identity => n,
                 _ => 0,
@@ -144,20 +173,33 @@ impl Pipeline {
                     stats.delivered += 1;
                     match decided {
                         Ok(actions) => {
-                            requests.extend(actions.iter().enumerate().map(|(j, action)| ActionRequest {
-                                key: format!("{}/{identity}/{}", self.name, next + j),
-                                identity: (*identity).to_owned(),
-                                action: action.clone(),
+                            requests.extend(actions.iter().enumerate().map(|(j, action)| {
+                                ActionRequest {
+                                    key: format!("{}/{identity}/{}", self.name, next + j),
+                                    identity: (*identity).to_owned(),
+                                    action: action.clone(),
+                                }
                             }));
                         }
-                        Err(e) => commit.dead_letters.push(plugin_dead(DeadKind::Event, identity, e, event_json(event))),
+                        Err(e) => commit.dead_letters.push(plugin_dead(
+                            DeadKind::Event,
+                            identity,
+                            e,
+                            event_json(event),
+                        )),
                     }
                 }
                 Delivery::Rejected { code, reason } => {
                     stats.rejected += 1;
                     // AEP never saw the event, so no journey would have run:
                     // its actions wait with it in the dead letter.
-                    commit.dead_letters.push(dead(DeadKind::Event, identity, code, reason.clone(), message.json));
+                    commit.dead_letters.push(dead(
+                        DeadKind::Event,
+                        identity,
+                        code,
+                        reason.clone(),
+                        message.json,
+                    ));
                 }
             }
             index_of_row = Some((identity, next + decided_count));
@@ -175,7 +217,12 @@ impl Pipeline {
 
     /// Runs the actions not already finished, recording them in the ledger
     /// before (started) and, through `commit`, after (finished).
-    async fn run_actions(&self, requests: Vec<ActionRequest>, commit: &mut Commit, stats: &mut Stats) -> anyhow::Result<()> {
+    async fn run_actions(
+        &self,
+        requests: Vec<ActionRequest>,
+        commit: &mut Commit,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
         if requests.is_empty() {
             return Ok(());
         }
@@ -188,12 +235,18 @@ impl Pipeline {
             Ok(finished)
         })
         .await??;
-        let todo: Vec<&ActionRequest> = requests.iter().filter(|r| !finished.contains(&r.key)).collect();
+        let todo: Vec<&ActionRequest> = requests
+            .iter()
+            .filter(|r| !finished.contains(&r.key))
+            .collect();
         stats.actions_skipped += (requests.len() - todo.len()) as u64;
         // Futures collected first: a lazily mapped stream of borrowing
         // closures trips the compiler's `Send` inference in spawned tasks.
         let calls: Vec<_> = todo.iter().map(|r| self.executors.execute(r)).collect();
-        let outcomes: Vec<ActionResult> = stream::iter(calls).buffered(ACTION_CONCURRENCY).collect().await;
+        let outcomes: Vec<ActionResult> = stream::iter(calls)
+            .buffered(ACTION_CONCURRENCY)
+            .collect()
+            .await;
         let results = todo.into_iter().zip(outcomes);
         self.executors.sync()?;
         for (request, result) in results {
@@ -203,11 +256,20 @@ impl Pipeline {
                 ActionResult::Failed { outcome, reason } => {
                     tracing::warn!(pipeline = %self.name, key = %request.key, %outcome, %reason, "action failed");
                     let payload = serde_json::json!({"idempotency_key": request.key, "action": action_json(&request.action)});
-                    commit.dead_letters.push(dead(DeadKind::Action, &request.identity, &outcome, reason, payload.to_string()));
+                    commit.dead_letters.push(dead(
+                        DeadKind::Action,
+                        &request.identity,
+                        &outcome,
+                        reason,
+                        payload.to_string(),
+                    ));
                     outcome
                 }
             };
-            commit.actions.push(ActionOutcome { key: request.key.clone(), outcome });
+            commit.actions.push(ActionOutcome {
+                key: request.key.clone(),
+                outcome,
+            });
         }
         Ok(())
     }

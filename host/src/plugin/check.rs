@@ -11,7 +11,9 @@ use std::fmt;
 /// found among its top-level keys.
 fn object_with_keys(text: &str, forbidden: &[&str]) -> Result<Option<String>, String> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let found = ObjectSeed { forbidden }.deserialize(&mut de).map_err(|e| e.to_string())?;
+    let found = ObjectSeed { forbidden }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(found)
 }
@@ -34,7 +36,9 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(hit) = map.next_key_seed(KeySeed { forbidden: self.forbidden })? {
+        while let Some(hit) = map.next_key_seed(KeySeed {
+            forbidden: self.forbidden,
+        })? {
             if found.is_none() {
                 found = hit;
             }
@@ -75,7 +79,10 @@ pub(super) fn check_event(event: &Event) -> Result<usize, String> {
     }
     match object_with_keys(&event.body, &["_id", "timestamp"]) {
         Ok(None) => Ok(event.body.len() + event.id.len()),
-        Ok(Some(key)) => Err(format!("event {} body sets `{key}`; the host writes it from the event's fields", event.id)),
+        Ok(Some(key)) => Err(format!(
+            "event {} body sets `{key}`; the host writes it from the event's fields",
+            event.id
+        )),
         Err(e) => Err(format!("event {} body is not a JSON object: {e}", event.id)),
     }
 }
@@ -84,7 +91,9 @@ pub(super) fn check_event(event: &Event) -> Result<usize, String> {
 /// webhook body any JSON value.
 pub(super) fn check_action(action: &Action) -> Result<usize, String> {
     let object = |what: &str, text: &str| {
-        object_with_keys(text, &[]).map(|_| text.len()).map_err(|e| format!("{what} is not a JSON object: {e}"))
+        object_with_keys(text, &[])
+            .map(|_| text.len())
+            .map_err(|e| format!("{what} is not a JSON object: {e}"))
     };
     match action {
         Action::Email(e) => object("e-mail variables", &e.variables),
@@ -101,9 +110,19 @@ mod tests {
 
     #[test]
     fn objects_pass_and_reserved_keys_are_named() {
-        assert_eq!(object_with_keys(r#"{"a":[1,{"_id":2}],"b":"x"}"#, &["_id"]), Ok(None));
-        assert_eq!(object_with_keys(r#" {"a":1,"timestamp":"t"} "#, &["_id", "timestamp"]), Ok(Some("timestamp".into())));
-        assert_eq!(object_with_keys(r#"{"\u005fid":1}"#, &["_id"]), Ok(Some("_id".into())), "escaped keys are read");
+        assert_eq!(
+            object_with_keys(r#"{"a":[1,{"_id":2}],"b":"x"}"#, &["_id"]),
+            Ok(None)
+        );
+        assert_eq!(
+            object_with_keys(r#" {"a":1,"timestamp":"t"} "#, &["_id", "timestamp"]),
+            Ok(Some("timestamp".into()))
+        );
+        assert_eq!(
+            object_with_keys(r#"{"\u005fid":1}"#, &["_id"]),
+            Ok(Some("_id".into())),
+            "escaped keys are read"
+        );
         assert!(object_with_keys("[1]", &[]).is_err());
         assert!(object_with_keys(r#"{"a":1} {"#, &[]).is_err());
         assert!(object_with_keys("", &[]).is_err());

@@ -73,6 +73,9 @@ impl PluginError {
     /// answering with an error). After such a failure the instance is
     /// discarded and a batch is retried row by row to find the culprit.
     pub fn is_sandbox_failure(&self) -> bool {
-        !matches!(self, Self::Reject(_) | Self::Guest(_) | Self::Contract(_) | Self::OutputTooLarge { .. })
+        !matches!(
+            self,
+            Self::Reject(_) | Self::Guest(_) | Self::Contract(_) | Self::OutputTooLarge { .. }
+        )
     }
 }

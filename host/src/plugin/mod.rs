@@ -24,8 +24,8 @@ use check::{check_action, check_event};
 use sandbox::StoreState;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -69,7 +69,11 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { cache_dir: None, max_instances: 64, max_memory_mib: 512 }
+        Self {
+            cache_dir: None,
+            max_instances: 64,
+            max_memory_mib: 512,
+        }
     }
 }
 
@@ -97,7 +101,9 @@ impl Runtime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("freshet-epoch".into())
@@ -113,7 +119,10 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the component cache {}", dir.display()))?;
         }
-        Ok(Self { engine, cache_dir: settings.cache_dir.clone() })
+        Ok(Self {
+            engine,
+            cache_dir: settings.cache_dir.clone(),
+        })
     }
 
     /// Loads a component from a file: compiled, or taken from the cache, and
@@ -121,7 +130,8 @@ impl Runtime {
     pub fn load(&self, path: &Path) -> anyhow::Result<Plugin> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-        self.load_bytes(&bytes).with_context(|| format!("loading plugin {}", path.display()))
+        self.load_bytes(&bytes)
+            .with_context(|| format!("loading plugin {}", path.display()))
     }
 
     /// [`Runtime::load`] from bytes in memory.
@@ -131,7 +141,9 @@ impl Runtime {
         let mut linker = Linker::<StoreState>::new(&self.engine);
         PipelinePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         let ty = component.component_type();
-        let uses_wasi = ty.imports(&self.engine).any(|(name, _)| name.starts_with("wasi:"));
+        let uses_wasi = ty
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:"));
         if uses_wasi {
             // Toolchains (Rust std, Python, JavaScript) import WASI whether or
             // not the code uses it; it links, with every capability denied.
@@ -144,7 +156,12 @@ impl Runtime {
         let pre = PipelinePluginPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export the freshet:plugin world")?;
-        Ok(Plugin { engine: self.engine.clone(), pre, version, uses_wasi })
+        Ok(Plugin {
+            engine: self.engine.clone(),
+            pre,
+            version,
+            uses_wasi,
+        })
     }
 
     fn compile(&self, bytes: &[u8], version: &str) -> anyhow::Result<Component> {
@@ -153,7 +170,9 @@ impl Runtime {
         };
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let cached = dir.join(format!("{version}-{:016x}.cwasm", hasher.finish()));
         if cached.exists() {
             // SAFETY: the cache directory is the host's own (the operator's
@@ -165,13 +184,16 @@ impl Runtime {
                     tracing::debug!(path = %cached.display(), "compiled component from cache");
                     return Ok(component);
                 }
-                Err(e) => tracing::warn!(path = %cached.display(), error = %e, "ignoring a bad cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "ignoring a bad cache entry")
+                }
             }
         }
         let component = Component::new(&self.engine, bytes)?;
         let tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::fs::write(tmp.path(), component.serialize()?)?;
-        tmp.persist(&cached).with_context(|| format!("writing {}", cached.display()))?;
+        tmp.persist(&cached)
+            .with_context(|| format!("writing {}", cached.display()))?;
         Ok(component)
     }
 }
@@ -215,7 +237,11 @@ struct Instance {
 }
 
 /// A call into an instance over a range of the inputs.
-type Call<'a, T> = dyn Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>
+type Call<'a, T> = dyn Fn(
+        &PipelinePlugin,
+        &mut Store<StoreState>,
+        Range<usize>,
+    ) -> wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>
     + 'a;
 
 impl Plugin {
@@ -246,7 +272,9 @@ impl Plugin {
 /// Gives a store its budget for one call: fuel, the epoch deadline, a fresh
 /// log budget and a clean record of denied growth.
 fn arm(store: &mut Store<StoreState>, fuel: u64, limits: &Limits) -> Result<(), PluginError> {
-    store.set_fuel(fuel).map_err(|e| PluginError::Trap(e.to_string()))?;
+    store
+        .set_fuel(fuel)
+        .map_err(|e| PluginError::Trap(e.to_string()))?;
     store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
     store.epoch_deadline_trap();
     store.data_mut().begin_call(limits);
@@ -266,7 +294,11 @@ pub struct Sandbox {
 impl Sandbox {
     /// A sandbox for one pipeline.
     pub fn new(plugin: Plugin, ctx: CallContext) -> Self {
-        Self { plugin, ctx, warm: Mutex::new(None) }
+        Self {
+            plugin,
+            ctx,
+            warm: Mutex::new(None),
+        }
     }
 
     /// The component.
@@ -286,7 +318,10 @@ impl Sandbox {
             if range.len() == rows {
                 plugin.call_map_rows(store, batch)
             } else {
-                let sub = RowBatch { columns: batch.columns.clone(), rows: batch.rows[range].to_vec() };
+                let sub = RowBatch {
+                    columns: batch.columns.clone(),
+                    rows: batch.rows[range].to_vec(),
+                };
                 plugin.call_map_rows(store, &sub)
             }
         };
@@ -304,11 +339,19 @@ impl Sandbox {
     /// Runs `call` over all `n` inputs in the warm instance; if the sandbox
     /// stops that call, runs each input alone in a fresh instance so that only
     /// the inputs that cause the failure fail.
-    fn batched<T>(&self, n: usize, call: &Call<'_, T>, check: fn(&T) -> Result<usize, String>) -> Vec<Outcome<T>> {
+    fn batched<T>(
+        &self,
+        n: usize,
+        call: &Call<'_, T>,
+        check: fn(&T) -> Result<usize, String>,
+    ) -> Vec<Outcome<T>> {
         if n == 0 {
             return Vec::new();
         }
-        let mut slot = self.warm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self
+            .warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let warm = match slot.take() {
             Some(instance) => Ok(instance),
             None => self.plugin.instantiate(&self.ctx),
@@ -349,11 +392,18 @@ impl Sandbox {
         let budget = limits.fuel_per_row.saturating_mul(n as u64);
         let store = &mut instance.store;
         arm(store, budget, limits)?;
-        let answer = call(&instance.plugin, store, range).map_err(|e| classify(e, store, budget, limits))?;
-        let usage = Usage { fuel: budget - store.get_fuel().unwrap_or(0), peak_memory: store.data().meter.peak_memory };
+        let answer =
+            call(&instance.plugin, store, range).map_err(|e| classify(e, store, budget, limits))?;
+        let usage = Usage {
+            fuel: budget - store.get_fuel().unwrap_or(0),
+            peak_memory: store.data().meter.peak_memory,
+        };
         store.data().finish_call();
         if answer.len() != n {
-            return Err(PluginError::Contract(format!("answered {} results for {n} inputs", answer.len())));
+            return Err(PluginError::Contract(format!(
+                "answered {} results for {n} inputs",
+                answer.len()
+            )));
         }
         let limit = limits.output_bytes_per_row;
         let outcomes = answer
@@ -382,8 +432,14 @@ impl Sandbox {
         &self,
         columns: &[String],
         row: &contract::Row,
-    ) -> (Result<(Vec<Event>, Vec<Outcome<Action>>), PluginError>, Usage) {
-        let batch = RowBatch { columns: columns.to_vec(), rows: vec![row.clone()] };
+    ) -> (
+        Result<(Vec<Event>, Vec<Outcome<Action>>), PluginError>,
+        Usage,
+    ) {
+        let batch = RowBatch {
+            columns: columns.to_vec(),
+            rows: vec![row.clone()],
+        };
         let fresh_call = |call: &Call<'_, Event>| {
             let mut instance = self.plugin.instantiate(&self.ctx)?;
             self.call(&mut instance, 0..1, call, check_event)
@@ -400,10 +456,9 @@ impl Sandbox {
         let mut actions = Vec::with_capacity(events.len());
         for event in &events {
             let one = std::slice::from_ref(event);
-            let decided = self
-                .plugin
-                .instantiate(&self.ctx)
-                .and_then(|mut i| self.call(&mut i, 0..1, &|p, s, _| p.call_decide(s, one), check_action));
+            let decided = self.plugin.instantiate(&self.ctx).and_then(|mut i| {
+                self.call(&mut i, 0..1, &|p, s, _| p.call_decide(s, one), check_action)
+            });
             match decided {
                 Ok((mut out, used)) => {
                     usage.fuel += used.fuel;
@@ -418,7 +473,12 @@ impl Sandbox {
 }
 
 /// Names a failed call for what stopped it.
-fn classify(err: wasmtime::Error, store: &Store<StoreState>, budget: u64, limits: &Limits) -> PluginError {
+fn classify(
+    err: wasmtime::Error,
+    store: &Store<StoreState>,
+    budget: u64,
+    limits: &Limits,
+) -> PluginError {
     let meter = &store.data().meter;
     match err.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => return PluginError::OutOfFuel { budget },
@@ -428,7 +488,10 @@ fn classify(err: wasmtime::Error, store: &Store<StoreState>, budget: u64, limits
     // A refused `memory.grow` returns -1 to the guest, whose allocator then
     // aborts with a trap of its own: name the cause, not the symptom.
     if let Some(requested) = meter.memory_denied {
-        return PluginError::MemoryExceeded { requested, cap: meter.memory_cap() };
+        return PluginError::MemoryExceeded {
+            requested,
+            cap: meter.memory_cap(),
+        };
     }
     if let Some(requested) = meter.table_denied {
         return PluginError::TableExceeded { requested };

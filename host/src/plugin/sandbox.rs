@@ -9,7 +9,9 @@ use super::CallContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 /// The data of one plugin store.
 pub(crate) struct StoreState {
@@ -90,7 +92,10 @@ impl HostMonotonicClock for FixedClock {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -107,11 +112,21 @@ impl host::Host for StoreState {
         self.log_budget -= size;
         let pipeline = &*self.pipeline;
         match level {
-            host::Level::Trace => tracing::trace!(target: "freshet::plugin_log", pipeline, "{message}"),
-            host::Level::Debug => tracing::debug!(target: "freshet::plugin_log", pipeline, "{message}"),
-            host::Level::Info => tracing::info!(target: "freshet::plugin_log", pipeline, "{message}"),
-            host::Level::Warn => tracing::warn!(target: "freshet::plugin_log", pipeline, "{message}"),
-            host::Level::Error => tracing::error!(target: "freshet::plugin_log", pipeline, "{message}"),
+            host::Level::Trace => {
+                tracing::trace!(target: "freshet::plugin_log", pipeline, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(target: "freshet::plugin_log", pipeline, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(target: "freshet::plugin_log", pipeline, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(target: "freshet::plugin_log", pipeline, "{message}")
+            }
+            host::Level::Error => {
+                tracing::error!(target: "freshet::plugin_log", pipeline, "{message}")
+            }
         }
     }
 

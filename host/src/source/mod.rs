@@ -30,7 +30,11 @@ impl Timestamp {
 
     /// From a chrono instant (saturating outside the range).
     pub fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> Self {
-        Self(t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 { i64::MIN } else { i64::MAX }))
+        Self(t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }))
     }
 
     /// As the contract's instant.
@@ -43,7 +47,11 @@ impl Timestamp {
 
     /// From the contract's instant (saturating).
     pub fn from_instant(i: Instant) -> Self {
-        Self(i.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(i.nanos)))
+        Self(
+            i.seconds
+                .saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(i.nanos)),
+        )
     }
 
     /// RFC 3339 with as many fraction digits as needed, in UTC (`Z`).
@@ -54,7 +62,10 @@ impl Timestamp {
 
     /// Moves back by a duration, saturating.
     pub fn minus(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        )
     }
 }
 
@@ -166,7 +177,12 @@ pub trait Source: Send + Sync {
     async fn now(&self) -> Result<Timestamp, SourceError>;
 
     /// The rows after `after`, at or below `upper`, at most `limit`.
-    async fn page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError>;
+    async fn page(
+        &self,
+        after: &Cursor,
+        upper: Timestamp,
+        limit: usize,
+    ) -> Result<Page, SourceError>;
 }
 
 /// A row as a JSON object keyed by column, for dead letters and

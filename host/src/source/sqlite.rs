@@ -52,12 +52,20 @@ impl SqliteSource {
     /// columns exist, the timestamp is an INTEGER declared NOT NULL. `prefix`
     /// is the config key of this source, for error messages.
     pub fn open(config: &SqliteSourceConfig, prefix: &str) -> Result<Self, SourceError> {
-        let schema = |key: &str, message: String| SourceError::Schema { key: format!("{prefix}.{key}"), message };
+        let schema = |key: &str, message: String| SourceError::Schema {
+            key: format!("{prefix}.{key}"),
+            message,
+        };
         let conn = Connection::open_with_flags(
             &config.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| schema("path", format!("cannot open {}: {e}", config.path.display())))?;
+        .map_err(|e| {
+            schema(
+                "path",
+                format!("cannot open {}: {e}", config.path.display()),
+            )
+        })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| SourceError::Transient(e.to_string()))?;
 
@@ -69,7 +77,12 @@ impl SqliteSource {
                 .map_err(|e| SourceError::Transient(e.to_string()))?;
             let rows = stmt
                 .query_map([&config.table], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, i64>(3)? > 0))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, i64>(3)? > 0,
+                    ))
                 })
                 .map_err(|e| SourceError::Transient(e.to_string()))?;
             for row in rows {
@@ -77,12 +90,23 @@ impl SqliteSource {
             }
         }
         if info.is_empty() {
-            return Err(schema("table", format!("table `{}` does not exist in {}", config.table, config.path.display())));
+            return Err(schema(
+                "table",
+                format!(
+                    "table `{}` does not exist in {}",
+                    config.table,
+                    config.path.display()
+                ),
+            ));
         }
         let find = |name: &str| info.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name));
         let ts_col = &config.timestamp.column;
-        let ts_index = find(ts_col)
-            .ok_or_else(|| schema("timestamp.column", format!("table `{}` has no column `{ts_col}`", config.table)))?;
+        let ts_index = find(ts_col).ok_or_else(|| {
+            schema(
+                "timestamp.column",
+                format!("table `{}` has no column `{ts_col}`", config.table),
+            )
+        })?;
         let (_, ts_type, ts_notnull, _) = &info[ts_index];
         if !ts_notnull {
             return Err(schema(
@@ -97,13 +121,19 @@ impl SqliteSource {
             ));
         }
         let key_col = &config.key_column;
-        let key_index = find(key_col)
-            .ok_or_else(|| schema("key_column", format!("table `{}` has no column `{key_col}`", config.table)))?;
+        let key_index = find(key_col).ok_or_else(|| {
+            schema(
+                "key_column",
+                format!("table `{}` has no column `{key_col}`", config.table),
+            )
+        })?;
         let (_, _, key_notnull, key_pk) = &info[key_index];
         if !key_notnull && !key_pk {
             return Err(schema(
                 "key_column",
-                format!("column `{key_col}` may be NULL: the key must be NOT NULL or the PRIMARY KEY"),
+                format!(
+                    "column `{key_col}` may be NULL: the key must be NOT NULL or the PRIMARY KEY"
+                ),
             ));
         }
 
@@ -126,8 +156,16 @@ impl SqliteSource {
             })
             .collect();
         let columns: Vec<String> = info.iter().map(|(n, ..)| n.to_ascii_lowercase()).collect();
-        let select = info.iter().map(|(n, ..)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-        let (t, ts, key) = (&config.table, format!("\"{ts_col}\""), format!("\"{key_col}\""));
+        let select = info
+            .iter()
+            .map(|(n, ..)| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (t, ts, key) = (
+            &config.table,
+            format!("\"{ts_col}\""),
+            format!("\"{key_col}\""),
+        );
         let sql_after_key = format!(
             "SELECT {select} FROM \"{t}\" WHERE {ts} <= ?1 AND ({ts} > ?2 OR ({ts} = ?2 AND {key} > ?3)) \
              ORDER BY {ts}, {key} LIMIT ?4"
@@ -168,16 +206,32 @@ impl SqliteSource {
         }
     }
 
-    fn read_page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError> {
-        let conn = self.conn.lock().map_err(|_| SourceError::Transient("connection lock poisoned".into()))?;
+    fn read_page(
+        &self,
+        after: &Cursor,
+        upper: Timestamp,
+        limit: usize,
+    ) -> Result<Page, SourceError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| SourceError::Transient("connection lock poisoned".into()))?;
         let upper = self.native(upper, false);
         let (sql, from, key) = match &after.key {
             // Rows strictly after (ts, key): the cursor came from a row, so
             // its timestamp is exact in the column's units.
-            Some(key) => (&self.sql_after_key, self.native(after.ts, false), key_sql(key)),
+            Some(key) => (
+                &self.sql_after_key,
+                self.native(after.ts, false),
+                key_sql(key),
+            ),
             // Rows at or after ts (the initial cursor): round up, so a bound
             // between two units never includes an earlier row.
-            None => (&self.sql_at_ts, self.native(after.ts, true), rusqlite::types::Value::Null),
+            None => (
+                &self.sql_at_ts,
+                self.native(after.ts, true),
+                rusqlite::types::Value::Null,
+            ),
         };
         let transient = |e: rusqlite::Error| SourceError::Transient(e.to_string());
         let mut stmt = conn.prepare_cached(sql).map_err(transient)?;
@@ -196,7 +250,10 @@ impl SqliteSource {
                 other => {
                     return Err(SourceError::Schema {
                         key: "source.timestamp.column".into(),
-                        message: format!("a row holds {:?} in the timestamp column, not an integer", other.data_type()),
+                        message: format!(
+                            "a row holds {:?} in the timestamp column, not an integer",
+                            other.data_type()
+                        ),
                     })
                 }
             };
@@ -206,12 +263,18 @@ impl SqliteSource {
                 other => {
                     return Err(SourceError::Schema {
                         key: "source.key_column".into(),
-                        message: format!("a row holds {:?} in the key column, not an integer or text", other.data_type()),
+                        message: format!(
+                            "a row holds {:?} in the key column, not an integer or text",
+                            other.data_type()
+                        ),
                     })
                 }
             };
             let identity = identity(&key, ts);
-            out.push(SourceRow { cursor: Cursor::after(ts, key), row: Row { identity, cells } });
+            out.push(SourceRow {
+                cursor: Cursor::after(ts, key),
+                row: Row { identity, cells },
+            });
         }
         let full = out.len() >= limit;
         Ok(Page { rows: out, full })
@@ -230,7 +293,9 @@ fn cell(v: ValueRef<'_>, kind: Kind, unit: i64) -> Value {
     let text = |t: &[u8]| String::from_utf8_lossy(t).into_owned();
     match (v, kind) {
         (ValueRef::Null, _) => Value::Null,
-        (ValueRef::Integer(n), Kind::Timestamp) => Value::Timestamp(Timestamp(n.saturating_mul(unit)).instant()),
+        (ValueRef::Integer(n), Kind::Timestamp) => {
+            Value::Timestamp(Timestamp(n.saturating_mul(unit)).instant())
+        }
         (ValueRef::Integer(n), Kind::Decimal) => Value::Decimal(n.to_string()),
         (ValueRef::Real(f), Kind::Decimal) => Value::Decimal(f.to_string()),
         (ValueRef::Text(t), Kind::Decimal) => Value::Decimal(text(t)),
@@ -253,7 +318,12 @@ impl Source for Arc<SqliteSource> {
         Ok(Timestamp::now())
     }
 
-    async fn page(&self, after: &Cursor, upper: Timestamp, limit: usize) -> Result<Page, SourceError> {
+    async fn page(
+        &self,
+        after: &Cursor,
+        upper: Timestamp,
+        limit: usize,
+    ) -> Result<Page, SourceError> {
         let this = Arc::clone(self);
         let after = after.clone();
         tokio::task::spawn_blocking(move || this.read_page(&after, upper, limit))

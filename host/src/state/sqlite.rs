@@ -44,7 +44,10 @@ const CHUNK: usize = 400;
 
 /// `?first, ?first+1, ...`: `n` numbered placeholders.
 fn numbered(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",")
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// State in an SQLite file.
@@ -61,25 +64,42 @@ fn now_ms() -> i64 {
 }
 
 fn key_json(cursor: &Cursor) -> Result<Option<String>, StateError> {
-    cursor.key.as_ref().map(|k| serde_json::to_string(k).map_err(err)).transpose()
+    cursor
+        .key
+        .as_ref()
+        .map(|k| serde_json::to_string(k).map_err(err))
+        .transpose()
 }
 
 fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
-    let key: Option<Key> = key.map(|k| serde_json::from_str(&k)).transpose().map_err(err)?;
-    Ok(Cursor { ts: Timestamp(ts), key })
+    let key: Option<Key> = key
+        .map(|k| serde_json::from_str(&k))
+        .transpose()
+        .map_err(err)?;
+    Ok(Cursor {
+        ts: Timestamp(ts),
+        key,
+    })
 }
 
 impl SqliteState {
     /// Opens (creating if needed) the state file.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path).map_err(|e| StateError(format!("opening {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        let conn = Connection::open(path)
+            .map_err(|e| StateError(format!("opening {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
         if version > SCHEMA_VERSION {
             return Err(StateError(format!(
                 "{} has schema version {version}, newer than this freshet's {SCHEMA_VERSION}",
@@ -87,12 +107,17 @@ impl SqliteState {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StateError> {
-        self.conn.lock().map_err(|_| StateError("state connection lock poisoned".into()))
+        self.conn
+            .lock()
+            .map_err(|_| StateError("state connection lock poisoned".into()))
     }
 }
 
@@ -100,9 +125,11 @@ impl StateStore for SqliteState {
     fn offset(&self, pipeline: &str) -> Result<Option<Cursor>, StateError> {
         let conn = self.conn()?;
         let row: Option<(i64, Option<String>)> = conn
-            .query_row("SELECT ts_nanos, key_json FROM offsets WHERE pipeline = ?1", [pipeline], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT ts_nanos, key_json FROM offsets WHERE pipeline = ?1",
+                [pipeline],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(err)?;
         row.map(|(ts, key)| cursor_from(ts, key)).transpose()
@@ -118,7 +145,8 @@ impl StateStore for SqliteState {
             )
             .map_err(err)?;
         }
-        self.offset(pipeline)?.ok_or_else(|| StateError("offset vanished after insert".into()))
+        self.offset(pipeline)?
+            .ok_or_else(|| StateError("offset vanished after insert".into()))
     }
 
     fn reset_offset(&self, pipeline: &str, cursor: Option<&Cursor>) -> Result<(), StateError> {
@@ -139,15 +167,23 @@ impl StateStore for SqliteState {
     fn offsets(&self) -> Result<Vec<StoredOffset>, StateError> {
         let conn = self.conn()?;
         let mut stmt = conn
-            .prepare("SELECT pipeline, ts_nanos, key_json, updated_ms FROM offsets ORDER BY pipeline")
+            .prepare(
+                "SELECT pipeline, ts_nanos, key_json, updated_ms FROM offsets ORDER BY pipeline",
+            )
             .map_err(err)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .map_err(err)?;
         let mut out = Vec::new();
         for row in rows {
             let (pipeline, ts, key, updated_ms) = row.map_err(err)?;
-            out.push(StoredOffset { pipeline, cursor: cursor_from(ts, key)?, updated_ms });
+            out.push(StoredOffset {
+                pipeline,
+                cursor: cursor_from(ts, key)?,
+                updated_ms,
+            });
         }
         Ok(out)
     }
@@ -161,7 +197,9 @@ impl StateStore for SqliteState {
                 numbered(1, chunk.len())
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0)).map_err(err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))
+                .map_err(err)?;
             for key in rows {
                 done.insert(key.map_err(err)?);
             }
@@ -175,14 +213,20 @@ impl StateStore for SqliteState {
         let now = now_ms();
         for chunk in keys.chunks(CHUNK) {
             // ?1 pipeline, ?2 now, then one key each.
-            let values = (0..chunk.len()).map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3)).collect::<Vec<_>>().join(",");
+            let values = (0..chunk.len())
+                .map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3))
+                .collect::<Vec<_>>()
+                .join(",");
             let sql = format!(
                 "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
                  ON CONFLICT (idempotency_key) DO NOTHING"
             );
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
             params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
-            tx.prepare_cached(&sql).map_err(err)?.execute(params.as_slice()).map_err(err)?;
+            tx.prepare_cached(&sql)
+                .map_err(err)?
+                .execute(params.as_slice())
+                .map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -208,7 +252,10 @@ impl StateStore for SqliteState {
                     params.push(&action.key);
                     params.push(&action.outcome);
                 }
-                tx.prepare_cached(&sql).map_err(err)?.execute(params.as_slice()).map_err(err)?;
+                tx.prepare_cached(&sql)
+                    .map_err(err)?
+                    .execute(params.as_slice())
+                    .map_err(err)?;
             }
             let mut dead = tx
                 .prepare_cached(
@@ -217,8 +264,16 @@ impl StateStore for SqliteState {
                 )
                 .map_err(err)?;
             for d in &commit.dead_letters {
-                dead.execute(params![pipeline, d.kind.as_str(), d.identity, d.code, d.reason, d.payload, now])
-                    .map_err(err)?;
+                dead.execute(params![
+                    pipeline,
+                    d.kind.as_str(),
+                    d.identity,
+                    d.code,
+                    d.reason,
+                    d.payload,
+                    now
+                ])
+                .map_err(err)?;
             }
             if let Some(cursor) = &commit.cursor {
                 tx.execute(

@@ -32,9 +32,10 @@ struct Columns {
 impl Columns {
     fn resolve(names: &[String]) -> Result<Self, PluginError> {
         let find = |name: &str| {
-            names.iter().position(|c| c == name).ok_or_else(|| {
-                PluginError::Reject(format!("the source has no column `{name}`"))
-            })
+            names
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| PluginError::Reject(format!("the source has no column `{name}`")))
         };
         Ok(Self {
             id: find("id")?,
@@ -58,7 +59,9 @@ fn text(row: &Row, index: usize, column: &str) -> Result<String, PluginError> {
         Value::Integer(i) => Ok(i.to_string()),
         Value::Float(f) => Ok(f.to_string()),
         Value::Null => Err(PluginError::Reject(format!("column `{column}` is null"))),
-        other => Err(PluginError::Reject(format!("column `{column}` has unexpected type {other:?}"))),
+        other => Err(PluginError::Reject(format!(
+            "column `{column}` has unexpected type {other:?}"
+        ))),
     }
 }
 
@@ -79,7 +82,11 @@ fn map_row(row: &Row, cols: &Columns, tenant: &str) -> Result<Vec<Event>, Plugin
         }
     };
     let body = mapping::event_body(&order, tenant).map_err(reject)?;
-    Ok(vec![Event { id: mapping::event_id(&row.identity), timestamp, body }])
+    Ok(vec![Event {
+        id: mapping::event_id(&row.identity),
+        timestamp,
+        body,
+    }])
 }
 
 fn reject(Rejection(reason): Rejection) -> PluginError {
@@ -93,7 +100,11 @@ impl Guest for OrdersPlugin {
             Err(e) => return batch.rows.iter().map(|_| Err(e.clone())).collect(),
         };
         let tenant = tenant();
-        batch.rows.iter().map(|row| map_row(row, &cols, &tenant)).collect()
+        batch
+            .rows
+            .iter()
+            .map(|row| map_row(row, &cols, &tenant))
+            .collect()
     }
 
     fn decide(events: Vec<Event>) -> Vec<Result<Vec<Action>, PluginError>> {
@@ -113,13 +124,29 @@ impl Guest for OrdersPlugin {
 
 fn into_action(decision: Decision) -> Action {
     match decision {
-        Decision::Email { target, to, template, variables } => {
-            Action::Email(EmailRequest { target, to, template, variables })
-        }
+        Decision::Email {
+            target,
+            to,
+            template,
+            variables,
+        } => Action::Email(EmailRequest {
+            target,
+            to,
+            template,
+            variables,
+        }),
         Decision::Webhook { target, body } => Action::Webhook(WebhookRequest { target, body }),
-        Decision::CrmUpdate { target, object, external_id, fields } => {
-            Action::CrmUpdate(CrmUpdateRequest { target, object, external_id, fields })
-        }
+        Decision::CrmUpdate {
+            target,
+            object,
+            external_id,
+            fields,
+        } => Action::CrmUpdate(CrmUpdateRequest {
+            target,
+            object,
+            external_id,
+            fields,
+        }),
     }
 }
 

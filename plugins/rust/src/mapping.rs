@@ -109,15 +109,28 @@ pub fn event_body(order: &Order, tenant: &str) -> Result<String, Rejection> {
     out.push_str(",\"commerce\":{\"order\":{\"purchaseID\":");
     push_str(&mut out, &order.id);
     out.push_str(",\"priceTotal\":");
-    out.push_str(&serde_json::Number::from_f64(amount).map_or_else(|| "0".to_owned(), |n| n.to_string()));
+    out.push_str(
+        &serde_json::Number::from_f64(amount).map_or_else(|| "0".to_owned(), |n| n.to_string()),
+    );
     out.push_str(",\"currencyCode\":");
     push_str(&mut out, &order.currency);
     out.push_str("},\"purchases\":{\"value\":");
-    out.push(if order.status == "confirmed" { '1' } else { '0' });
+    out.push(if order.status == "confirmed" {
+        '1'
+    } else {
+        '0'
+    });
     out.push_str("}},");
     push_str(&mut out, &format!("_{tenant}"));
     out.push(':');
-    push_object(&mut out, &[("orderId", &order.id), ("orderStatus", &order.status), ("amount", &order.amount)]);
+    push_object(
+        &mut out,
+        &[
+            ("orderId", &order.id),
+            ("orderStatus", &order.status),
+            ("amount", &order.amount),
+        ],
+    );
     out.push('}');
     Ok(out)
 }
@@ -126,11 +139,21 @@ pub fn event_body(order: &Order, tenant: &str) -> Result<String, Rejection> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Send the `template` e-mail through `target`.
-    Email { target: String, to: String, template: String, variables: String },
+    Email {
+        target: String,
+        to: String,
+        template: String,
+        variables: String,
+    },
     /// Call the `target` webhook with `body`.
     Webhook { target: String, body: String },
     /// Upsert the contact keyed by `external_id` through `target`.
-    CrmUpdate { target: String, object: String, external_id: String, fields: String },
+    CrmUpdate {
+        target: String,
+        object: String,
+        external_id: String,
+        fields: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -171,19 +194,39 @@ struct Commerce<'a> {
 /// a confirmed order gets the confirmation e-mail and the `order-confirmed`
 /// webhook; a cancelled one updates the CRM contact; others trigger nothing.
 pub fn decide(event_id: &str, body: &str, tenant: &str) -> Result<Vec<Decision>, Rejection> {
-    let bad = |what: &str, e: serde_json::Error| Rejection(format!("event {event_id}: {what}: {e}"));
+    let bad =
+        |what: &str, e: serde_json::Error| Rejection(format!("event {event_id}: {what}: {e}"));
     // Top-level fields are kept raw; only the three this needs are parsed.
-    let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(body).map_err(|e| bad("body", e))?;
-    let field = |name: &str| fields.get(name).map(|raw| raw.get()).ok_or_else(|| Rejection(format!("event {event_id} has no `{name}`")));
+    let fields: BTreeMap<&str, &RawValue> =
+        serde_json::from_str(body).map_err(|e| bad("body", e))?;
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .map(|raw| raw.get())
+            .ok_or_else(|| Rejection(format!("event {event_id} has no `{name}`")))
+    };
     let tenant_key = format!("_{tenant}");
-    let own: TenantFields = serde_json::from_str(field(&tenant_key)?).map_err(|e| bad(&tenant_key, e))?;
-    let identities: IdentityMap = serde_json::from_str(field("identityMap")?).map_err(|e| bad("identityMap", e))?;
-    let commerce: Commerce = serde_json::from_str(field("commerce")?).map_err(|e| bad("commerce", e))?;
-    let email = identities.email.first().map(|i| i.id.as_ref()).unwrap_or_default();
+    let own: TenantFields =
+        serde_json::from_str(field(&tenant_key)?).map_err(|e| bad(&tenant_key, e))?;
+    let identities: IdentityMap =
+        serde_json::from_str(field("identityMap")?).map_err(|e| bad("identityMap", e))?;
+    let commerce: Commerce =
+        serde_json::from_str(field("commerce")?).map_err(|e| bad("commerce", e))?;
+    let email = identities
+        .email
+        .first()
+        .map(|i| i.id.as_ref())
+        .unwrap_or_default();
     if email.is_empty() || own.order_id.is_empty() {
-        return Err(Rejection(format!("event {event_id} has no order id or e-mail")));
+        return Err(Rejection(format!(
+            "event {event_id} has no order id or e-mail"
+        )));
     }
-    let (order_id, amount, currency) = (own.order_id.as_ref(), own.amount.as_ref(), commerce.order.currency.as_ref());
+    let (order_id, amount, currency) = (
+        own.order_id.as_ref(),
+        own.amount.as_ref(),
+        commerce.order.currency.as_ref(),
+    );
     let json = |fields: &[(&str, &str)]| {
         let mut out = String::with_capacity(160);
         push_object(&mut out, fields);
@@ -195,7 +238,11 @@ pub fn decide(event_id: &str, body: &str, tenant: &str) -> Result<Vec<Decision>,
                 target: "order-confirmation".to_owned(),
                 to: email.to_owned(),
                 template: "order-confirmation".to_owned(),
-                variables: json(&[("orderId", order_id), ("amount", amount), ("currency", currency)]),
+                variables: json(&[
+                    ("orderId", order_id),
+                    ("amount", amount),
+                    ("currency", currency),
+                ]),
             },
             Decision::Webhook {
                 target: "order-confirmed".to_owned(),
@@ -212,7 +259,10 @@ pub fn decide(event_id: &str, body: &str, tenant: &str) -> Result<Vec<Decision>,
             target: "crm".to_owned(),
             object: "Contact".to_owned(),
             external_id: email.to_owned(),
-            fields: json(&[("last_order_id", order_id), ("last_order_status", "cancelled")]),
+            fields: json(&[
+                ("last_order_id", order_id),
+                ("last_order_status", "cancelled"),
+            ]),
         }],
         _ => Vec::new(),
     })
@@ -246,7 +296,10 @@ mod tests {
         let body = event_body(&order("confirmed"), "acme").unwrap();
         assert_eq!(decide("e", &body, "acme").unwrap().len(), 2);
         let body = event_body(&order("cancelled"), "acme").unwrap();
-        assert!(matches!(&decide("e", &body, "acme").unwrap()[..], [Decision::CrmUpdate { .. }]));
+        assert!(matches!(
+            &decide("e", &body, "acme").unwrap()[..],
+            [Decision::CrmUpdate { .. }]
+        ));
         let body = event_body(&order("pending"), "acme").unwrap();
         assert!(decide("e", &body, "acme").unwrap().is_empty());
     }

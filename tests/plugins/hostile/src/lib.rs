@@ -18,7 +18,11 @@ struct Hostile;
 #[inline(never)]
 fn recurse(n: u64) -> u64 {
     // The volatile-ish arithmetic keeps the call from becoming a loop.
-    if n == u64::MAX { 0 } else { recurse(n + 1).wrapping_add(std::hint::black_box(n)) }
+    if n == u64::MAX {
+        0
+    } else {
+        recurse(n + 1).wrapping_add(std::hint::black_box(n))
+    }
 }
 
 impl Guest for Hostile {
@@ -48,16 +52,27 @@ impl Guest for Hostile {
                         std::hint::black_box(recurse(0));
                         Ok(Vec::new())
                     }
-                    "reject" => Err(PluginError::Reject(format!("row {} is rejected on purpose", row.identity))),
-                    "internal" => Err(PluginError::Internal("an internal failure on purpose".into())),
+                    "reject" => Err(PluginError::Reject(format!(
+                        "row {} is rejected on purpose",
+                        row.identity
+                    ))),
+                    "internal" => Err(PluginError::Internal(
+                        "an internal failure on purpose".into(),
+                    )),
                     "huge" => Ok(vec![Event {
                         id: row.identity.clone(),
-                        timestamp: Instant { seconds: 0, nanos: 0 },
+                        timestamp: Instant {
+                            seconds: 0,
+                            nanos: 0,
+                        },
                         body: format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20)),
                     }]),
                     _ => Ok(vec![Event {
                         id: row.identity.clone(),
-                        timestamp: Instant { seconds: 1_700_000_000, nanos: 0 },
+                        timestamp: Instant {
+                            seconds: 1_700_000_000,
+                            nanos: 0,
+                        },
                         body: format!("{{\"status\":{:?}}}", behaviour),
                     }]),
                 }

@@ -1,0 +1,204 @@
+//! The `freshet` command as a user runs it: the real binary, real files.
+
+use freshet_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `freshet` binary cargo built beside this test.
+fn freshet() -> Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    // <target>/<profile>/deps/cli-HASH -> <target>/<profile>/freshet
+    let bin: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .join("freshet");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    let mut command = Command::new(bin);
+    command.env("FRESHET_LOG", "warn");
+    command
+}
+
+fn run(command: &mut Command) -> (Output, String, String) {
+    let output = command.output().expect("running freshet");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+/// A quickstart-like folder: the sample table, the orders plugin, a config
+/// delivering to files.
+fn quickstart(rows: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("freshet.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/rust/quickstart.toml"),
+    )
+    .unwrap()
+    .replace("\"orders.wasm\"", &format!("{:?}", plugins::ORDERS_PLUGIN))
+    .replace(
+        "cache_dir = \"cache\"",
+        &format!("cache_dir = {:?}", plugins::COMPONENT_CACHE),
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("orders.db");
+    let (out, _, stderr) = run(freshet()
+        .args(["sample", "--rows", &rows.to_string(), "--db"])
+        .arg(&db));
+    assert!(out.status.success(), "{stderr}");
+    (dir, config)
+}
+
+#[test]
+fn run_once_then_offsets_show_and_reset_replay_from_there() {
+    let (dir, config) = quickstart(120);
+    let (out, stdout, stderr) = run(freshet().args(["run", "--once", "--config"]).arg(&config));
+    assert!(out.status.success(), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(stats["pipeline"], "orders");
+    assert_eq!(stats["stats"]["rows"], 120);
+    let events = read_ndjson(&dir.path().join("events.ndjson"));
+    assert_eq!(events.len(), 120);
+    let emails = read_ndjson(&dir.path().join("actions/email.ndjson"));
+    assert_eq!(emails.len(), 72, "60 % of the sample orders are confirmed");
+
+    let (out, stdout, _) = run(freshet().args(["offsets", "show", "--config"]).arg(&config));
+    assert!(out.status.success());
+    let offset: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(offset["key"], 120);
+
+    // Back to the 100th row's timestamp: rows 100..=120 are read again, and
+    // their actions are not executed twice (the ledger has them).
+    let ts = events[99]["body"]["xdmEntity"]["timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (out, stdout, stderr) = run(freshet()
+        .args([
+            "offsets",
+            "reset",
+            "--pipeline",
+            "orders",
+            "--to",
+            &ts,
+            "--config",
+        ])
+        .arg(&config));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("offset set to"), "{stdout}");
+    let (out, stdout, _) = run(freshet().args(["run", "--once", "--config"]).arg(&config));
+    assert!(out.status.success());
+    let again: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(again["stats"]["rows"], 21);
+    assert_eq!(again["stats"]["actions"], 0);
+    assert!(again["stats"]["actions_skipped"].as_u64().unwrap() > 0);
+    assert_eq!(
+        read_ndjson(&dir.path().join("actions/email.ndjson")).len(),
+        72
+    );
+
+    let (out, stdout, _) = run(freshet().args(["dlq", "list", "--config"]).arg(&config));
+    assert!(out.status.success());
+    assert_eq!(stdout, "", "no dead letters");
+}
+
+#[test]
+fn validate_prints_every_problem_with_its_key_and_fails() {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/config/every_error_at_once.toml");
+    let (out, stdout, stderr) = run(freshet().args(["validate", "--config"]).arg(&golden));
+    assert!(!out.status.success());
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("pipelines.Orders.source.page_size: must be between 1 and 100000, not 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipelines.Orders.targets.hook.method"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("pipelines."))
+            .count(),
+        18,
+        "{stderr}"
+    );
+
+    let (_dir, config) = quickstart(1);
+    let (out, stdout, stderr) = run(freshet().args(["validate", "--config"]).arg(&config));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+}
+
+#[test]
+fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.json");
+    std::fs::write(
+        &rows,
+        r#"[
+          {"_identity": "42@1700000000000000000", "id": 42, "customer_email": "ada@example.com", "status": "confirmed",
+           "amount": "12.50", "currency": "EUR", "updated_at": {"timestamp": "2023-11-14T22:13:20Z"}},
+          {"id": 43, "customer_email": null, "status": "pending", "amount": "1.00", "currency": "USD",
+           "updated_at": {"timestamp": "2023-11-14T22:13:21Z"}}
+        ]"#,
+    )
+    .unwrap();
+    let (out, stdout, stderr) = run(freshet()
+        .current_dir(dir.path())
+        .args([
+            "plugin",
+            "test",
+            "--setting",
+            "tenant=acme",
+            "--plugin",
+            plugins::ORDERS_PLUGIN,
+            "--rows",
+        ])
+        .arg(&rows));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rejected row fails the run: {stderr}"
+    );
+    assert!(stderr.contains("2 rows, 1 failed"), "{stderr}");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reports.len(), 2);
+    let first = &reports[0];
+    assert_eq!(first["events"][0]["body"]["_acme"]["orderId"], "42");
+    assert_eq!(first["events"][0]["timestamp"], "2023-11-14T22:13:20Z");
+    let kinds: Vec<&str> = first["actions"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["email", "webhook"]);
+    let usage = &first["usage"];
+    assert!(usage["fuel"].as_u64().unwrap() > 1_000);
+    assert_eq!(usage["fuel_limit"], 11_000_000);
+    assert!(usage["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(reports[1]["error"]["code"], "reject");
+    assert!(reports[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("customer_email"));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("rows.json")],
+        "nothing written"
+    );
+}
