@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 pub use freshet::bench::receiver::{Receiver, Scripted};
+pub use freshet::bench::{record_target, webhook_target, OrdersPipeline};
 
 /// Paths of the guest plugins and the shared component cache.
 pub mod plugins {
@@ -61,44 +62,26 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
     /// The SQLite file holding `orders`.
     pub db: PathBuf,
-    /// The plugin the pipeline runs.
-    pub plugin: String,
-    /// Rows per page.
-    pub page_size: usize,
-    /// Rows per plugin call.
-    pub batch_size: usize,
-    /// The delay window in ms.
-    pub delay_ms: u64,
-    /// `source.backfill`.
-    pub backfill: bool,
-    /// `source.timestamp.initial`, as TOML (e.g. `-1`, `"2025-01-01T00:00:00Z"`).
-    pub initial: Option<String>,
-    /// Extra TOML under `[pipelines.orders.limits]`.
-    pub limits: String,
-    /// Poll interval in ms.
-    pub poll_interval_ms: u64,
+    /// The pipeline's settings; `aep_url` and `targets` are filled in by
+    /// [`Setup::config_text`] for the receiver it is given.
+    pub pipeline: OrdersPipeline,
 }
 
 impl Setup {
-    /// A new folder with an empty `orders` table, running `plugin`.
+    /// A new folder with an empty `orders` table, running `plugin`, with
+    /// small pages (100 rows) and batches (50) so tests cross their edges.
     pub fn new(plugin: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("orders.db");
         let conn = Connection::open(&db).expect("open orders db");
         conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA)
             .expect("create orders");
-        Self {
-            dir,
-            db,
-            plugin: plugin.to_owned(),
-            page_size: 100,
-            batch_size: 50,
-            delay_ms: 0,
-            backfill: true,
-            initial: None,
-            limits: String::new(),
-            poll_interval_ms: 100,
-        }
+        let mut pipeline =
+            OrdersPipeline::new(dir.path(), plugin.into(), db.clone(), String::new());
+        pipeline.cache_dir = plugins::COMPONENT_CACHE.into();
+        pipeline.page_size = 100;
+        pipeline.batch_size = 50;
+        Self { dir, db, pipeline }
     }
 
     /// Inserts orders in one transaction.
@@ -123,81 +106,21 @@ impl Setup {
     /// The config, delivering to `receiver` (webhooks to its `/hooks/NAME`;
     /// e-mail and CRM actions recorded to files).
     pub fn config_text(&self, receiver: &Receiver) -> String {
-        let initial = self
-            .initial
-            .as_ref()
-            .map(|i| format!(", initial = {i}"))
-            .unwrap_or_default();
-        format!(
-            r#"
-[engine]
-cache_dir = {cache:?}
-
-[state]
-path = {state:?}
-
-[pipelines.orders]
-plugin = {plugin:?}
-batch_size = {batch}
-plugin_settings = {{ tenant = "acme" }}
-
-[pipelines.orders.limits]
-{limits}
-
-[pipelines.orders.source]
-kind = "sqlite"
-path = {db:?}
-table = "orders"
-key_column = "id"
-page_size = {page}
-poll_interval_ms = {poll}
-delay_ms = {delay}
-backfill = {backfill}
-timestamp = {{ column = "updated_at", unit = "ms"{initial} }}
-
-[pipelines.orders.deliver]
-kind = "aep"
-base_url = "{aep}"
-connection_id = "conn-1"
-ims_org = "TEST@AdobeOrg"
-dataset_id = "ds-1"
-flow_id = "flow-1"
-schema_id = "https://ns.adobe.com/acme/schemas/orders"
-timeout_ms = 5000
-
-[pipelines.orders.targets.order-confirmed]
-kind = "webhook"
-url = "{aep}/hooks/order-confirmed"
-headers = {{ x-api-key = "${{FRESHET_TEST_HOOK_KEY}}" }}
-timeout_ms = 5000
-
-[pipelines.orders.targets.hook]
-kind = "webhook"
-url = "{aep}/hooks/hook"
-timeout_ms = 5000
-
-[pipelines.orders.targets.order-confirmation]
-kind = "record"
-path = {emails:?}
-
-[pipelines.orders.targets.crm]
-kind = "record"
-path = {crm:?}
-"#,
-            cache = plugins::COMPONENT_CACHE,
-            state = self.path("state.db"),
-            plugin = self.plugin,
-            batch = self.batch_size,
-            limits = self.limits,
-            db = self.db,
-            page = self.page_size,
-            poll = self.poll_interval_ms,
-            delay = self.delay_ms,
-            backfill = self.backfill,
-            aep = receiver.url(),
-            emails = self.path("emails.ndjson"),
-            crm = self.path("crm.ndjson"),
-        )
+        let mut pipeline = self.pipeline.clone();
+        pipeline.aep_url = receiver.url();
+        let hooks = receiver.url() + "/hooks";
+        pipeline.targets = [
+            webhook_target(
+                "order-confirmed",
+                &format!("{hooks}/order-confirmed"),
+                r#"x-api-key = "${FRESHET_TEST_HOOK_KEY}""#,
+            ),
+            webhook_target("hook", &format!("{hooks}/hook"), ""),
+            record_target("order-confirmation", &self.path("emails.ndjson")),
+            record_target("crm", &self.path("crm.ndjson")),
+        ]
+        .concat();
+        pipeline.render()
     }
 
     /// The parsed and validated config.

@@ -114,7 +114,7 @@ async fn rows_become_aep_envelopes_and_confirmed_orders_fire_webhooks() {
 async fn restart_resumes_from_the_committed_offset() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.page_size = 25;
+    setup.pipeline.page_size = 25;
     let base = now_ms() - 60_000;
     setup.insert(&orders(1..1001, base));
 
@@ -183,8 +183,8 @@ async fn replay_after_an_offset_reset_redelivers_events_but_not_actions() {
 async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.page_size = 100;
-    setup.batch_size = 30;
+    setup.pipeline.page_size = 100;
+    setup.pipeline.batch_size = 30;
     let ts = now_ms() - 10_000;
     setup.insert(
         &(1..1001)
@@ -200,8 +200,8 @@ async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once() {
 async fn a_row_committed_late_inside_the_delay_window_is_delivered() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.delay_ms = 1_500;
-    setup.poll_interval_ms = 100;
+    setup.pipeline.delay_ms = 1_500;
+    setup.pipeline.poll_interval_ms = 100;
     let config = setup.config(&receiver);
     let shutdown = CancellationToken::new();
     let run = tokio::spawn({
@@ -231,7 +231,7 @@ async fn a_row_committed_late_inside_the_delay_window_is_delivered() {
 async fn backfill_false_reads_only_rows_after_the_first_start_and_initial_starts_there() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.backfill = false;
+    setup.pipeline.backfill = false;
     setup.insert(&orders(1..11, now_ms() - 60_000));
     assert_eq!(
         setup.run_once(&receiver).await.unwrap().rows,
@@ -249,7 +249,7 @@ async fn backfill_false_reads_only_rows_after_the_first_start_and_initial_starts
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     let base = 1_700_000_000_000;
     setup.insert(&orders(1..11, base));
-    setup.initial = Some("\"2023-11-14T22:13:20.005Z\"".into()); // base + 5 ms, inclusive
+    setup.pipeline.initial = Some("\"2023-11-14T22:13:20.005Z\"".into()); // base + 5 ms, inclusive
     assert_eq!(setup.run_once(&receiver).await.unwrap().rows, 6);
     assert_eq!(received_order_ids(&receiver), (5..11).collect::<Vec<_>>());
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLetter {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
-    setup.limits = limits.to_owned();
+    setup.pipeline.limits = limits.to_owned();
     let base = now_ms() - 60_000;
     let rows: Vec<Order> = (1..10)
         .map(|id| Order::new(id, if id == 5 { behaviour } else { "fine" }, base + id))

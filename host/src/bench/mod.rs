@@ -3,12 +3,15 @@
 //! speed; it fails only if rows went missing.
 
 mod native;
+mod orders_config;
 pub mod receiver;
 pub mod sample;
 
 use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
 use crate::source::{Cursor, Source as _, Timestamp};
+pub use orders_config::{record_target, webhook_target, OrdersPipeline};
+
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -40,51 +43,15 @@ fn emit(line: serde_json::Value) {
 /// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
 fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &BenchArgs) -> String {
-    let record = |name: &str| {
-        format!(
-            "[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {:?}\n",
-            dir.join(format!("{name}.ndjson"))
-        )
-    };
-    format!(
-        r#"
-[engine]
-cache_dir = {cache:?}
-
-[state]
-path = {state:?}
-
-[pipelines.orders]
-plugin = {plugin:?}
-batch_size = {batch}
-plugin_settings = {{ tenant = "acme" }}
-
-[pipelines.orders.source]
-kind = "sqlite"
-path = {db:?}
-table = "orders"
-key_column = "id"
-page_size = {page}
-backfill = true
-timestamp = {{ column = "updated_at", unit = "ms" }}
-
-[pipelines.orders.deliver]
-kind = "aep"
-base_url = "{aep}"
-connection_id = "bench"
-ims_org = "BENCH@AdobeOrg"
-dataset_id = "bench-dataset"
-schema_id = "https://ns.adobe.com/acme/schemas/orders"
-
-{email}{hook}{crm}"#,
-        cache = dir.join("cache"),
-        state = dir.join("state.db"),
-        batch = args.batch,
-        page = args.page,
-        email = record("order-confirmation"),
-        hook = record("order-confirmed"),
-        crm = record("crm"),
-    )
+    let mut config = OrdersPipeline::new(dir, plugin.to_owned(), db.to_owned(), aep.to_owned());
+    config.page_size = args.page;
+    config.batch_size = args.batch;
+    for name in ["order-confirmation", "order-confirmed", "crm"] {
+        config
+            .targets
+            .push_str(&record_target(name, &dir.join(format!("{name}.ndjson"))));
+    }
+    config.render()
 }
 
 /// Runs every figure.

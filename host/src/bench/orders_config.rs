@@ -1,0 +1,129 @@
+//! The config of one `orders` pipeline over the sample table, rendered as
+//! TOML text: what `freshet bench` runs, and what the integration tests
+//! start from. Going through the text keeps parsing and validation in the
+//! path, exactly as a user's file takes it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// An `orders` pipeline: SQLite source, the orders plugin, AEP delivery.
+#[derive(Debug, Clone)]
+pub struct OrdersPipeline {
+    /// The compiled-component cache.
+    pub cache_dir: PathBuf,
+    /// The state file.
+    pub state: PathBuf,
+    /// The plugin component.
+    pub plugin: PathBuf,
+    /// The SQLite file holding `orders`.
+    pub db: PathBuf,
+    /// The AEP (or loopback receiver) base URL.
+    pub aep_url: String,
+    /// Rows per page.
+    pub page_size: usize,
+    /// Rows per plugin call.
+    pub batch_size: usize,
+    /// Wait after an empty poll.
+    pub poll_interval_ms: u64,
+    /// The delay window.
+    pub delay_ms: u64,
+    /// `source.backfill`.
+    pub backfill: bool,
+    /// `source.timestamp.initial` as a TOML value (`-1`, `"2025-01-01T00:00:00Z"`).
+    pub initial: Option<String>,
+    /// Lines of `[pipelines.orders.limits]`.
+    pub limits: String,
+    /// `[pipelines.orders.targets.*]` tables (see [`record_target`], [`webhook_target`]).
+    pub targets: String,
+}
+
+/// A target that records actions to `path`.
+pub fn record_target(name: &str, path: &std::path::Path) -> String {
+    format!("[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {path:?}\n\n")
+}
+
+/// A webhook target; `headers` is a TOML inline table's content.
+pub fn webhook_target(name: &str, url: &str, headers: &str) -> String {
+    format!(
+        "[pipelines.orders.targets.{name}]\nkind = \"webhook\"\nurl = {url:?}\ntimeout_ms = 5000\nheaders = {{ {headers} }}\n\n"
+    )
+}
+
+impl OrdersPipeline {
+    /// Defaults for everything but the paths and the AEP URL.
+    pub fn new(dir: &std::path::Path, plugin: PathBuf, db: PathBuf, aep_url: String) -> Self {
+        Self {
+            cache_dir: dir.join("cache"),
+            state: dir.join("state.db"),
+            plugin,
+            db,
+            aep_url,
+            page_size: 1000,
+            batch_size: 500,
+            poll_interval_ms: 100,
+            delay_ms: 0,
+            backfill: true,
+            initial: None,
+            limits: String::new(),
+            targets: String::new(),
+        }
+    }
+
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let mut timestamp = "column = \"updated_at\", unit = \"ms\"".to_owned();
+        if let Some(initial) = &self.initial {
+            let _ = write!(timestamp, ", initial = {initial}");
+        }
+        format!(
+            r#"[engine]
+cache_dir = {cache:?}
+
+[state]
+path = {state:?}
+
+[pipelines.orders]
+plugin = {plugin:?}
+batch_size = {batch}
+plugin_settings = {{ tenant = "acme" }}
+
+[pipelines.orders.limits]
+{limits}
+
+[pipelines.orders.source]
+kind = "sqlite"
+path = {db:?}
+table = "orders"
+key_column = "id"
+page_size = {page}
+poll_interval_ms = {poll}
+delay_ms = {delay}
+backfill = {backfill}
+timestamp = {{ {timestamp} }}
+
+[pipelines.orders.deliver]
+kind = "aep"
+base_url = {aep:?}
+connection_id = "conn-1"
+ims_org = "TEST@AdobeOrg"
+dataset_id = "ds-1"
+flow_id = "flow-1"
+schema_id = "https://ns.adobe.com/acme/schemas/orders"
+timeout_ms = 5000
+
+{targets}"#,
+            cache = self.cache_dir,
+            state = self.state,
+            plugin = self.plugin,
+            batch = self.batch_size,
+            limits = self.limits,
+            db = self.db,
+            page = self.page_size,
+            poll = self.poll_interval_ms,
+            delay = self.delay_ms,
+            backfill = self.backfill,
+            aep = self.aep_url,
+            targets = self.targets,
+        )
+    }
+}
