@@ -4,7 +4,9 @@ use freshet_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `freshet` binary cargo built beside this test.
+/// The `freshet` binary cargo built beside this test. `cargo test
+/// --workspace` builds it because the host package has integration tests of
+/// its own (`host/tests/usage.rs`).
 fn freshet() -> Command {
     let exe = std::env::current_exe().expect("test executable path");
     // <target>/<profile>/deps/cli-HASH -> <target>/<profile>/freshet

@@ -245,14 +245,13 @@ async fn hook(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
-    if let Some(scripted) = lock(&shared.hook_script).pop_front() {
-        if let Scripted::Status {
-            status,
-            retry_after,
-        } = scripted
-        {
-            return status_response(status, retry_after);
-        }
+    let scripted = lock(&shared.hook_script).pop_front();
+    if let Some(Scripted::Status {
+        status,
+        retry_after,
+    }) = scripted
+    {
+        return status_response(status, retry_after);
     }
     if shared.keep {
         lock(&shared.hooks).push(Hook {

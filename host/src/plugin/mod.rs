@@ -230,6 +230,10 @@ pub struct Plugin {
 /// One input's answer: the outputs, or why it failed.
 pub type Outcome<T> = Result<Vec<T>, PluginError>;
 
+/// What one row produced in [`Sandbox::probe`]: its events, and each event's
+/// actions (or why deciding failed).
+pub type Probe = (Vec<Event>, Vec<Outcome<Action>>);
+
 /// A live instance and its store.
 struct Instance {
     store: Store<StoreState>,
@@ -432,10 +436,7 @@ impl Sandbox {
         &self,
         columns: &[String],
         row: &contract::Row,
-    ) -> (
-        Result<(Vec<Event>, Vec<Outcome<Action>>), PluginError>,
-        Usage,
-    ) {
+    ) -> (Result<Probe, PluginError>, Usage) {
         let batch = RowBatch {
             columns: columns.to_vec(),
             rows: vec![row.clone()],
