@@ -204,3 +204,35 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
         "nothing written"
     );
 }
+
+#[test]
+fn bench_latency_reports_percentiles_for_every_row() {
+    let (out, stdout, stderr) = run(freshet().args([
+        "bench",
+        "latency",
+        "--rates",
+        "50",
+        "--seconds",
+        "1",
+        "--plugin",
+        plugins::ORDERS_PLUGIN,
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["insert_to_webhook", "insert_to_aep"]);
+    for line in &lines {
+        assert_eq!(line["bench"], "latency");
+        assert_eq!(line["rate"], 50);
+        assert_eq!(line["samples"], 50, "{line}");
+        let (p50, p99, max) = (
+            line["p50_ms"].as_f64().unwrap(),
+            line["p99_ms"].as_f64().unwrap(),
+            line["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{line}");
+    }
+}

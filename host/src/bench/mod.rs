@@ -2,6 +2,7 @@
 //! machine, one JSON line each. Not a test: nothing here passes or fails on
 //! speed; it fails only if rows went missing.
 
+mod latency;
 mod native;
 mod orders_config;
 pub mod receiver;
@@ -19,12 +20,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Arguments of `freshet bench`.
+/// Arguments of `freshet bench`: throughput figures, or with `latency`,
+/// insert-to-webhook latency.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    throughput: ThroughputArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Latency from insert commit to webhook and to AEP, at steady insert rates.
+    Latency(latency::LatencyArgs),
+}
+
+/// Arguments of the throughput figures.
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
     /// The example orders plugin component.
-    #[arg(long)]
-    plugin: PathBuf,
+    #[arg(long, required = true)]
+    plugin: Option<PathBuf>,
     /// Rows in the end-to-end run.
     #[arg(long, default_value_t = 200_000)]
     rows: usize,
@@ -42,7 +60,7 @@ fn emit(line: serde_json::Value) {
 
 /// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
-fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &BenchArgs) -> String {
+fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &ThroughputArgs) -> String {
     let mut config = OrdersPipeline::new(dir, plugin.to_owned(), db.to_owned(), aep.to_owned());
     config.page_size = args.page;
     config.batch_size = args.batch;
@@ -54,8 +72,17 @@ fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &BenchArg
     config.render()
 }
 
-/// Runs every figure.
+/// Runs the chosen benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BenchCommand::Latency(latency)) => latency::run(latency).await,
+        None => throughput(args.throughput).await,
+    }
+}
+
+/// Runs every throughput figure.
+async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
+    let plugin_path = args.plugin.clone().context("--plugin is required")?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("orders.db");
     let now = Timestamp::now();
@@ -75,7 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let compile_start = Instant::now();
-    let plugin = runtime.load(&args.plugin)?;
+    let plugin = runtime.load(&plugin_path)?;
     let compile = compile_start.elapsed();
     let ctx = CallContext {
         pipeline: "bench".into(),
@@ -84,7 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let sandbox = Sandbox::new(plugin, ctx);
     emit(
-        json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&args.plugin)?.len(), "compile_ms": ms(compile)}),
+        json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&plugin_path)?.len(), "compile_ms": ms(compile)}),
     );
     for batch in [1, args.batch] {
         let sample = if batch == 1 {
@@ -145,7 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // End to end, offsets committed.
     let receiver = receiver::Receiver::start(false).await?;
-    let text = bench_config(dir.path(), &db, &args.plugin, &receiver.url(), &args);
+    let text = bench_config(dir.path(), &db, &plugin_path, &receiver.url(), &args);
     let config = crate::config::parse(&text)?;
     let start = Instant::now();
     let results = crate::run(

@@ -29,9 +29,11 @@ pub struct RunOptions {
     pub once: bool,
 }
 
-/// Counters of one pipeline's run: what was committed.
+/// Counters of one pipeline's run. All but `polls` count committed work only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// Page queries sent to the source (including empty ones).
+    pub polls: u64,
     /// Pages committed.
     pub pages: u64,
     /// Rows read.
@@ -53,6 +55,7 @@ pub struct Stats {
 impl Stats {
     /// Adds another run's counters.
     pub fn add(&mut self, other: &Stats) {
+        self.polls += other.polls;
         self.pages += other.pages;
         self.rows += other.rows;
         self.events += other.events;
@@ -157,6 +160,7 @@ impl Pipeline {
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let polls = std::sync::atomic::AtomicU64::new(0);
         // Stops the reader when the writer fails.
         let stop = shutdown.child_token();
         let mut cursor = committed.clone();
@@ -164,6 +168,7 @@ impl Pipeline {
             while !stop.is_cancelled() {
                 let upper = self.source.now().await?.minus(self.delay);
                 let page = self.source.page(&cursor, upper, self.page_size).await?;
+                polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let full = page.full;
                 if let Some(mapped) = self.map_page(page).await? {
                     cursor = mapped.last().clone();
@@ -199,6 +204,7 @@ impl Pipeline {
         };
         // A failed read still lets the writer commit what was read before it.
         let (read, written) = tokio::join!(reader, writer);
+        stats.polls += polls.into_inner();
         written.and(read)
     }
 }

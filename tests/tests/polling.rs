@@ -1,0 +1,121 @@
+//! Polling that is quick when rows flow and cheap when they don't: a full
+//! page is followed at once, an empty poll waits the interval, and shutdown
+//! finishes and commits what is in flight.
+
+use freshet::state::StateStore as _;
+use freshet_tests::*;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Starts the pipeline in the background; returns its handle and stopper.
+fn start(
+    setup: &Setup,
+    receiver: &Receiver,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<Vec<(String, freshet::Stats)>>>,
+    CancellationToken,
+) {
+    let config = setup.config(receiver);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
+    });
+    (handle, shutdown)
+}
+
+async fn wait_for(receiver: &Receiver, messages: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while receiver.message_count() < messages {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pages_are_read_back_to_back_without_waiting_the_interval() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.page_size = 100;
+    setup.pipeline.poll_interval_ms = 60_000;
+    let base = now_ms() - 60_000;
+    setup.insert(
+        &(1..1001)
+            .map(|id| Order::new(id, "pending", base + id))
+            .collect::<Vec<_>>(),
+    );
+    let (handle, shutdown) = start(&setup, &receiver);
+    // Ten pages; waiting the interval after any full one would take minutes.
+    let drained = wait_for(&receiver, 1000, Duration::from_secs(30)).await;
+    shutdown.cancel();
+    let stats = handle.await.unwrap().unwrap()[0].1;
+    assert!(
+        drained,
+        "only {} of 1000 rows arrived",
+        receiver.message_count()
+    );
+    assert_eq!(stats.pages, 10);
+    assert_eq!(
+        stats.polls, 11,
+        "ten full pages, then one empty poll: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_table_is_polled_at_the_interval_not_in_a_loop() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.poll_interval_ms = 200;
+    let (handle, shutdown) = start(&setup, &receiver);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // A row arriving while idle is picked up by the next poll.
+    setup.insert(&[Order::new(1, "pending", now_ms())]);
+    assert!(wait_for(&receiver, 1, Duration::from_secs(5)).await);
+    shutdown.cancel();
+    let stats = handle.await.unwrap().unwrap()[0].1;
+    assert!(
+        (3..=12).contains(&stats.polls),
+        "about one poll per 200 ms: {stats:?}"
+    );
+    assert_eq!(stats.rows, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_every_page_it_delivered() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.page_size = 50;
+    let base = now_ms() - 60_000;
+    setup.insert(
+        &(1..2001)
+            .map(|id| Order::new(id, "confirmed", base + id))
+            .collect::<Vec<_>>(),
+    );
+    let (handle, shutdown) = start(&setup, &receiver);
+    assert!(wait_for(&receiver, 1, Duration::from_secs(10)).await);
+    shutdown.cancel();
+    let stats = handle.await.unwrap().unwrap()[0].1;
+
+    // What reached AEP was committed, with its actions: nothing is left
+    // half-done for the next start to redo.
+    let delivered = received_order_ids(&receiver);
+    assert!(
+        !delivered.is_empty() && delivered.len() < 2000,
+        "stopped part-way: {}",
+        delivered.len()
+    );
+    assert_eq!(stats.delivered, delivered.len() as u64);
+    assert_eq!(
+        receiver.hooks().len(),
+        delivered.len(),
+        "every delivered order's webhook fired"
+    );
+    let offset = setup.state().offset("orders").unwrap().expect("an offset");
+    assert_eq!(
+        offset.key,
+        Some(freshet::source::Key::Int(*delivered.iter().max().unwrap()))
+    );
+}
