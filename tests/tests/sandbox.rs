@@ -154,3 +154,54 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
         PluginError::Guest(_)
     ));
 }
+
+/// A plugin built with Rust's std imports WASI; it links, and every ambient
+/// capability it reaches for is denied: no file, no directory, no
+/// environment, no socket (even to a port that is listening), a clock
+/// stopped at the epoch and the same "random" bytes on every call.
+#[test]
+fn a_wasi_plugin_gets_no_ambient_authority() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let runtime = Runtime::new(&freshet::plugin::EngineSettings {
+        cache_dir: Some(plugins::COMPONENT_CACHE.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let plugin = runtime
+        .load(std::path::Path::new(plugins::HOSTILE_PLUGIN))
+        .unwrap();
+    let ctx = CallContext {
+        pipeline: "t".into(),
+        limits: Limits::default(),
+        settings: Arc::new([("probe_port".to_owned(), port)].into()),
+    };
+    let sandbox = Sandbox::new(plugin, ctx);
+    let row = freshet::plugin::contract::Row {
+        identity: "1@0".into(),
+        cells: vec![freshet::plugin::contract::Value::Text("probe".into())],
+    };
+    let columns = vec!["status".to_owned()];
+    let observe = || {
+        let (result, _) = sandbox.probe(&columns, &row);
+        let (events, _) = result.expect("the probe maps");
+        serde_json::from_str::<serde_json::Value>(&events[0].body).expect("the probe's report")
+    };
+    let seen = observe();
+    for capability in ["file", "dir", "socket"] {
+        let outcome = seen[capability].as_str().unwrap();
+        assert!(outcome.starts_with("denied"), "{capability}: {outcome}");
+    }
+    assert_eq!(seen["env"], "0 variables");
+    assert_eq!(seen["clock_secs"], 0, "the clock is stopped at the epoch");
+    assert_eq!(
+        observe()["random"],
+        seen["random"],
+        "randomness is a fixed stream"
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the listening port"
+    );
+}

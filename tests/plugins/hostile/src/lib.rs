@@ -3,7 +3,9 @@
 //! `map-rows` reads each row's `status` text cell: `loop` spins forever,
 //! `alloc` allocates without bound, `trap` panics, `recurse` recurses without
 //! end, `huge` answers a 4 MiB body, `reject` rejects the row, `internal`
-//! reports an internal error; anything else maps to one event. `decide` asks
+//! reports an internal error; `probe` tries every ambient capability (a file,
+//! an environment variable, a socket, the clock, randomness) and reports what
+//! it got in the event body; anything else maps to one event. `decide` asks
 //! for one webhook `hook` per event.
 
 use freshet::plugin::types::{Instant, Value, WebhookRequest};
@@ -23,6 +25,42 @@ fn recurse(n: u64) -> u64 {
     } else {
         recurse(n + 1).wrapping_add(std::hint::black_box(n))
     }
+}
+
+/// Tries what a plugin must not be able to do; reports each outcome.
+fn probe() -> String {
+    let file = match std::fs::read("/etc/passwd") {
+        Ok(bytes) => format!("read {} bytes", bytes.len()),
+        Err(e) => format!("denied: {e}"),
+    };
+    let dir = match std::fs::read_dir(".") {
+        Ok(entries) => format!("listed {} entries", entries.count()),
+        Err(e) => format!("denied: {e}"),
+    };
+    let env = format!("{} variables", std::env::vars().count());
+    let port = freshet::plugin::host::get_setting("probe_port").unwrap_or_else(|| "22".into());
+    let socket = match std::net::TcpStream::connect(format!("127.0.0.1:{port}")) {
+        Ok(_) => "connected".to_owned(),
+        Err(e) => format!("denied: {e}"),
+    };
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX);
+    let mut random = [0u8; 8];
+    let random_ok = getrandom_like(&mut random);
+    format!(
+        "{{\"file\":{file:?},\"dir\":{dir:?},\"env\":{env:?},\"socket\":{socket:?},\"clock_secs\":{clock},\"random\":\"{random_ok}\"}}"
+    )
+}
+
+/// Random bytes through std's hasher seeding (which reads WASI random).
+fn getrandom_like(out: &mut [u8; 8]) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    *out = h.finish().to_le_bytes();
+    format!("{:016x}", u64::from_le_bytes(*out))
 }
 
 impl Guest for Hostile {
@@ -59,6 +97,14 @@ impl Guest for Hostile {
                     "internal" => Err(PluginError::Internal(
                         "an internal failure on purpose".into(),
                     )),
+                    "probe" => Ok(vec![Event {
+                        id: row.identity.clone(),
+                        timestamp: Instant {
+                            seconds: 0,
+                            nanos: 0,
+                        },
+                        body: probe(),
+                    }]),
                     "huge" => Ok(vec![Event {
                         id: row.identity.clone(),
                         timestamp: Instant {
