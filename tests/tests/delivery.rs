@@ -115,3 +115,48 @@ async fn a_webhook_failing_for_good_is_dead_lettered_and_a_5xx_is_retried() {
     assert_eq!(dead[0].kind, DeadKind::Action);
     assert_eq!(dead[0].code, "http_404");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_inlet_gets_the_bearer_token_from_the_environment() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&pending(1..4));
+    std::env::set_var("FRESHET_TEST_AEP_TOKEN", "tok-123");
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    let text = setup.config_text(&receiver).replace(
+        "timeout_ms = 5000\n\n",
+        "timeout_ms = 5000\ntoken_env = \"FRESHET_TEST_AEP_TOKEN\"\n\n",
+    );
+    assert!(
+        text.contains("token_env"),
+        "the deliver table takes token_env"
+    );
+    let config = freshet::config::parse(&text).unwrap();
+    let results = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap();
+    assert_eq!(results[0].1.delivered, 3);
+    assert_eq!(
+        receiver.authorizations(),
+        [Some("Bearer tok-123".to_owned())]
+    );
+
+    // A missing variable stops the start, naming the key and the variable.
+    let missing = text.replace("FRESHET_TEST_AEP_TOKEN", "FRESHET_TEST_UNSET_TOKEN");
+    let config = freshet::config::parse(&missing).unwrap();
+    let error = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        format!("{error:#}"),
+        "pipelines.orders.deliver.token_env: environment variable `FRESHET_TEST_UNSET_TOKEN` is not set"
+    );
+}

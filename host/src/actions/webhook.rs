@@ -25,7 +25,7 @@ fn expand(value: &str, key: &str) -> anyhow::Result<String> {
     let mut out = value.to_owned();
     for name in env_references(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))? {
         let secret = std::env::var(name)
-            .with_context(|| format!("{key}: environment variable `{name}` is not set"))?;
+            .map_err(|_| anyhow::anyhow!("{key}: environment variable `{name}` is not set"))?;
         out = out.replace(&format!("${{{name}}}"), &secret);
     }
     Ok(out)

@@ -295,8 +295,9 @@ pub enum LoadError {
 
 /// Parses TOML text; an unknown key or a wrong type names its key path.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    // A syntax error has no key path yet: its line and column say where.
     let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::new("", e.message().to_owned()))?;
+        .map_err(|e| ConfigError::new("", e.to_string().trim_end().to_owned()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let (path, message) = tagged::split_message(&e.path().to_string(), e.inner().message());
         ConfigError::new(path, message)
