@@ -7,14 +7,11 @@ use freshet_tests::*;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// What a pipeline run in the background ends with.
+type Running = tokio::task::JoinHandle<anyhow::Result<Vec<(String, freshet::Stats)>>>;
+
 /// Starts the pipeline in the background; returns its handle and stopper.
-fn start(
-    setup: &Setup,
-    receiver: &Receiver,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<Vec<(String, freshet::Stats)>>>,
-    CancellationToken,
-) {
+fn start(setup: &Setup, receiver: &Receiver) -> (Running, CancellationToken) {
     let config = setup.config(receiver);
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn({
