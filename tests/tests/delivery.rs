@@ -160,3 +160,68 @@ async fn an_authenticated_inlet_gets_the_bearer_token_from_the_environment() {
         "pipelines.orders.deliver.token_env: environment variable `FRESHET_TEST_UNSET_TOKEN` is not set"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_aep_commits_nothing_and_the_next_run_delivers_everything() {
+    // A port nobody listens on: every request is refused and retried.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&pending(1..31));
+    let text = setup.config_text(&receiver).replace(
+        &format!("base_url = {:?}", receiver.url()),
+        &format!("base_url = {dead_url:?}"),
+    );
+    assert!(text.contains(&dead_url));
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    let config = freshet::config::parse(&text).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    shutdown.cancel();
+    let stats = run.await.unwrap().unwrap()[0].1;
+    assert_eq!(
+        stats.pages, 0,
+        "nothing committed while AEP was down: {stats:?}"
+    );
+    assert!(
+        setup.dead_letters().is_empty(),
+        "a refused connection is not a rejection"
+    );
+
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(stats.delivered, 30);
+    assert_exactly_once(received_order_ids(&receiver), 1..31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_plugin_is_named() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let bogus = setup.path("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm not really").unwrap();
+    let text = setup.config_text(&receiver).replace(
+        &format!("{:?}", plugins::ORDERS_PLUGIN),
+        &format!("{bogus:?}"),
+    );
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    let config = freshet::config::parse(&text).unwrap();
+    let error = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.starts_with("pipelines.orders.plugin: loading plugin"),
+        "{message}"
+    );
+    assert!(message.contains("bogus.wasm"), "{message}");
+}

@@ -253,3 +253,86 @@ async fn backfill_false_reads_only_rows_after_the_first_start_and_initial_starts
     assert_eq!(setup.run_once(&receiver).await.unwrap().rows, 6);
     assert_eq!(received_order_ids(&receiver), (5..11).collect::<Vec<_>>());
 }
+
+/// Not the orders table: a TEXT key, timestamps in whole seconds (so many
+/// rows tie), a page size that splits ties, a batch size that splits pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_table_with_a_text_key_and_second_timestamps_is_read_exactly_once() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("signups.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE signups (uid TEXT PRIMARY KEY NOT NULL, status TEXT, note BLOB, score REAL, created INTEGER NOT NULL)",
+    )
+    .unwrap();
+    let base = now_ms() / 1000 - 3_600;
+    // 300 rows over 20 seconds: 15 per second, keys not in insertion order.
+    for i in 0..300i64 {
+        conn.execute(
+            "INSERT INTO signups VALUES (?1, 'fine', x'00ff', 0.5, ?2)",
+            rusqlite::params![format!("u-{:03}", (i * 7919) % 300), base + i / 15],
+        )
+        .unwrap();
+    }
+    let text = format!(
+        r#"
+[engine]
+cache_dir = {cache:?}
+[state]
+path = {state:?}
+[pipelines.signups]
+plugin = {plugin:?}
+batch_size = 4
+[pipelines.signups.source]
+kind = "sqlite"
+path = {db:?}
+table = "signups"
+key_column = "uid"
+page_size = 7
+backfill = true
+timestamp = {{ column = "created", unit = "s" }}
+[pipelines.signups.deliver]
+kind = "aep"
+base_url = "{aep}"
+connection_id = "c"
+ims_org = "O@AdobeOrg"
+dataset_id = "d"
+schema_id = "https://ns.adobe.com/t/schemas/s"
+[pipelines.signups.targets.hook]
+kind = "webhook"
+url = "{aep}/hooks/signup"
+timeout_ms = 5000
+"#,
+        cache = plugins::COMPONENT_CACHE,
+        state = dir.path().join("state.db"),
+        plugin = plugins::HOSTILE_PLUGIN,
+        aep = receiver.url(),
+    );
+    let config = freshet::config::parse(&text).unwrap();
+    assert!(config.validate().is_empty());
+    let results = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap();
+    let stats = results[0].1;
+    assert_eq!(
+        (stats.rows, stats.delivered, stats.actions),
+        (300, 300, 300)
+    );
+    // The hostile plugin's event id is the row identity: key@nanos.
+    let mut ids: Vec<String> = received_ids(&receiver);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "every row exactly once");
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("u-") && id.ends_with("000000000")),
+        "{:?}",
+        &ids[..3]
+    );
+    assert_eq!(receiver.hooks().len(), 300);
+}
