@@ -225,3 +225,74 @@ async fn a_file_that_is_not_a_plugin_is_named() {
     );
     assert!(message.contains("bogus.wasm"), "{message}");
 }
+
+/// How a receiver verifies a signed webhook (the README says the same).
+fn verify(secret: &[u8], timestamp: &str, raw_body: &str, signature: &str) -> bool {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{timestamp}.{raw_body}").as_bytes());
+    let Some(hex_sig) = signature.strip_prefix("v1=") else {
+        return false;
+    };
+    let Ok(bytes) = hex::decode(hex_sig) else {
+        return false;
+    };
+    mac.verify_slice(&bytes).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_verify_at_the_receiver() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let base = now_ms() - 60_000;
+    setup.insert(
+        &(1..6)
+            .map(|id| Order::new(id, "confirmed", base + id))
+            .collect::<Vec<_>>(),
+    );
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    std::env::set_var("FRESHET_TEST_SIGNING", "whsec-test");
+    let hook_url = format!("url = \"{}/hooks/order-confirmed\"\n", receiver.url());
+    let text = setup.config_text(&receiver).replace(
+        &hook_url,
+        &format!("{hook_url}signing_secret_env = \"FRESHET_TEST_SIGNING\"\n"),
+    );
+    assert!(text.contains("signing_secret_env"));
+    let config = freshet::config::parse(&text).unwrap();
+    freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap();
+
+    let hooks = receiver.hooks();
+    assert_eq!(hooks.len(), 5);
+    let now = chrono::Utc::now().timestamp();
+    for hook in &hooks {
+        let timestamp = hook.headers["x-freshet-timestamp"].to_str().unwrap();
+        let signature = hook.headers["x-freshet-signature"].to_str().unwrap();
+        assert!(
+            (now - timestamp.parse::<i64>().unwrap()).abs() < 60,
+            "a fresh timestamp"
+        );
+        assert!(
+            verify(b"whsec-test", timestamp, &hook.raw, signature),
+            "{signature}"
+        );
+        assert!(
+            !verify(
+                b"whsec-test",
+                timestamp,
+                &format!("{} ", hook.raw),
+                signature
+            ),
+            "a changed body fails"
+        );
+        assert!(
+            !verify(b"other-secret", timestamp, &hook.raw, signature),
+            "another secret fails"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 pub use record::RecordTarget;
-pub use webhook::WebhookTarget;
+pub use webhook::{signature, WebhookTarget};
 
 /// One action to run.
 #[derive(Debug, Clone)]

@@ -1,6 +1,12 @@
 //! The webhook executor, with journey-action semantics: one time window for
 //! the whole call (1–30 s), at most 3 retries inside it, no retry on 401, 403
 //! or 404, outcome codes `http_<code>`, `timedout`, `error`.
+//!
+//! With `signing_secret_env` set, every attempt carries
+//! `x-freshet-timestamp` (Unix seconds) and `x-freshet-signature: v1=HEX`,
+//! the HMAC-SHA256 of `{timestamp}.{body}` under the shared secret. A
+//! receiver recomputes it over the raw body, compares in constant time, and
+//! refuses timestamps more than a few minutes old (replays).
 
 use super::ActionResult;
 use crate::config::validate::env_references;
@@ -18,6 +24,18 @@ pub struct WebhookTarget {
     headers: HeaderMap,
     window: Duration,
     max_retries: u32,
+    signing_secret: Option<Vec<u8>>,
+}
+
+/// The signature header's value for a body sent at `timestamp`.
+pub fn signature(secret: &[u8], timestamp: i64, body: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Replaces `${VAR}` with the environment variable's value.
@@ -56,6 +74,18 @@ impl WebhookTarget {
         if config.max_retries > 3 {
             bail!("{key}.max_retries: at most 3");
         }
+        let signing_secret = match &config.signing_secret_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "{key}.signing_secret_env: environment variable `{var}` is not set"
+                        )
+                    })?
+                    .into_bytes(),
+            ),
+            None => None,
+        };
         let client = reqwest::Client::builder()
             .build()
             .with_context(|| format!("{key}: HTTP client"))?;
@@ -66,6 +96,7 @@ impl WebhookTarget {
             headers,
             window: Duration::from_millis(config.timeout_ms),
             max_retries: config.max_retries,
+            signing_secret,
         })
     }
 
@@ -89,6 +120,12 @@ impl WebhookTarget {
                 .headers(self.headers.clone())
                 .header("idempotency-key", idempotency_key)
                 .timeout(left);
+            if let Some(secret) = &self.signing_secret {
+                let now = chrono::Utc::now().timestamp();
+                request = request
+                    .header("x-freshet-timestamp", now)
+                    .header("x-freshet-signature", signature(secret, now, body));
+            }
             if self.method != reqwest::Method::GET {
                 request = request
                     .header("content-type", "application/json")

@@ -51,6 +51,8 @@ pub struct Hook {
     pub headers: HeaderMap,
     /// The body as JSON.
     pub body: Value,
+    /// The body as sent.
+    pub raw: String,
     /// When it arrived.
     pub at: Instant,
 }
@@ -261,6 +263,7 @@ async fn hook(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw: String::from_utf8_lossy(&body).into_owned(),
             headers,
             at,
         });

@@ -253,6 +253,9 @@ pub struct WebhookTargetConfig {
     /// Retries within the window (at most 3), never on 401, 403 or 404.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// Environment variable holding the secret that signs each call
+    /// (`x-freshet-signature`, HMAC-SHA256 over `{timestamp}.{body}`).
+    pub signing_secret_env: Option<String>,
 }
 
 fn default_method() -> String {

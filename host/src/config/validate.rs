@@ -283,6 +283,13 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 );
                 e.range(w.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
                 e.range(w.max_retries, 0, 3, &key("max_retries"));
+                if let Some(var) = &w.signing_secret_env {
+                    e.check(
+                        is_env_name(var),
+                        &key("signing_secret_env"),
+                        "must be an environment variable name",
+                    );
+                }
                 for (header, value) in &w.headers {
                     if let Err(msg) = env_references(value) {
                         e.at(&key(&format!("headers.{header}")), msg);
