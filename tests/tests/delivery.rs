@@ -296,3 +296,63 @@ async fn signed_webhooks_verify_at_the_receiver() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ims_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
+    let receiver = Receiver::start(true).await.unwrap();
+    // Tokens live 2 s; AEP refuses any token that is unknown or expired.
+    receiver.require_ims("cid", "csecret", 2);
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    std::env::set_var("FRESHET_TEST_IMS_ID", "cid");
+    std::env::set_var("FRESHET_TEST_IMS_SECRET", "csecret");
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    let text = format!(
+        "{}\n[pipelines.orders.deliver.ims]\ntoken_url = \"{}/ims/token/v3\"\nclient_id_env = \"FRESHET_TEST_IMS_ID\"\nclient_secret_env = \"FRESHET_TEST_IMS_SECRET\"\n",
+        setup.config_text(&receiver),
+        receiver.url()
+    );
+    let config = freshet::config::parse(&text).unwrap();
+    assert!(config.validate().is_empty());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
+    });
+    let wait_for = |n: u64| {
+        let receiver = &receiver;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while receiver.message_count() < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    setup.insert(&pending(1..11));
+    wait_for(10).await;
+    assert_eq!(receiver.tokens_issued(), 1, "one token for the first page");
+
+    // Past the token's life: the host renews before AEP would refuse it.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    setup.insert(&pending(11..21));
+    wait_for(20).await;
+    assert_eq!(receiver.tokens_issued(), 2, "renewed once, never refused");
+
+    // AEP refuses a token (revoked, say): a new one is fetched and the request resent.
+    receiver.script_aep(Scripted::Status {
+        status: 401,
+        retry_after: None,
+    });
+    setup.insert(&pending(21..31));
+    wait_for(30).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(receiver.tokens_issued(), 3);
+    assert_exactly_once(received_order_ids(&receiver), 1..31);
+    assert!(setup.dead_letters().is_empty());
+    let bearers: Vec<String> = receiver.authorizations().into_iter().flatten().collect();
+    assert!(
+        bearers.iter().all(|b| b.starts_with("Bearer tok-")),
+        "{bearers:?}"
+    );
+}

@@ -2,7 +2,9 @@
 //! takes webhooks, for `freshet bench` and the integration tests.
 //!
 //! It answers like AEP: `POST /collection/batch/{id}` gets a 207 with one
-//! result per message. Answers can be scripted ahead (a 500, a 429 with
+//! result per message. With [`Receiver::require_ims`] it also plays Adobe
+//! IMS (`POST /ims/token/v3`, client credentials) and refuses AEP requests
+//! whose bearer token it did not issue or that has expired, with a 401. Answers can be scripted ahead (a 500, a 429 with
 //! `Retry-After`, a 207 rejecting one message) to exercise failure paths
 //! against the real client code.
 
@@ -66,8 +68,17 @@ pub struct Received {
     pub at: Instant,
 }
 
+/// The IMS side: who may get tokens, and what was issued.
+#[derive(Default)]
+struct Ims {
+    client: Option<(String, String)>,
+    expires_in: u64,
+    issued: Vec<(String, Instant)>,
+}
+
 #[derive(Default)]
 struct Shared {
+    ims: Mutex<Ims>,
     keep: bool,
     aep_script: Mutex<VecDeque<Scripted>>,
     hook_script: Mutex<VecDeque<Scripted>>,
@@ -106,6 +117,7 @@ impl Receiver {
         let app = Router::new()
             .route("/collection/batch/{connection}", post(batch))
             .route("/hooks/{*rest}", post(hook).put(hook))
+            .route("/ims/token/v3", post(token))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -118,6 +130,19 @@ impl Receiver {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Issues tokens to this client that live `expires_in` seconds, and
+    /// from now on refuses AEP requests without a live one.
+    pub fn require_ims(&self, client_id: &str, client_secret: &str, expires_in: u64) {
+        let mut ims = lock(&self.shared.ims);
+        ims.client = Some((client_id.to_owned(), client_secret.to_owned()));
+        ims.expires_in = expires_in;
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        lock(&self.shared.ims).issued.len()
     }
 
     /// Scripts the answer to a coming AEP request (answers queue in order).
@@ -177,12 +202,18 @@ async fn batch(
 ) -> Response {
     let at = Instant::now();
     shared.request_count.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.auth).push(
-        headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    );
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    lock(&shared.auth).push(authorization.clone());
+    if !token_is_live(&shared, authorization.as_deref()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"message":"missing, unknown or expired token"}"#,
+        )
+            .into_response();
+    }
     let scripted = lock(&shared.aep_script).pop_front();
     if let Some(Scripted::Status {
         status,
@@ -269,4 +300,41 @@ async fn hook(
         });
     }
     (StatusCode::OK, "{}").into_response()
+}
+
+/// With IMS required, whether `authorization` carries a live issued token.
+fn token_is_live(shared: &Shared, authorization: Option<&str>) -> bool {
+    let ims = lock(&shared.ims);
+    if ims.client.is_none() {
+        return true;
+    }
+    let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    ims.issued
+        .iter()
+        .any(|(issued, until)| issued == token && Instant::now() < *until)
+}
+
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut ims = lock(&shared.ims);
+    let client_ok = matches!(&ims.client, Some((id, secret))
+        if field("client_id") == Some(id.as_str()) && field("client_secret") == Some(secret.as_str()));
+    if !client_ok || field("grant_type") != Some("client_credentials") {
+        return (StatusCode::UNAUTHORIZED, r#"{"error":"invalid_client"}"#).into_response();
+    }
+    let token = format!("tok-{}", ims.issued.len() + 1);
+    let until = Instant::now() + std::time::Duration::from_secs(ims.expires_in);
+    ims.issued.push((token.clone(), until));
+    let answer =
+        json!({"access_token": token, "token_type": "bearer", "expires_in": ims.expires_in});
+    (StatusCode::OK, answer.to_string()).into_response()
 }

@@ -180,6 +180,9 @@ pub struct AepConfig {
     pub source_name: String,
     /// Environment variable holding a bearer token, for authenticated inlets.
     pub token_env: Option<String>,
+    /// Adobe IMS server-to-server credentials: a token is fetched, cached
+    /// and renewed (instead of a fixed `token_env`).
+    pub ims: Option<ImsConfig>,
     /// Largest request body in bytes (AEP refuses more than 1 MB).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
@@ -189,6 +192,29 @@ pub struct AepConfig {
     /// Per-request timeout in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// `[pipelines.NAME.deliver.ims]`: OAuth client credentials, from the environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImsConfig {
+    /// The token endpoint.
+    #[serde(default = "default_ims_url")]
+    pub token_url: String,
+    /// Environment variable holding the client id.
+    pub client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Scopes to ask for.
+    #[serde(default = "default_ims_scope")]
+    pub scope: String,
+}
+
+fn default_ims_url() -> String {
+    "https://ims-na1.adobelogin.com/ims/token/v3".to_owned()
+}
+fn default_ims_scope() -> String {
+    crate::deliver::auth::DEFAULT_SCOPE.to_owned()
 }
 
 fn default_aep_url() -> String {

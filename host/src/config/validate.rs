@@ -254,6 +254,24 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                     "must be an environment variable name",
                 );
             }
+            if let Some(ims) = &a.ims {
+                e.check(
+                    a.token_env.is_none(),
+                    "deliver.ims",
+                    "use either token_env or ims, not both",
+                );
+                e.url(&ims.token_url, "deliver.ims.token_url");
+                for (key, var) in [
+                    ("deliver.ims.client_id_env", &ims.client_id_env),
+                    ("deliver.ims.client_secret_env", &ims.client_secret_env),
+                ] {
+                    e.check(
+                        is_env_name(var),
+                        key,
+                        "must be an environment variable name",
+                    );
+                }
+            }
         }
         DeliverConfig::File(f) => {
             e.check(

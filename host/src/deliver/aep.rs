@@ -7,6 +7,7 @@
 //! the failed ones are resent. A whole-request 400 or 413 is split in halves
 //! until the offending message stands alone and is rejected.
 
+use super::auth::Tokens;
 use super::retry::{classify, retry_after, Backoff, Verdict};
 use super::{DeliverError, Delivery, Message, Sink};
 use futures::stream::{self, StreamExt as _};
@@ -21,7 +22,7 @@ const FRAME: usize = 15;
 pub struct AepSink {
     client: reqwest::Client,
     url: String,
-    token: Option<String>,
+    tokens: Tokens,
     flow_id: Option<String>,
     max_request_bytes: usize,
     concurrency: usize,
@@ -36,8 +37,6 @@ pub struct AepSettings {
     pub base_url: String,
     /// The streaming connection id.
     pub connection_id: String,
-    /// A bearer token for authenticated inlets.
-    pub token: Option<String>,
     /// Sent as `x-adobe-flow-id`.
     pub flow_id: Option<String>,
     /// Largest request body.
@@ -68,7 +67,11 @@ struct MessageAnswer {
 
 impl AepSink {
     /// A sink for one connection.
-    pub fn new(settings: AepSettings, shutdown: CancellationToken) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        settings: AepSettings,
+        tokens: Tokens,
+        shutdown: CancellationToken,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .pool_max_idle_per_host(settings.concurrency)
@@ -81,7 +84,7 @@ impl AepSink {
         Ok(Self {
             client,
             url,
-            token: settings.token,
+            tokens,
             flow_id: settings.flow_id,
             max_request_bytes: settings.max_request_bytes,
             concurrency: settings.concurrency,
@@ -154,14 +157,18 @@ impl AepSink {
     async fn post(
         &self,
         body: String,
+        token: Option<&str>,
     ) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
         let mut request = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
             .body(body);
-        if let Some(token) = &self.token {
+        if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(key) = self.tokens.api_key() {
+            request = request.header("x-api-key", key);
         }
         if let Some(flow) = &self.flow_id {
             request = request.header("x-adobe-flow-id", flow);
@@ -185,7 +192,18 @@ impl AepSink {
             loop {
                 // A request in flight is not abandoned at shutdown (it is
                 // bounded by the request timeout); only waits to retry are.
-                let (status, headers, text) = match self.post(Self::body(messages, &batch)).await {
+                let token = match self.tokens.token().await {
+                    Ok(token) => token,
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt = backoff.attempts(), "no AEP token; retrying");
+                        self.wait(&mut backoff, None).await?;
+                        continue;
+                    }
+                };
+                let answer = self
+                    .post(Self::body(messages, &batch), token.as_deref())
+                    .await;
+                let (status, headers, text) = match answer {
                     Ok(answer) => answer,
                     Err(e) => {
                         tracing::warn!(url = %self.url, error = %e, attempt = backoff.attempts(), "AEP request failed; retrying");
@@ -223,6 +241,10 @@ impl AepSink {
                         break;
                     }
                     Verdict::Retry => {
+                        if matches!(status, 401 | 403) {
+                            // Expired or revoked: the next attempt gets a new one.
+                            self.tokens.invalidate().await;
+                        }
                         let wait = retry_after(&headers);
                         tracing::warn!(url = %self.url, status, retry_after = ?wait, attempt = backoff.attempts(), "AEP asked to retry");
                         self.wait(&mut backoff, wait).await?;

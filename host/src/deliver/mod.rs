@@ -7,6 +7,7 @@
 //! (which the pipeline dead-letters).
 
 pub mod aep;
+pub mod auth;
 mod envelope;
 pub mod file;
 mod retry;

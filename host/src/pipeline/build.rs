@@ -6,6 +6,7 @@ use super::Pipeline;
 use crate::actions::Executors;
 use crate::config::{Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig};
 use crate::deliver::aep::{AepSettings, AepSink};
+use crate::deliver::auth::{ImsCredentials, Tokens};
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
 use crate::plugin::{CallContext, Runtime, Sandbox};
@@ -100,23 +101,36 @@ fn build(
     let source = open_source(&config.source, &prefix)?;
     let (sink, envelopes): (Box<dyn Sink>, EnvelopeBuilder) = match &config.deliver {
         DeliverConfig::Aep(a) => {
-            let token = match &a.token_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    anyhow!("{prefix}.deliver.token_env: environment variable `{var}` is not set")
-                })?),
-                None => None,
+            let env = |key: &str, var: &str| {
+                std::env::var(var).map_err(|_| {
+                    anyhow!("{prefix}.deliver.{key}: environment variable `{var}` is not set")
+                })
+            };
+            let timeout = Duration::from_millis(a.timeout_ms);
+            let tokens = match (&a.token_env, &a.ims) {
+                (_, Some(ims)) => {
+                    let credentials = ImsCredentials {
+                        token_url: ims.token_url.clone(),
+                        client_id: env("ims.client_id_env", &ims.client_id_env)?,
+                        client_secret: env("ims.client_secret_env", &ims.client_secret_env)?,
+                        scope: ims.scope.clone(),
+                    };
+                    Tokens::ims(credentials, timeout)
+                        .with_context(|| format!("{prefix}.deliver.ims"))?
+                }
+                (Some(var), None) => Tokens::Fixed(env("token_env", var)?),
+                (None, None) => Tokens::None,
             };
             let settings = AepSettings {
                 base_url: a.base_url.clone(),
                 connection_id: a.connection_id.clone(),
-                token,
                 flow_id: a.flow_id.clone(),
                 max_request_bytes: a.max_request_bytes,
                 concurrency: a.concurrency,
-                timeout: Duration::from_millis(a.timeout_ms),
+                timeout,
                 backoff: (Duration::from_millis(200), Duration::from_secs(30)),
             };
-            let sink = AepSink::new(settings, shutdown.clone())
+            let sink = AepSink::new(settings, tokens, shutdown.clone())
                 .with_context(|| format!("{prefix}.deliver"))?;
             let schema = SchemaRef {
                 id: a.schema_id.clone(),
