@@ -356,3 +356,23 @@ async fn ims_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
         "{bearers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_request_and_loses_nothing() {
+    let receiver = Receiver::start(true).await.unwrap();
+    receiver.script_aep(Scripted::Status {
+        status: 413,
+        retry_after: None,
+    });
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&pending(1..41));
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(stats.delivered, 40);
+    assert_eq!(
+        receiver.request_count(),
+        3,
+        "refused whole, then two halves"
+    );
+    assert_exactly_once(received_order_ids(&receiver), 1..41);
+    assert!(setup.dead_letters().is_empty());
+}
