@@ -376,3 +376,41 @@ async fn a_413_splits_the_request_and_loses_nothing() {
     assert_exactly_once(received_order_ids(&receiver), 1..41);
     assert!(setup.dead_letters().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_a_targets_cap_are_refused_as_capped() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let base = now_ms() - 60_000;
+    setup.insert(
+        &(1..6)
+            .map(|id| Order::new(id, "confirmed", base + id))
+            .collect::<Vec<_>>(),
+    );
+    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    let text = format!(
+        "{}\n[pipelines.orders.targets.order-confirmed.capping]\nmax_calls = 3\nperiod_ms = 60000\nmax_connections = 2\n",
+        setup.config_text(&receiver)
+    );
+    let config = freshet::config::parse(&text).unwrap();
+    assert!(config.validate().is_empty());
+    let stats = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap()[0]
+        .1;
+    assert_eq!(receiver.hooks().len(), 3, "three calls fit the cap");
+    let capped: Vec<_> = setup
+        .dead_letters()
+        .into_iter()
+        .filter(|d| d.code == "capped")
+        .collect();
+    assert_eq!(capped.len(), 2, "two were refused, and kept");
+    assert_eq!(
+        stats.actions, 10,
+        "five e-mails and five webhook attempts finished"
+    );
+}

@@ -48,13 +48,13 @@ pub enum ActionResult {
 /// A configured target.
 pub enum Target {
     /// An HTTP call.
-    Webhook(WebhookTarget),
+    Webhook(Box<WebhookTarget>),
     /// A line in a file.
     Record(RecordTarget),
 }
 
 /// The name of an action's kind and its target.
-pub fn describe(action: &Action) -> (&'static str, &str) {
+fn describe(action: &Action) -> (&'static str, &str) {
     match action {
         Action::Email(a) => ("email", &a.target),
         Action::Webhook(a) => ("webhook", &a.target),
@@ -144,7 +144,9 @@ impl Executors {
         for (name, config) in configs {
             let key = format!("{prefix}.targets.{name}");
             let target = match config {
-                TargetConfig::Webhook(w) => Target::Webhook(WebhookTarget::build(w, &key)?),
+                TargetConfig::Webhook(w) => {
+                    Target::Webhook(Box::new(WebhookTarget::build(w, &key)?))
+                }
                 TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
             };
             targets.insert(name.clone(), target);

@@ -282,6 +282,25 @@ pub struct WebhookTargetConfig {
     /// Environment variable holding the secret that signs each call
     /// (`x-freshet-signature`, HMAC-SHA256 over `{timestamp}.{body}`).
     pub signing_secret_env: Option<String>,
+    /// Journey-action capping: calls over it are refused (`capped`).
+    pub capping: Option<CappingConfig>,
+}
+
+/// `[...targets.TARGET.capping]`, as journey actions define it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CappingConfig {
+    /// Calls allowed per period; more are refused with outcome `capped`.
+    pub max_calls: u64,
+    /// The period, in milliseconds.
+    pub period_ms: u64,
+    /// Calls in flight at once (1–400); more wait their turn.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    400
 }
 
 fn default_method() -> String {

@@ -1,6 +1,7 @@
-//! A pipeline: source → plugin → deliver → actions → commit, one page at a
-//! time, and [`run`], which builds every pipeline of a config and runs them
-//! side by side until shutdown.
+//! A pipeline: source → plugin → deliver → actions → commit, page by page
+//! (the next page is read and mapped while the last one is delivered), and
+//! [`run`], which builds every pipeline of a config and runs them side by
+//! side until shutdown.
 //!
 //! The offset advances only after the page's events were acknowledged (or
 //! dead-lettered) and its actions finished (or dead-lettered), atomically with

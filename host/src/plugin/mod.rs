@@ -310,11 +310,6 @@ impl Sandbox {
         &self.plugin
     }
 
-    /// The pipeline's limits and settings.
-    pub fn context(&self) -> &CallContext {
-        &self.ctx
-    }
-
     /// Maps rows to events: one outcome per row, in order.
     pub fn map_rows(&self, batch: &RowBatch) -> Vec<Outcome<Event>> {
         let rows = batch.rows.len();
