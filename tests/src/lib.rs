@@ -104,8 +104,10 @@ impl Setup {
     }
 
     /// The config, delivering to `receiver` (webhooks to its `/hooks/NAME`;
-    /// e-mail and CRM actions recorded to files).
+    /// e-mail and CRM actions recorded to files). Sets the environment
+    /// variable its webhook header names, as an operator would.
     pub fn config_text(&self, receiver: &Receiver) -> String {
+        std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
         let mut pipeline = self.pipeline.clone();
         pipeline.aep_url = receiver.url();
         let hooks = receiver.url() + "/hooks";
@@ -125,8 +127,6 @@ impl Setup {
 
     /// The parsed and validated config.
     pub fn config(&self, receiver: &Receiver) -> Config {
-        // The webhook header's secret comes from the environment, as in production.
-        std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
         let config =
             freshet::config::parse(&self.config_text(receiver)).expect("test config parses");
         let errors = config.validate();

@@ -48,7 +48,6 @@ async fn start_error(schema: &str, timestamp_column: &str) -> String {
         "timestamp = { column = \"updated_at\"",
         &format!("timestamp = {{ column = \"{timestamp_column}\""),
     );
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "x");
     let config = freshet::config::parse(&text).unwrap();
     let result = freshet::run(
         &config,

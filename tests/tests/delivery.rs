@@ -11,6 +11,12 @@ fn pending(ids: std::ops::Range<i64>) -> Vec<Order> {
     ids.map(|id| Order::new(id, "pending", base + id)).collect()
 }
 
+fn confirmed(ids: std::ops::Range<i64>) -> Vec<Order> {
+    let base = now_ms() - 60_000;
+    ids.map(|id| Order::new(id, "confirmed", base + id))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_then_a_200_loses_nothing() {
     let receiver = Receiver::start(true).await.unwrap();
@@ -122,7 +128,6 @@ async fn an_authenticated_inlet_gets_the_bearer_token_from_the_environment() {
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.insert(&pending(1..4));
     std::env::set_var("FRESHET_TEST_AEP_TOKEN", "tok-123");
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
     let text = setup.config_text(&receiver).replace(
         "timeout_ms = 5000\n\n",
         "timeout_ms = 5000\ntoken_env = \"FRESHET_TEST_AEP_TOKEN\"\n\n",
@@ -175,7 +180,6 @@ async fn an_unreachable_aep_commits_nothing_and_the_next_run_delivers_everything
         &format!("base_url = {dead_url:?}"),
     );
     assert!(text.contains(&dead_url));
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
     let config = freshet::config::parse(&text).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn({
@@ -209,7 +213,6 @@ async fn a_file_that_is_not_a_plugin_is_named() {
         &format!("{:?}", plugins::ORDERS_PLUGIN),
         &format!("{bogus:?}"),
     );
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
     let config = freshet::config::parse(&text).unwrap();
     let error = freshet::run(
         &config,
@@ -244,13 +247,7 @@ fn verify(secret: &[u8], timestamp: &str, raw_body: &str, signature: &str) -> bo
 async fn signed_webhooks_verify_at_the_receiver() {
     let receiver = Receiver::start(true).await.unwrap();
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
-    let base = now_ms() - 60_000;
-    setup.insert(
-        &(1..6)
-            .map(|id| Order::new(id, "confirmed", base + id))
-            .collect::<Vec<_>>(),
-    );
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    setup.insert(&confirmed(1..6));
     std::env::set_var("FRESHET_TEST_SIGNING", "whsec-test");
     let hook_url = format!("url = \"{}/hooks/order-confirmed\"\n", receiver.url());
     let text = setup.config_text(&receiver).replace(
@@ -305,7 +302,6 @@ async fn ims_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     std::env::set_var("FRESHET_TEST_IMS_ID", "cid");
     std::env::set_var("FRESHET_TEST_IMS_SECRET", "csecret");
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
     let text = format!(
         "{}\n[pipelines.orders.deliver.ims]\ntoken_url = \"{}/ims/token/v3\"\nclient_id_env = \"FRESHET_TEST_IMS_ID\"\nclient_secret_env = \"FRESHET_TEST_IMS_SECRET\"\n",
         setup.config_text(&receiver),
@@ -381,13 +377,7 @@ async fn a_413_splits_the_request_and_loses_nothing() {
 async fn calls_over_a_targets_cap_are_refused_as_capped() {
     let receiver = Receiver::start(true).await.unwrap();
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
-    let base = now_ms() - 60_000;
-    setup.insert(
-        &(1..6)
-            .map(|id| Order::new(id, "confirmed", base + id))
-            .collect::<Vec<_>>(),
-    );
-    std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
+    setup.insert(&confirmed(1..6));
     let text = format!(
         "{}\n[pipelines.orders.targets.order-confirmed.capping]\nmax_calls = 3\nperiod_ms = 60000\nmax_connections = 2\n",
         setup.config_text(&receiver)
