@@ -221,3 +221,54 @@ pub fn assert_exactly_once(mut got: Vec<i64>, expected: impl IntoIterator<Item =
     assert!(missing.is_empty(), "never delivered: {missing:?}");
     assert_eq!(got, want);
 }
+
+/// A config's pipelines running in the background, polling until stopped.
+pub struct Running {
+    handle: tokio::task::JoinHandle<anyhow::Result<Vec<(String, Stats)>>>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Starts every pipeline of `config`.
+    pub fn start(config: Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { freshet::run(&config, shutdown, RunOptions::default()).await }
+        });
+        Self { handle, shutdown }
+    }
+
+    /// Shuts down (pages in flight finish and commit) and returns the
+    /// first pipeline's counters.
+    pub async fn stop(self) -> Stats {
+        self.shutdown.cancel();
+        let results = self
+            .handle
+            .await
+            .expect("the run task")
+            .expect("the run ends cleanly");
+        results
+            .into_iter()
+            .next()
+            .map(|(_, s)| s)
+            .unwrap_or_default()
+    }
+}
+
+/// Waits until the receiver accepted `messages`, for at most `limit`;
+/// whether it did.
+pub async fn wait_for_messages(
+    receiver: &Receiver,
+    messages: u64,
+    limit: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while receiver.message_count() < messages {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}

@@ -180,15 +180,9 @@ async fn an_unreachable_aep_commits_nothing_and_the_next_run_delivers_everything
         &format!("base_url = {dead_url:?}"),
     );
     assert!(text.contains(&dead_url));
-    let config = freshet::config::parse(&text).unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
-    });
+    let running = Running::start(freshet::config::parse(&text).unwrap());
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    shutdown.cancel();
-    let stats = run.await.unwrap().unwrap()[0].1;
+    let stats = running.stop().await;
     assert_eq!(
         stats.pages, 0,
         "nothing committed while AEP was down: {stats:?}"
@@ -309,20 +303,8 @@ async fn ims_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
     );
     let config = freshet::config::parse(&text).unwrap();
     assert!(config.validate().is_empty());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
-    });
-    let wait_for = |n: u64| {
-        let receiver = &receiver;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while receiver.message_count() < n && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let running = Running::start(config);
+    let wait_for = |n: u64| wait_for_messages(&receiver, n, Duration::from_secs(10));
 
     setup.insert(&pending(1..11));
     wait_for(10).await;
@@ -341,8 +323,7 @@ async fn ims_tokens_are_cached_renewed_before_expiry_and_after_a_401() {
     });
     setup.insert(&pending(21..31));
     wait_for(30).await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(receiver.tokens_issued(), 3);
     assert_exactly_once(received_order_ids(&receiver), 1..31);
     assert!(setup.dead_letters().is_empty());

@@ -5,7 +5,6 @@ use freshet_tests::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 fn orders(ids: std::ops::Range<i64>, base_ms: i64) -> Vec<Order> {
     ids.map(|id| {
@@ -119,17 +118,9 @@ async fn restart_resumes_from_the_committed_offset() {
     setup.insert(&orders(1..1001, base));
 
     // First run: stopped by shutdown part-way through.
-    let config = setup.config(&receiver);
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
-    });
-    while receiver.message_count() < 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    shutdown.cancel();
-    let first = run.await.unwrap().unwrap()[0].1;
+    let running = Running::start(setup.config(&receiver));
+    assert!(wait_for_messages(&receiver, 200, Duration::from_secs(30)).await);
+    let first = running.stop().await;
     assert!(
         first.rows >= 200 && first.rows < 1000,
         "stopped part-way: {first:?}"
@@ -202,24 +193,15 @@ async fn a_row_committed_late_inside_the_delay_window_is_delivered() {
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.delay_ms = 1_500;
     setup.pipeline.poll_interval_ms = 100;
-    let config = setup.config(&receiver);
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
-    });
+    let running = Running::start(setup.config(&receiver));
     // Row 2 is stamped first but its transaction commits a second later,
     // after row 1 (stamped later) has committed.
     let t0 = now_ms();
     setup.insert(&[Order::new(1, "pending", t0 + 200)]);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     setup.insert(&[Order::new(2, "pending", t0)]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while receiver.message_count() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    wait_for_messages(&receiver, 2, Duration::from_secs(10)).await;
+    running.stop().await;
     assert_eq!(
         received_order_ids(&receiver),
         vec![2, 1],

@@ -4,33 +4,7 @@
 
 use freshet::state::StateStore as _;
 use freshet_tests::*;
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-
-/// What a pipeline run in the background ends with.
-type Running = tokio::task::JoinHandle<anyhow::Result<Vec<(String, freshet::Stats)>>>;
-
-/// Starts the pipeline in the background; returns its handle and stopper.
-fn start(setup: &Setup, receiver: &Receiver) -> (Running, CancellationToken) {
-    let config = setup.config(receiver);
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { freshet::run(&config, shutdown, freshet::RunOptions::default()).await }
-    });
-    (handle, shutdown)
-}
-
-async fn wait_for(receiver: &Receiver, messages: u64, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while receiver.message_count() < messages {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pages_are_read_back_to_back_without_waiting_the_interval() {
@@ -44,11 +18,10 @@ async fn full_pages_are_read_back_to_back_without_waiting_the_interval() {
             .map(|id| Order::new(id, "pending", base + id))
             .collect::<Vec<_>>(),
     );
-    let (handle, shutdown) = start(&setup, &receiver);
+    let running = Running::start(setup.config(&receiver));
     // Ten pages; waiting the interval after any full one would take minutes.
-    let drained = wait_for(&receiver, 1000, Duration::from_secs(30)).await;
-    shutdown.cancel();
-    let stats = handle.await.unwrap().unwrap()[0].1;
+    let drained = wait_for_messages(&receiver, 1000, Duration::from_secs(30)).await;
+    let stats = running.stop().await;
     assert!(
         drained,
         "only {} of 1000 rows arrived",
@@ -66,13 +39,12 @@ async fn an_idle_table_is_polled_at_the_interval_not_in_a_loop() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.poll_interval_ms = 200;
-    let (handle, shutdown) = start(&setup, &receiver);
+    let running = Running::start(setup.config(&receiver));
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     // A row arriving while idle is picked up by the next poll.
     setup.insert(&[Order::new(1, "pending", now_ms())]);
-    assert!(wait_for(&receiver, 1, Duration::from_secs(5)).await);
-    shutdown.cancel();
-    let stats = handle.await.unwrap().unwrap()[0].1;
+    assert!(wait_for_messages(&receiver, 1, Duration::from_secs(5)).await);
+    let stats = running.stop().await;
     assert!(
         (3..=12).contains(&stats.polls),
         "about one poll per 200 ms: {stats:?}"
@@ -91,10 +63,9 @@ async fn shutdown_commits_every_page_it_delivered() {
             .map(|id| Order::new(id, "confirmed", base + id))
             .collect::<Vec<_>>(),
     );
-    let (handle, shutdown) = start(&setup, &receiver);
-    assert!(wait_for(&receiver, 1, Duration::from_secs(10)).await);
-    shutdown.cancel();
-    let stats = handle.await.unwrap().unwrap()[0].1;
+    let running = Running::start(setup.config(&receiver));
+    assert!(wait_for_messages(&receiver, 1, Duration::from_secs(10)).await);
+    let stats = running.stop().await;
 
     // What reached AEP was committed, with its actions: nothing is left
     // half-done for the next start to redo.
