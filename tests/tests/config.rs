@@ -103,3 +103,35 @@ async fn a_text_timestamp_column_is_refused() {
         "{error}"
     );
 }
+
+/// The library entry validates too: a config built in code gets the same
+/// key-path errors as `freshet validate`, before anything is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_an_invalid_config_with_every_key_path() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let text = setup
+        .config_text(&receiver)
+        .replace("page_size = 100", "page_size = 0")
+        .replace("timeout_ms = 5000\nheaders", "timeout_ms = 60000\nheaders");
+    let config = freshet::config::parse(&text).unwrap();
+    let error = freshet::run(
+        &config,
+        Default::default(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("pipelines.orders.source.page_size: must be between 1 and 100000, not 0"),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "pipelines.orders.targets.hook.timeout_ms: must be between 1000 and 30000, not 60000"
+        ),
+        "{error}"
+    );
+    assert!(!setup.path("state.db").exists(), "nothing opened");
+}

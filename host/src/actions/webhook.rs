@@ -14,7 +14,7 @@ use super::ActionResult;
 use crate::config::validate::env_references;
 use crate::config::WebhookTargetConfig;
 use crate::deliver::Backoff;
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::{Duration, Instant};
 
@@ -97,9 +97,6 @@ impl WebhookTarget {
                 .with_context(|| format!("{hkey}: not a header value"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
-        }
-        if config.max_retries > 3 {
-            bail!("{key}.max_retries: at most 3");
         }
         let signing_secret = match &config.signing_secret_env {
             Some(var) => Some(

@@ -55,11 +55,18 @@ pub async fn initial_cursor(initial: &Initial, source: &dyn Source) -> anyhow::R
     })
 }
 
-/// Builds every pipeline; on failure, reports every pipeline's problems.
+/// Validates the config and builds every pipeline; on failure, reports
+/// every problem of every pipeline.
 pub async fn build_all(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Pipeline>> {
+    // The library entry checks what the CLI's `config::load` checks, so a
+    // config built in code gets the same errors as one read from a file.
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(crate::config::LoadError::Invalid(problems).into());
+    }
     let runtime = Runtime::new(&config.engine).context("engine")?;
     let state: Arc<dyn StateStore> =
         Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
