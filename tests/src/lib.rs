@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 pub use freshet::bench::receiver::{Receiver, Scripted};
-pub use freshet::bench::{record_target, webhook_target, OrdersPipeline};
+pub use freshet::bench::{
+    record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
+};
 
 /// Paths of the guest plugins and the shared component cache.
 pub mod plugins {
@@ -77,7 +79,12 @@ impl Setup {
         conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA)
             .expect("create orders");
         let mut pipeline =
-            OrdersPipeline::new(dir.path(), plugin.into(), db.clone(), String::new());
+            OrdersPipeline::new(
+                dir.path(),
+                plugin.into(),
+                OrdersSource::Sqlite(db.clone()),
+                String::new(),
+            );
         pipeline.cache_dir = plugins::COMPONENT_CACHE.into();
         pipeline.page_size = 100;
         pipeline.batch_size = 50;

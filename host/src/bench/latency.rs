@@ -91,7 +91,12 @@ async fn measure(args: &LatencyArgs, rate: u32, dir: &Path, cache: &Path) -> any
         conn.execute_batch(super::sample::ORDERS_SCHEMA)?;
     }
     let receiver = Receiver::start(true).await?;
-    let mut pipeline = OrdersPipeline::new(dir, args.plugin.clone(), db.clone(), receiver.url());
+    let mut pipeline = OrdersPipeline::new(
+        dir,
+        args.plugin.clone(),
+        super::OrdersSource::Sqlite(db.clone()),
+        receiver.url(),
+    );
     pipeline.cache_dir = cache.to_owned();
     pipeline.poll_interval_ms = args.poll_interval_ms;
     pipeline.targets = [

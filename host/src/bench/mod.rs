@@ -11,7 +11,9 @@ pub mod sample;
 use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
 use crate::source::{Cursor, Source as _, Timestamp};
-pub use orders_config::{record_target, webhook_target, OrdersPipeline};
+pub use orders_config::{
+    record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
+};
 
 use anyhow::{ensure, Context as _};
 use serde_json::json;
@@ -61,7 +63,12 @@ fn emit(line: serde_json::Value) {
 /// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
 fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &ThroughputArgs) -> String {
-    let mut config = OrdersPipeline::new(dir, plugin.to_owned(), db.to_owned(), aep.to_owned());
+    let mut config = OrdersPipeline::new(
+        dir,
+        plugin.to_owned(),
+        OrdersSource::Sqlite(db.to_owned()),
+        aep.to_owned(),
+    );
     config.page_size = args.page;
     config.batch_size = args.batch;
     for name in ["order-confirmation", "order-confirmed", "crm"] {

@@ -15,8 +15,8 @@ pub struct OrdersPipeline {
     pub state: PathBuf,
     /// The plugin component.
     pub plugin: PathBuf,
-    /// The SQLite file holding `orders`.
-    pub db: PathBuf,
+    /// Where `orders` lives.
+    pub source: OrdersSource,
     /// The AEP (or loopback receiver) base URL.
     pub aep_url: String,
     /// Rows per page.
@@ -37,6 +37,44 @@ pub struct OrdersPipeline {
     pub targets: String,
 }
 
+/// Where the `orders` table lives.
+#[derive(Debug, Clone)]
+pub enum OrdersSource {
+    /// An SQLite file (timestamps in epoch milliseconds).
+    Sqlite(PathBuf),
+    /// A Snowflake table `ORDERS` (timestamps `TIMESTAMP_NTZ`).
+    Snowflake(SnowflakeOrders),
+}
+
+/// Where a Snowflake `ORDERS` table is and how to sign in.
+#[derive(Debug, Clone)]
+pub struct SnowflakeOrders {
+    /// `source.endpoint`: the base URL (an emulator on loopback).
+    pub endpoint: String,
+    /// The database; the schema is `PUBLIC`.
+    pub database: String,
+    /// `source.timezone` for the NTZ timestamps.
+    pub timezone: String,
+    /// `source.max_staleness_ms`.
+    pub max_staleness_ms: u64,
+    /// `source.auth` as an inline table's content.
+    pub auth: String,
+}
+
+impl SnowflakeOrders {
+    /// The `ORDERS` table of `database` at `endpoint`, UTC, password from
+    /// `FRESHET_SNOWFLAKE_PASSWORD`.
+    pub fn new(endpoint: &str, database: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            database: database.to_owned(),
+            timezone: "UTC".into(),
+            max_staleness_ms: 3_600_000,
+            auth: r#"password_env = "FRESHET_SNOWFLAKE_PASSWORD""#.into(),
+        }
+    }
+}
+
 /// A target that records actions to `path`.
 pub fn record_target(name: &str, path: &std::path::Path) -> String {
     format!("[pipelines.orders.targets.{name}]\nkind = \"record\"\npath = {path:?}\n\n")
@@ -51,12 +89,12 @@ pub fn webhook_target(name: &str, url: &str, headers: &str) -> String {
 
 impl OrdersPipeline {
     /// Defaults for everything but the paths and the AEP URL.
-    pub fn new(dir: &std::path::Path, plugin: PathBuf, db: PathBuf, aep_url: String) -> Self {
+    pub fn new(dir: &std::path::Path, plugin: PathBuf, source: OrdersSource, aep_url: String) -> Self {
         Self {
             cache_dir: dir.join("cache"),
             state: dir.join("state.db"),
             plugin,
-            db,
+            source,
             aep_url,
             page_size: 1000,
             batch_size: 500,
@@ -69,9 +107,33 @@ impl OrdersPipeline {
         }
     }
 
+    /// The `[pipelines.orders.source]` lines that depend on its kind.
+    fn source_lines(&self) -> (String, &'static str) {
+        match &self.source {
+            OrdersSource::Sqlite(db) => (
+                format!("kind = \"sqlite\"\npath = {db:?}"),
+                ", unit = \"ms\"",
+            ),
+            OrdersSource::Snowflake(s) => (
+                format!(
+                    "kind = \"snowflake\"\nendpoint = {endpoint:?}\naccount = \"test\"\nuser = \"freshet\"\n\
+                     warehouse = \"XS\"\ndatabase = {database:?}\nschema = \"PUBLIC\"\ntimezone = {zone:?}\n\
+                     max_staleness_ms = {staleness}\nauth = {{ {auth} }}",
+                    endpoint = s.endpoint,
+                    database = s.database,
+                    zone = s.timezone,
+                    staleness = s.max_staleness_ms,
+                    auth = s.auth,
+                ),
+                "",
+            ),
+        }
+    }
+
     /// The TOML text.
     pub fn render(&self) -> String {
-        let mut timestamp = "column = \"updated_at\", unit = \"ms\"".to_owned();
+        let (source, unit) = self.source_lines();
+        let mut timestamp = format!("column = \"updated_at\"{unit}");
         if let Some(initial) = &self.initial {
             let _ = write!(timestamp, ", initial = {initial}");
         }
@@ -91,8 +153,7 @@ plugin_settings = {{ tenant = "acme" }}
 {limits}
 
 [pipelines.orders.source]
-kind = "sqlite"
-path = {db:?}
+{source}
 table = "orders"
 key_column = "id"
 page_size = {page}
@@ -117,7 +178,6 @@ timeout_ms = 5000
             plugin = self.plugin,
             batch = self.batch_size,
             limits = self.limits,
-            db = self.db,
             page = self.page_size,
             poll = self.poll_interval_ms,
             delay = self.delay_ms,

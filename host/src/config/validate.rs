@@ -1,7 +1,10 @@
 //! Pure validation: no files opened, no variables read. Collects every
 //! problem, each with the key path a user searches their file for.
 
-use super::{Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig, TargetConfig};
+use super::{
+    Config, DeliverConfig, InitialTimestamp, PipelineConfig, Polling, SnowflakeSourceConfig,
+    SourceConfig, TargetConfig,
+};
 use std::fmt;
 
 /// One problem in the config, at one key.
@@ -50,6 +53,17 @@ impl Errors<'_> {
     fn check(&mut self, ok: bool, key: &str, message: impl Into<String>) {
         if !ok {
             self.at(key, message);
+        }
+    }
+
+    fn identifier(&mut self, value: &str, key: &str) {
+        if value.trim().is_empty() {
+            self.at(key, "must not be empty");
+        } else if !is_sql_identifier(value) {
+            self.at(
+                key,
+                format!("{value:?} is not a plain SQL identifier (letters, digits, '_')"),
+            );
         }
     }
 
@@ -185,6 +199,7 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
         16 * 1024 * 1024,
         "limits.output_bytes_per_row",
     );
+    validate_polling(&p.source.polling(), &mut e);
     match &p.source {
         SourceConfig::Sqlite(s) => {
             e.check(
@@ -192,41 +207,8 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 "source.path",
                 "must not be empty",
             );
-            for (key, value) in [
-                ("source.table", &s.table),
-                ("source.key_column", &s.key_column),
-                ("source.timestamp.column", &s.timestamp.column),
-            ] {
-                if value.trim().is_empty() {
-                    e.at(key, "must not be empty");
-                } else if !is_sql_identifier(value) {
-                    e.at(
-                        key,
-                        format!("{value:?} is not a plain SQL identifier (letters, digits, '_')"),
-                    );
-                }
-            }
-            e.range(s.page_size, 1, 100_000, "source.page_size");
-            e.range(
-                s.poll_interval_ms,
-                100,
-                3_600_000,
-                "source.poll_interval_ms",
-            );
-            e.range(s.delay_ms, 0, 86_400_000, "source.delay_ms");
-            match &s.timestamp.initial {
-                Some(InitialTimestamp::EpochSeconds(n)) if *n < -1 => e.at(
-                    "source.timestamp.initial",
-                    "must be -1 (from first start), 0 (everything), epoch seconds or an RFC 3339 instant",
-                ),
-                Some(InitialTimestamp::Rfc3339(text)) => {
-                    if let Err(err) = chrono::DateTime::parse_from_rfc3339(text) {
-                        e.at("source.timestamp.initial", format!("{text:?} is not an RFC 3339 instant: {err}"));
-                    }
-                }
-                _ => {}
-            }
         }
+        SourceConfig::Snowflake(s) => validate_snowflake(s, &mut e),
     }
     match &p.deliver {
         DeliverConfig::Aep(a) => {
@@ -326,6 +308,107 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                     "must not be empty",
                 );
             }
+        }
+    }
+}
+
+/// What every polled source shares.
+fn validate_polling(p: &Polling<'_>, e: &mut Errors<'_>) {
+    for (key, value) in [
+        ("source.table", p.table),
+        ("source.key_column", p.key_column),
+        ("source.timestamp.column", p.timestamp.column.as_str()),
+    ] {
+        e.identifier(value, key);
+    }
+    e.range(p.page_size, 1, 100_000, "source.page_size");
+    e.range(p.poll_interval_ms, 100, 3_600_000, "source.poll_interval_ms");
+    e.range(p.delay_ms, 0, 86_400_000, "source.delay_ms");
+    match &p.timestamp.initial {
+        Some(InitialTimestamp::EpochSeconds(n)) if *n < -1 => e.at(
+            "source.timestamp.initial",
+            "must be -1 (from first start), 0 (everything), epoch seconds or an RFC 3339 instant",
+        ),
+        Some(InitialTimestamp::Rfc3339(text)) => {
+            if let Err(err) = chrono::DateTime::parse_from_rfc3339(text) {
+                e.at(
+                    "source.timestamp.initial",
+                    format!("{text:?} is not an RFC 3339 instant: {err}"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
+    e.non_empty(&s.account, "source.account");
+    e.non_empty(&s.user, "source.user");
+    for (key, value) in [
+        ("source.warehouse", Some(&s.warehouse)),
+        ("source.database", Some(&s.database)),
+        ("source.schema", Some(&s.schema)),
+        ("source.role", s.role.as_ref()),
+    ] {
+        if let Some(value) = value {
+            e.identifier(value, key);
+        }
+    }
+    if s.timestamp.unit.is_some() {
+        e.at(
+            "source.timestamp.unit",
+            "only for INTEGER columns of the sqlite source; a Snowflake timestamp column carries its own type",
+        );
+    }
+    if s.timezone.parse::<chrono_tz::Tz>().is_err() {
+        e.at(
+            "source.timezone",
+            format!(
+                "{:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Paris\")",
+                s.timezone
+            ),
+        );
+    }
+    e.range(
+        s.max_staleness_ms,
+        s.poll_interval_ms,
+        86_400_000,
+        "source.max_staleness_ms",
+    );
+    e.range(s.query_timeout_ms, 1_000, 3_600_000, "source.query_timeout_ms");
+    if let Some(endpoint) = &s.endpoint {
+        e.url(endpoint, "source.endpoint");
+    }
+    let a = &s.auth;
+    let methods = [
+        a.password_env.is_some(),
+        a.private_key_file.is_some(),
+        a.private_key_env.is_some(),
+    ];
+    match methods.iter().filter(|m| **m).count() {
+        1 => {}
+        0 => e.at(
+            "source.auth",
+            "set one of password_env, private_key_file or private_key_env",
+        ),
+        _ => e.at(
+            "source.auth",
+            "set only one of password_env, private_key_file or private_key_env",
+        ),
+    }
+    if a.passphrase_env.is_some() && a.password_env.is_some() {
+        e.at(
+            "source.auth.passphrase_env",
+            "a passphrase unlocks a private key, not a password",
+        );
+    }
+    for (key, var) in [
+        ("source.auth.password_env", &a.password_env),
+        ("source.auth.private_key_env", &a.private_key_env),
+        ("source.auth.passphrase_env", &a.passphrase_env),
+    ] {
+        if let Some(var) = var {
+            e.check(is_env_name(var), key, "must be an environment variable name");
         }
     }
 }

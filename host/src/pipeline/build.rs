@@ -10,6 +10,7 @@ use crate::deliver::auth::{ImsCredentials, Tokens};
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
 use crate::plugin::{CallContext, Runtime, Sandbox};
+use crate::source::snowflake::SnowflakeSource;
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
 use crate::state::sqlite::SqliteState;
@@ -73,7 +74,7 @@ pub async fn build_all(
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
     for (name, pipeline) in &config.pipelines {
-        match build(name, pipeline, &runtime, state.clone(), shutdown) {
+        match build(name, pipeline, &runtime, state.clone(), shutdown).await {
             Ok(p) => pipelines.push(p),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -84,17 +85,17 @@ pub async fn build_all(
     Ok(pipelines)
 }
 
-/// Opens the configured source; `prefix` is the pipeline's key.
-pub fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
+/// Opens the configured source and checks its table; `prefix` is the
+/// pipeline's key.
+pub async fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
+    let prefix = format!("{prefix}.source");
     Ok(match config {
-        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(
-            s,
-            &format!("{prefix}.source"),
-        )?)),
+        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &prefix)?)),
+        SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix).await?),
     })
 }
 
-fn build(
+async fn build(
     name: &str,
     config: &PipelineConfig,
     runtime: &Runtime,
@@ -105,7 +106,7 @@ fn build(
     let plugin = runtime
         .load(&config.plugin)
         .map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
-    let source = open_source(&config.source, &prefix)?;
+    let source = open_source(&config.source, &prefix).await?;
     let (sink, envelopes): (Box<dyn Sink>, EnvelopeBuilder) = match &config.deliver {
         DeliverConfig::Aep(a) => {
             let env = |key: &str, var: &str| {
@@ -164,8 +165,8 @@ fn build(
         }
     };
     let executors = Executors::build(&config.targets, &prefix)?;
-    let SourceConfig::Sqlite(s) = &config.source;
-    let initial = Initial::from_config(s.timestamp.initial.as_ref(), s.backfill)
+    let polling = config.source.polling();
+    let initial = Initial::from_config(polling.timestamp.initial.as_ref(), polling.backfill)
         .with_context(|| format!("{prefix}.source.timestamp.initial"))?;
     Ok(Pipeline {
         name: name.into(),
@@ -183,9 +184,9 @@ fn build(
         executors,
         state,
         batch_size: config.batch_size,
-        page_size: s.page_size,
-        poll_interval: Duration::from_millis(s.poll_interval_ms),
-        delay: Duration::from_millis(s.delay_ms),
+        page_size: polling.page_size,
+        poll_interval: Duration::from_millis(polling.poll_interval_ms),
+        delay: Duration::from_millis(polling.delay_ms),
         initial,
     })
 }

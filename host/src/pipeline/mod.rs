@@ -30,11 +30,17 @@ pub struct RunOptions {
     pub once: bool,
 }
 
-/// Counters of one pipeline's run. All but `polls` count committed work only.
+/// Counters of one pipeline's run. All but `polls`, `probes` and
+/// `page_queries` count committed work only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
-    /// Page queries sent to the source (including empty ones).
+    /// Polls of the source (including empty ones).
     pub polls: u64,
+    /// "Anything new?" questions the source answered from metadata, without
+    /// a warehouse (Snowflake; 0 for the embedded source).
+    pub probes: u64,
+    /// Queries that read the table (on a warehouse, for Snowflake).
+    pub page_queries: u64,
     /// Pages committed.
     pub pages: u64,
     /// Rows read.
@@ -57,6 +63,8 @@ impl Stats {
     /// Adds another run's counters.
     pub fn add(&mut self, other: &Stats) {
         self.polls += other.polls;
+        self.probes += other.probes;
+        self.page_queries += other.page_queries;
         self.pages += other.pages;
         self.rows += other.rows;
         self.events += other.events;
@@ -128,7 +136,7 @@ impl Pipeline {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
                 }
                 Err(e) => {
-                    if let Some(SourceError::Schema { .. }) = e.downcast_ref::<SourceError>() {
+                    if let Some(SourceError::Config { .. }) = e.downcast_ref::<SourceError>() {
                         return Err(e.context(format!("pipeline {}", self.name)));
                     }
                     if stats.pages > pages {
@@ -143,7 +151,10 @@ impl Pipeline {
                 }
             }
         }
-        tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, "pipeline stopped");
+        let queries = self.source.query_counts();
+        stats.probes = queries.probes;
+        stats.page_queries = queries.page_queries;
+        tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, page_queries = stats.page_queries, "pipeline stopped");
         Ok(stats)
     }
 

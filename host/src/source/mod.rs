@@ -8,6 +8,7 @@
 //! nothing; because of the delay, a transaction that commits a little late
 //! with an earlier timestamp is still read.
 
+pub mod snowflake;
 pub mod sqlite;
 
 use crate::plugin::contract::{Instant, Row};
@@ -152,10 +153,11 @@ pub struct Page {
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The table or a column is not as the config says; the pipeline stops.
-    /// `key` is the config key the problem is about.
+    /// The source is not as the config says (table, columns, credentials,
+    /// grants); retrying cannot help, the pipeline stops. `key` is the
+    /// config key the problem is about.
     #[error("{key}: {message}")]
-    Schema {
+    Config {
         /// The config key path.
         key: String,
         /// What is wrong.
@@ -183,6 +185,22 @@ pub trait Source: Send + Sync {
         upper: Timestamp,
         limit: usize,
     ) -> Result<Page, SourceError>;
+
+    /// How many rows are after `after` and at or below `upper` (for backfill
+    /// progress), if the source can count them.
+    async fn remaining(&self, after: &Cursor, upper: Timestamp) -> Result<Option<u64>, SourceError>;
+
+    /// The queries sent so far, by cost.
+    fn query_counts(&self) -> QueryCounts;
+}
+
+/// Queries a source sent, by what they cost on a warehouse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryCounts {
+    /// "Anything new?" questions answered from metadata (no warehouse).
+    pub probes: u64,
+    /// Queries that read the table (on a warehouse, where there is one).
+    pub page_queries: u64,
 }
 
 /// A row as a JSON object keyed by column, for dead letters and

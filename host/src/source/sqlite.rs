@@ -5,7 +5,9 @@
 //! Queries run on the blocking pool; the connection is opened read-only so a
 //! pipeline can never change the customer's table.
 
-use super::{identity, Cursor, Key, Page, Source, SourceError, SourceRow, Timestamp};
+use super::{
+    identity, Cursor, Key, Page, QueryCounts, Source, SourceError, SourceRow, Timestamp,
+};
 use crate::config::{SqliteSourceConfig, TimestampUnit};
 use crate::plugin::contract::{Row, Value};
 use rusqlite::types::ValueRef;
@@ -27,6 +29,15 @@ enum Kind {
     Json,
 }
 
+/// The statements, built once from the table's columns. The `at_ts` forms
+/// (the initial cursor, no key yet) take the same parameters.
+struct Queries {
+    page_after_key: String,
+    page_at_ts: String,
+    count_after_key: String,
+    count_at_ts: String,
+}
+
 /// A polled SQLite table.
 pub struct SqliteSource {
     conn: Arc<Mutex<Connection>>,
@@ -35,8 +46,8 @@ pub struct SqliteSource {
     key_index: usize,
     ts_index: usize,
     unit: TimestampUnit,
-    sql_after_key: String,
-    sql_at_ts: String,
+    sql: Queries,
+    page_queries: std::sync::atomic::AtomicU64,
 }
 
 fn unit_nanos(unit: TimestampUnit) -> i64 {
@@ -52,7 +63,7 @@ impl SqliteSource {
     /// columns exist, the timestamp is an INTEGER declared NOT NULL. `prefix`
     /// is the config key of this source, for error messages.
     pub fn open(config: &SqliteSourceConfig, prefix: &str) -> Result<Self, SourceError> {
-        let schema = |key: &str, message: String| SourceError::Schema {
+        let schema = |key: &str, message: String| SourceError::Config {
             key: format!("{prefix}.{key}"),
             message,
         };
@@ -166,12 +177,18 @@ impl SqliteSource {
             format!("\"{ts_col}\""),
             format!("\"{key_col}\""),
         );
-        let sql_after_key = format!(
-            "SELECT {select} FROM \"{t}\" WHERE {ts} <= ?1 AND ({ts} > ?2 OR ({ts} = ?2 AND {key} > ?3)) \
-             ORDER BY {ts}, {key} LIMIT ?4"
-        );
-        let sql_at_ts =
-            format!("SELECT {select} FROM \"{t}\" WHERE {ts} <= ?1 AND {ts} >= ?2 ORDER BY {ts}, {key} LIMIT ?4");
+        let after_key = format!("WHERE {ts} <= ?1 AND ({ts} > ?2 OR ({ts} = ?2 AND {key} > ?3))");
+        let at_ts = format!("WHERE {ts} <= ?1 AND {ts} >= ?2 AND ?3 IS NULL");
+        let page = |filter: &str| {
+            format!("SELECT {select} FROM \"{t}\" {filter} ORDER BY {ts}, {key} LIMIT ?4")
+        };
+        let count = |filter: &str| format!("SELECT COUNT(*) FROM \"{t}\" {filter}");
+        let sql = Queries {
+            page_after_key: page(&after_key),
+            page_at_ts: page(&at_ts),
+            count_after_key: count(&after_key),
+            count_at_ts: count(&at_ts),
+        };
         let has_index: bool = conn
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l \
@@ -189,9 +206,9 @@ impl SqliteSource {
             kinds,
             key_index,
             ts_index,
-            unit: config.timestamp.unit,
-            sql_after_key,
-            sql_at_ts,
+            unit: config.timestamp.unit.unwrap_or_default(),
+            sql,
+            page_queries: Default::default(),
         })
     }
 
@@ -206,6 +223,43 @@ impl SqliteSource {
         }
     }
 
+    /// The parameters `?1..?3` of the page and count queries, and whether
+    /// the cursor has a key (which form of the query applies).
+    fn bounds(&self, after: &Cursor, upper: Timestamp) -> (bool, [rusqlite::types::Value; 3]) {
+        use rusqlite::types::Value;
+        let upper = Value::Integer(self.native(upper, false));
+        match &after.key {
+            // Rows strictly after (ts, key): the cursor came from a row, so
+            // its timestamp is exact in the column's units.
+            Some(key) => (
+                true,
+                [upper, Value::Integer(self.native(after.ts, false)), key_sql(key)],
+            ),
+            // Rows at or after ts (the initial cursor): round up, so a bound
+            // between two units never includes an earlier row.
+            None => (
+                false,
+                [upper, Value::Integer(self.native(after.ts, true)), Value::Null],
+            ),
+        }
+    }
+
+    fn count(&self, after: &Cursor, upper: Timestamp) -> Result<u64, SourceError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| SourceError::Transient("connection lock poisoned".into()))?;
+        let (after_key, params) = self.bounds(after, upper);
+        let sql = if after_key {
+            &self.sql.count_after_key
+        } else {
+            &self.sql.count_at_ts
+        };
+        conn.query_row(sql, rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| SourceError::Transient(e.to_string()))
+    }
+
     fn read_page(
         &self,
         after: &Cursor,
@@ -216,24 +270,15 @@ impl SqliteSource {
             .conn
             .lock()
             .map_err(|_| SourceError::Transient("connection lock poisoned".into()))?;
-        let upper = self.native(upper, false);
-        let (sql, from, key) = match &after.key {
-            // Rows strictly after (ts, key): the cursor came from a row, so
-            // its timestamp is exact in the column's units.
-            Some(key) => (
-                &self.sql_after_key,
-                self.native(after.ts, false),
-                key_sql(key),
-            ),
-            // Rows at or after ts (the initial cursor): round up, so a bound
-            // between two units never includes an earlier row.
-            None => (
-                &self.sql_at_ts,
-                self.native(after.ts, true),
-                rusqlite::types::Value::Null,
-            ),
+        let (after_key, [upper, from, key]) = self.bounds(after, upper);
+        let sql = if after_key {
+            &self.sql.page_after_key
+        } else {
+            &self.sql.page_at_ts
         };
         let transient = |e: rusqlite::Error| SourceError::Transient(e.to_string());
+        self.page_queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut stmt = conn.prepare_cached(sql).map_err(transient)?;
         let mut rows = stmt
             .query(rusqlite::params![upper, from, key, limit as i64])
@@ -248,7 +293,7 @@ impl SqliteSource {
             let ts = match r.get_ref(self.ts_index).map_err(transient)? {
                 ValueRef::Integer(n) => Timestamp(n.saturating_mul(unit)),
                 other => {
-                    return Err(SourceError::Schema {
+                    return Err(SourceError::Config {
                         key: "source.timestamp.column".into(),
                         message: format!(
                             "a row holds {:?} in the timestamp column, not an integer",
@@ -261,7 +306,7 @@ impl SqliteSource {
                 ValueRef::Integer(n) => Key::Int(n),
                 ValueRef::Text(t) => Key::Text(String::from_utf8_lossy(t).into_owned()),
                 other => {
-                    return Err(SourceError::Schema {
+                    return Err(SourceError::Config {
                         key: "source.key_column".into(),
                         message: format!(
                             "a row holds {:?} in the key column, not an integer or text",
@@ -329,5 +374,23 @@ impl Source for Arc<SqliteSource> {
         tokio::task::spawn_blocking(move || this.read_page(&after, upper, limit))
             .await
             .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
+    }
+
+    async fn remaining(&self, after: &Cursor, upper: Timestamp) -> Result<Option<u64>, SourceError> {
+        let this = Arc::clone(self);
+        let after = after.clone();
+        tokio::task::spawn_blocking(move || this.count(&after, upper))
+            .await
+            .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
+            .map(Some)
+    }
+
+    fn query_counts(&self) -> QueryCounts {
+        QueryCounts {
+            probes: 0,
+            page_queries: self
+                .page_queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
