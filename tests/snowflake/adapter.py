@@ -18,8 +18,9 @@ code path runs unchanged against it:
 
 With `--db-dir`, every session shares one DuckDB database per Snowflake
 database, kept as files in that folder, so data survives killing and
-restarting the emulator. `GET /freshet-adapter/queries` lists the SQL texts
-received so far (tests count query kinds with it).
+restarting the emulator. `GET /freshet-adapter/stats` answers the SQL texts
+received so far and how many chunks were served (tests count query kinds and
+check the multi-chunk path with it).
 
 The process exits when its stdin closes, so a test that dies never leaves an
 emulator behind. It prints `listening on PORT` once it accepts connections.
@@ -32,11 +33,13 @@ import base64
 import gzip
 import importlib
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from datetime import date
 from decimal import Decimal
@@ -62,6 +65,7 @@ class Adapter:
         self.chunk_rows = chunk_rows
         self.chunks: OrderedDict[str, bytes] = OrderedDict()
         self.queries: list[str] = []
+        self.chunks_served = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,8 +74,9 @@ class Adapter:
         path = scope["path"]
         if path.startswith("/freshet-adapter/chunks/"):
             await self.serve_chunk(path.rsplit("/", 1)[1], send)
-        elif path == "/freshet-adapter/queries":
-            await respond(send, 200, json.dumps(self.queries).encode(), "application/json")
+        elif path == "/freshet-adapter/stats":
+            stats = {"queries": self.queries, "chunks_served": self.chunks_served}
+            await respond(send, 200, json.dumps(stats).encode(), "application/json")
         elif path == "/session/v1/login-request":
             body = with_session_parameters(await read_body(receive))
             status, headers, answer = await self.call_inner(scope, body)
@@ -161,6 +166,7 @@ class Adapter:
         if body is None:
             await respond(send, 404, b"no such chunk", "text/plain")
         else:
+            self.chunks_served += 1
             await respond(send, 200, body, "application/octet-stream")
 
 
@@ -191,7 +197,10 @@ def to_json_cell(value: Any, info: dict) -> str | None:
     kind = info["type"].lower()
     scale = info.get("scale") or 0
     if kind.startswith("timestamp"):
-        # fakesnow's struct: whole seconds (floored), nanoseconds, zone index.
+        # fakesnow's struct: whole seconds (floored), nanoseconds, zone index;
+        # an aggregate over no rows comes back as a struct of nulls.
+        if value["epoch"] is None:
+            return None
         nanos = value["epoch"] * 1_000_000_000 + value["fraction"]
         text = epoch_text(nanos, scale)
         return f"{text} {value['timezone']}" if kind == "timestamp_tz" else text
@@ -259,6 +268,9 @@ def main() -> None:
     parser.add_argument("--db-dir", help="keep databases as files here (survives restarts)")
     parser.add_argument("--chunk-rows", type=int, default=10_000, help="rows per result chunk")
     args = parser.parse_args()
+    # Quiet: fakesnow logs every login, DuckDB warns about Arrow copies.
+    logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
     if args.db_dir:
         os.makedirs(args.db_dir, exist_ok=True)
         fakesnow_server.shared_fs = FakeSnow(db_path=args.db_dir)

@@ -12,6 +12,8 @@ use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
+pub mod snowflake;
+
 pub use freshet::bench::receiver::{Receiver, Scripted};
 pub use freshet::bench::{
     record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,

@@ -5,6 +5,7 @@
 mod latency;
 mod native;
 mod orders_config;
+pub mod emulator;
 pub mod receiver;
 pub mod sample;
 

@@ -1,0 +1,170 @@
+//! A local Snowflake for tests and benchmarks: the fakesnow emulator behind
+//! the project's adapter (`tests/snowflake/adapter.py`), started as a child
+//! process on loopback, and a small SQL client to seed it through the same
+//! `snowflake-connector-rs` the source uses.
+//!
+//! The emulator comes from `.ci/setup` (a Python virtual environment under
+//! the cache folder). The child exits when this process does: the adapter
+//! stops when its stdin closes.
+
+use anyhow::{bail, Context as _};
+use snowflake_connector_rs::{AuthConfig, Client, ClientConfig, EndpointConfig, Session, SessionConfig};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The Python that has fakesnow: `FRESHET_FAKESNOW_PYTHON`, else the
+/// virtual environment `.ci/setup` makes under the cache folder.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FRESHET_FAKESNOW_PYTHON") {
+        return p.into();
+    }
+    let cache = std::env::var_os("FRESHET_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/freshet")))
+        .unwrap_or_else(|| PathBuf::from(".cache/freshet"));
+    cache.join("fakesnow-venv/bin/python")
+}
+
+/// The adapter script.
+pub fn adapter() -> PathBuf {
+    std::env::var_os("FRESHET_SNOWFLAKE_ADAPTER").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/snowflake/adapter.py"),
+        PathBuf::from,
+    )
+}
+
+/// What an emulator saw.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct EmulatorStats {
+    /// Every SQL text received, in order.
+    pub queries: Vec<String>,
+    /// Result chunks downloaded.
+    pub chunks_served: u64,
+}
+
+/// A running emulator.
+pub struct Emulator {
+    child: Child,
+    port: u16,
+    db_dir: PathBuf,
+    chunk_rows: usize,
+}
+
+impl Emulator {
+    /// Starts one keeping its databases in `db_dir`, serving results of
+    /// more than `chunk_rows` rows in chunks.
+    pub fn start(db_dir: &Path, chunk_rows: usize) -> anyhow::Result<Self> {
+        let (child, port) = spawn(db_dir, 0, chunk_rows)?;
+        Ok(Self {
+            child,
+            port,
+            db_dir: db_dir.to_owned(),
+            chunk_rows,
+        })
+    }
+
+    /// The base URL (`source.endpoint`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL): connections drop, sessions are forgotten.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and databases, after [`Self::kill`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let (child, _) = spawn(&self.db_dir, self.port, self.chunk_rows)?;
+        self.child = child;
+        Ok(())
+    }
+
+    /// What the emulator saw since it (re)started.
+    pub async fn stats(&self) -> anyhow::Result<EmulatorStats> {
+        Ok(reqwest::get(format!("{}/freshet-adapter/stats", self.url()))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// A session on `database` (created if missing) with schema `PUBLIC`.
+    pub async fn sql(&self, database: &str) -> anyhow::Result<Sql> {
+        let setup = connect(&self.url(), None).await?;
+        setup.exec(&format!("CREATE DATABASE IF NOT EXISTS {database}")).await?;
+        setup.exec(&format!("CREATE SCHEMA IF NOT EXISTS {database}.PUBLIC")).await?;
+        connect(&self.url(), Some(database)).await
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(db_dir: &Path, port: u16, chunk_rows: usize) -> anyhow::Result<(Child, u16)> {
+    let python = python();
+    if !python.exists() {
+        bail!(
+            "the Snowflake emulator is not installed ({} is missing): run .ci/setup, which installs fakesnow into that virtual environment",
+            python.display()
+        );
+    }
+    let mut child = Command::new(&python)
+        .arg(adapter())
+        .args(["--port", &port.to_string(), "--chunk-rows", &chunk_rows.to_string()])
+        .arg("--db-dir")
+        .arg(db_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", python.display()))?;
+    let stdout = child.stdout.take().context("emulator stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(port) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        bail!("the Snowflake emulator did not start (it printed {line:?}); see its errors above");
+    };
+    Ok((child, port.parse()?))
+}
+
+async fn connect(url: &str, database: Option<&str>) -> anyhow::Result<Sql> {
+    let mut session = SessionConfig::new();
+    if let Some(database) = database {
+        session = session.with_database(database).with_schema("PUBLIC");
+    }
+    let config = ClientConfig::new("seed", "test", AuthConfig::password("any"))
+        .with_endpoint(EndpointConfig::custom_base_url(url.parse()?))
+        .with_session(session);
+    let session = Client::new(config)?.create_session().await?;
+    Ok(Sql { session })
+}
+
+/// A session for seeding and changing tables.
+pub struct Sql {
+    session: Session,
+}
+
+impl Sql {
+    /// Runs one statement; returns the rows it answered, every cell as text.
+    pub async fn exec(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
+        let rows = self
+            .session
+            .query(sql.to_owned())
+            .await
+            .with_context(|| sql.to_owned())?
+            .collect::<Vec<snowflake_connector_rs::DynamicRow>>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.values().iter().map(|c| format!("{c:?}")).collect())
+            .collect())
+    }
+}
