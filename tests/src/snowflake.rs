@@ -14,13 +14,7 @@ pub use freshet::bench::emulator;
 pub const CHUNK_ROWS: usize = 30;
 
 /// The `ORDERS` table, as a customer would declare it.
-pub const ORDERS_TABLE: &str = "CREATE TABLE ORDERS (
-    ID NUMBER(38,0) NOT NULL,
-    CUSTOMER_EMAIL VARCHAR NOT NULL,
-    STATUS VARCHAR NOT NULL,
-    AMOUNT NUMBER(12,2) NOT NULL,
-    CURRENCY VARCHAR NOT NULL,
-    UPDATED_AT TIMESTAMP_NTZ NOT NULL)";
+pub use freshet::bench::sample::SNOWFLAKE_ORDERS_TABLE as ORDERS_TABLE;
 
 /// The emulator shared by this test binary's tests.
 pub fn shared() -> &'static Emulator {

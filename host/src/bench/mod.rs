@@ -5,6 +5,7 @@
 mod latency;
 mod native;
 mod orders_config;
+mod snowflake;
 pub mod emulator;
 pub mod receiver;
 pub mod sample;
@@ -38,6 +39,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Latency from insert commit to webhook and to AEP, at steady insert rates.
     Latency(latency::LatencyArgs),
+    /// Rows/s from Snowflake (the local emulator) beside the same rows from SQLite.
+    Snowflake(snowflake::SnowflakeArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -61,17 +64,19 @@ fn emit(line: serde_json::Value) {
     println!("{line}");
 }
 
-/// The config of the end-to-end run: SQLite → plugin → loopback AEP, the
+/// The config of an end-to-end run: `source` → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
-fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &ThroughputArgs) -> String {
-    let mut config = OrdersPipeline::new(
-        dir,
-        plugin.to_owned(),
-        OrdersSource::Sqlite(db.to_owned()),
-        aep.to_owned(),
-    );
-    config.page_size = args.page;
-    config.batch_size = args.batch;
+fn bench_config(
+    dir: &Path,
+    source: OrdersSource,
+    plugin: &Path,
+    aep: &str,
+    page: usize,
+    batch: usize,
+) -> String {
+    let mut config = OrdersPipeline::new(dir, plugin.to_owned(), source, aep.to_owned());
+    config.page_size = page;
+    config.batch_size = batch;
     for name in ["order-confirmation", "order-confirmed", "crm"] {
         config
             .targets
@@ -80,10 +85,51 @@ fn bench_config(dir: &Path, db: &Path, plugin: &Path, aep: &str, args: &Throughp
     config.render()
 }
 
+/// One end-to-end run over `rows` rows, offsets committed; prints its line.
+async fn end_to_end(
+    dir: &Path,
+    source: OrdersSource,
+    plugin: &Path,
+    rows: usize,
+    page: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let kind = match &source {
+        OrdersSource::Sqlite(_) => "sqlite",
+        OrdersSource::Snowflake(_) => "snowflake",
+    };
+    std::fs::create_dir_all(dir)?;
+    let receiver = receiver::Receiver::start(false).await?;
+    let text = bench_config(dir, source, plugin, &receiver.url(), page, batch);
+    let config = crate::config::parse(&text)?;
+    let start = Instant::now();
+    let results = crate::run(
+        &config,
+        CancellationToken::new(),
+        crate::RunOptions { once: true },
+    )
+    .await?;
+    let took = start.elapsed();
+    let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
+    ensure!(
+        receiver.message_count() == rows as u64,
+        "the receiver got {} of {rows} events",
+        receiver.message_count(),
+    );
+    emit(json!({
+        "bench": "end_to_end", "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
+        "rows_per_s": per_s(rows, took), "aep_requests": receiver.request_count(),
+        "actions": stats.actions, "batch": batch, "page": page,
+        "page_queries": stats.page_queries, "probes": stats.probes,
+    }));
+    Ok(())
+}
+
 /// Runs the chosen benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Latency(latency)) => latency::run(latency).await,
+        Some(BenchCommand::Snowflake(args)) => snowflake::run(args).await,
         None => throughput(args.throughput).await,
     }
 }
@@ -179,30 +225,15 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     );
 
     // End to end, offsets committed.
-    let receiver = receiver::Receiver::start(false).await?;
-    let text = bench_config(dir.path(), &db, &plugin_path, &receiver.url(), &args);
-    let config = crate::config::parse(&text)?;
-    let start = Instant::now();
-    let results = crate::run(
-        &config,
-        CancellationToken::new(),
-        crate::RunOptions { once: true },
+    end_to_end(
+        &dir.path().join("end-to-end"),
+        OrdersSource::Sqlite(db),
+        &plugin_path,
+        args.rows,
+        args.page,
+        args.batch,
     )
-    .await?;
-    let took = start.elapsed();
-    let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
-    ensure!(
-        receiver.message_count() == args.rows as u64,
-        "the receiver got {} of {} events",
-        receiver.message_count(),
-        args.rows
-    );
-    emit(json!({
-        "bench": "end_to_end", "rows": args.rows, "seconds": took.as_secs_f64(),
-        "rows_per_s": per_s(args.rows, took), "aep_requests": receiver.request_count(),
-        "actions": stats.actions, "batch": args.batch, "page": args.page,
-    }));
-    Ok(())
+    .await
 }
 
 /// Every row of the sample table, as the SQLite source reads them.

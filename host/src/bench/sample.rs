@@ -78,3 +78,38 @@ pub fn create_orders(
     tx.commit()?;
     Ok(first)
 }
+
+/// The same table in Snowflake: `UPDATED_AT` a `TIMESTAMP_NTZ` wall time
+/// (UTC unless the pipeline's `timezone` says otherwise).
+pub const SNOWFLAKE_ORDERS_TABLE: &str = "CREATE TABLE ORDERS (
+    ID NUMBER(38,0) NOT NULL,
+    CUSTOMER_EMAIL VARCHAR NOT NULL,
+    STATUS VARCHAR NOT NULL,
+    AMOUNT NUMBER(12,2) NOT NULL,
+    CURRENCY VARCHAR NOT NULL,
+    UPDATED_AT TIMESTAMP_NTZ NOT NULL)";
+
+/// One statement adding the orders [`create_orders`] adds to an empty table
+/// (ids from 1, the same statuses, amounts, currencies and instants), made
+/// by Snowflake's `GENERATOR` rather than sent row by row.
+pub fn snowflake_orders_insert(rows: usize, from: Timestamp, to: Timestamp) -> String {
+    let (from_ms, to_ms) = (from.0 / 1_000_000, to.0 / 1_000_000);
+    let span = (to_ms - from_ms).max(0);
+    let step = if rows > 1 {
+        format!("FLOOR({span} * n / {})", rows - 1)
+    } else {
+        "0".to_owned()
+    };
+    let start = chrono::DateTime::from_timestamp_millis(from_ms)
+        .unwrap_or_default()
+        .naive_utc()
+        .format("%Y-%m-%d %H:%M:%S%.3f");
+    format!(
+        "INSERT INTO ORDERS SELECT n + 1, 'customer' || MOD(n + 1, 5000) || '@example.com', \
+         CASE WHEN MOD(n + 1, 20) < 12 THEN 'confirmed' WHEN MOD(n + 1, 20) < 17 THEN 'pending' ELSE 'cancelled' END, \
+         (MOD((n + 1) * 137, 50000) + 100) / 100, \
+         CASE MOD(n + 1, 3) WHEN 0 THEN 'EUR' WHEN 1 THEN 'USD' ELSE 'GBP' END, \
+         DATEADD(millisecond, {step}, '{start}'::TIMESTAMP_NTZ) \
+         FROM (SELECT SEQ4() AS n FROM TABLE(GENERATOR(ROWCOUNT => {rows})))"
+    )
+}

@@ -10,6 +10,7 @@
 
 mod build;
 mod page;
+mod progress;
 
 pub use build::{build_all, initial_cursor};
 
@@ -173,6 +174,9 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let polls = std::sync::atomic::AtomicU64::new(0);
+        // Started by the reader when it finds the pipeline behind, advanced
+        // and ended by the writer as pages commit.
+        let progress = std::sync::Mutex::new(None::<progress::Progress>);
         // Stops the reader when the writer fails.
         let stop = shutdown.child_token();
         let mut cursor = committed.clone();
@@ -182,11 +186,19 @@ impl Pipeline {
                 let page = self.source.page(&cursor, upper, self.page_size).await?;
                 polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let full = page.full;
+                if full && progress.lock().expect("progress lock").is_none() {
+                    if let Some(left) = self.source.remaining(&cursor, upper).await? {
+                        *progress.lock().expect("progress lock") =
+                            Some(progress::Progress::start(&self.name, left));
+                    }
+                }
                 if let Some(mapped) = self.map_page(page).await? {
                     cursor = mapped.last().clone();
-                    if tx.send(mapped).await.is_err() {
+                    if tx.send((mapped, full)).await.is_err() {
                         break;
                     }
+                } else if let Some(p) = progress.lock().expect("progress lock").take() {
+                    p.finish();
                 }
                 if full {
                     continue;
@@ -203,9 +215,21 @@ impl Pipeline {
             anyhow::Ok(())
         };
         let writer = async {
-            while let Some(mapped) = rx.recv().await {
+            while let Some((mapped, full)) = rx.recv().await {
+                let rows = stats.rows;
                 match self.finish(mapped, stats).await {
-                    Ok(cursor) => *committed = cursor,
+                    Ok(cursor) => {
+                        *committed = cursor;
+                        let mut progress = progress.lock().expect("progress lock");
+                        if let Some(p) = progress.as_mut() {
+                            p.advance(stats.rows - rows);
+                        }
+                        if !full {
+                            if let Some(p) = progress.take() {
+                                p.finish();
+                            }
+                        }
+                    }
                     Err(e) => {
                         stop.cancel();
                         return Err(e);

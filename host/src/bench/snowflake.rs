@@ -1,0 +1,62 @@
+//! `freshet bench snowflake`: rows/s from Snowflake through the plugin to
+//! the loopback AEP receiver, beside the same rows from SQLite. Snowflake is
+//! the local emulator (fakesnow behind the project's adapter), so the figure
+//! is this host's and the protocol's cost, not a warehouse's.
+
+use super::emulator::Emulator;
+use super::{end_to_end, sample, OrdersSource, SnowflakeOrders};
+use crate::source::Timestamp;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `freshet bench snowflake`.
+#[derive(Debug, clap::Args)]
+pub struct SnowflakeArgs {
+    /// The example orders plugin component.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// Rows in each run.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Rows per page query.
+    #[arg(long, default_value_t = 10_000)]
+    page: usize,
+    /// Rows per plugin call.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Rows per result chunk the emulator serves (Snowflake's are a few MB).
+    #[arg(long, default_value_t = 10_000)]
+    chunk_rows: usize,
+}
+
+/// Seeds both sources with the same orders and runs each end to end.
+pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let now = Timestamp::now();
+    let (from, to) = (
+        now.minus(Duration::from_secs(86_400)),
+        now.minus(Duration::from_secs(60)),
+    );
+    let emulator = Emulator::start(&dir.path().join("emulator"), args.chunk_rows)?;
+    let sql = emulator.sql("BENCH").await?;
+    sql.exec(sample::SNOWFLAKE_ORDERS_TABLE).await?;
+    sql.exec(&sample::snowflake_orders_insert(args.rows, from, to))
+        .await?;
+    let db = dir.path().join("orders.db");
+    sample::create_orders(&db, args.rows, from, to)?;
+
+    std::env::set_var("FRESHET_SNOWFLAKE_PASSWORD", "bench");
+    let snowflake = OrdersSource::Snowflake(SnowflakeOrders::new(&emulator.url(), "BENCH"));
+    for (name, source) in [("snowflake", snowflake), ("sqlite", OrdersSource::Sqlite(db))] {
+        end_to_end(
+            &dir.path().join(name),
+            source,
+            &args.plugin,
+            args.rows,
+            args.page,
+            args.batch,
+        )
+        .await?;
+    }
+    Ok(())
+}
