@@ -4,10 +4,12 @@
 //! is this host's and the protocol's cost, not a warehouse's.
 
 use super::emulator::Emulator;
-use super::{end_to_end, sample, OrdersSource, SnowflakeOrders};
-use crate::source::Timestamp;
-use std::path::PathBuf;
-use std::time::Duration;
+use super::{emit, end_to_end, per_s, sample, OrdersPipeline, OrdersSource, SnowflakeOrders};
+use crate::source::{Cursor, Timestamp};
+use anyhow::ensure;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Arguments of `freshet bench snowflake`.
 #[derive(Debug, clap::Args)]
@@ -46,7 +48,9 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
     sample::create_orders(&db, args.rows, from, to)?;
 
     std::env::set_var("FRESHET_SNOWFLAKE_PASSWORD", "bench");
-    let snowflake = OrdersSource::Snowflake(SnowflakeOrders::new(&emulator.url(), "BENCH"));
+    let orders = SnowflakeOrders::new(&emulator.url(), "BENCH");
+    read_only(&dir.path().join("read-only"), &orders, &args).await?;
+    let snowflake = OrdersSource::Snowflake(orders);
     for (name, source) in [("snowflake", snowflake), ("sqlite", OrdersSource::Sqlite(db))] {
         end_to_end(
             &dir.path().join(name),
@@ -58,5 +62,39 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
+    Ok(())
+}
+
+/// The source alone: every page read, nothing mapped or delivered. What
+/// the emulator and the client cost, apart from the rest of the pipeline.
+async fn read_only(dir: &Path, orders: &SnowflakeOrders, args: &SnowflakeArgs) -> anyhow::Result<()> {
+    let mut pipeline = OrdersPipeline::new(
+        dir,
+        args.plugin.clone(),
+        OrdersSource::Snowflake(orders.clone()),
+        String::new(),
+    );
+    pipeline.page_size = args.page;
+    let config = crate::config::parse(&pipeline.render())?;
+    let source_config = &config.pipelines["orders"].source;
+    let source = crate::pipeline::open_source(source_config, "pipelines.orders").await?;
+    let start = Instant::now();
+    let upper = source.now().await?;
+    let mut cursor = Cursor::before(Timestamp::EPOCH);
+    let mut rows = 0;
+    loop {
+        let page = source.page(&cursor, upper, args.page).await?;
+        rows += page.rows.len();
+        match page.rows.last() {
+            Some(last) if page.full => cursor = last.cursor.clone(),
+            _ => break,
+        }
+    }
+    let took = start.elapsed();
+    ensure!(rows == args.rows, "read {rows} of {} rows", args.rows);
+    emit(json!({
+        "bench": "source_only", "source": "snowflake", "rows": rows,
+        "seconds": took.as_secs_f64(), "rows_per_s": per_s(rows, took), "page": args.page,
+    }));
     Ok(())
 }

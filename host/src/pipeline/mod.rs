@@ -12,7 +12,7 @@ mod build;
 mod page;
 mod progress;
 
-pub use build::{build_all, initial_cursor};
+pub use build::{build_all, initial_cursor, open_source};
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
