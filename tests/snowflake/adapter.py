@@ -19,8 +19,10 @@ code path runs unchanged against it:
 With `--db-dir`, every session shares one DuckDB database per Snowflake
 database, kept as files in that folder, so data survives killing and
 restarting the emulator. `GET /freshet-adapter/stats` answers the SQL texts
-received so far and how many chunks were served (tests count query kinds and
-check the multi-chunk path with it).
+received so far, the logins and how many chunks were served (tests count
+query kinds and check the multi-chunk path with it).
+`POST /freshet-adapter/expire-sessions` makes every current session answer
+as an expired Snowflake session does (code 390112) from then on.
 
 The process exits when its stdin closes, so a test that dies never leaves an
 emulator behind. It prints `listening on PORT` once it accepts connections.
@@ -66,6 +68,8 @@ class Adapter:
         self.chunks: OrderedDict[str, bytes] = OrderedDict()
         self.queries: list[str] = []
         self.chunks_served = 0
+        self.logins = 0
+        self.expired: set[str] = set()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -75,12 +79,19 @@ class Adapter:
         if path.startswith("/freshet-adapter/chunks/"):
             await self.serve_chunk(path.rsplit("/", 1)[1], send)
         elif path == "/freshet-adapter/stats":
-            stats = {"queries": self.queries, "chunks_served": self.chunks_served}
+            stats = {"queries": self.queries, "chunks_served": self.chunks_served, "logins": self.logins}
             await respond(send, 200, json.dumps(stats).encode(), "application/json")
+        elif path == "/freshet-adapter/expire-sessions":
+            self.expired.update(fakesnow_server.sessions)
+            await respond(send, 200, b"{}", "application/json")
         elif path == "/session/v1/login-request":
+            self.logins += 1
             body = with_session_parameters(await read_body(receive))
             status, headers, answer = await self.call_inner(scope, body)
             await respond(send, status, answer, "application/json")
+        elif path == "/queries/v1/query-request" and session_token(scope) in self.expired:
+            expired = {"data": None, "code": "390112", "message": "Your session has expired. Please login again.", "success": False}
+            await respond(send, 200, json.dumps(expired).encode(), "application/json")
         elif path == "/queries/v1/query-request":
             body = await read_body(receive)
             self.queries.append(json.loads(body).get("sqlText", ""))
@@ -168,6 +179,14 @@ class Adapter:
         else:
             self.chunks_served += 1
             await respond(send, 200, body, "application/octet-stream")
+
+
+def session_token(scope: dict) -> str:
+    """The token of `Authorization: Snowflake Token="..."`."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            return value.decode().partition('Token="')[2].rstrip('"')
+    return ""
 
 
 def with_session_parameters(body: bytes) -> bytes:

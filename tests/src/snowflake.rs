@@ -41,6 +41,8 @@ pub struct SnowflakeSetup {
     pub setup: Setup,
     /// A session on the test's database.
     pub sql: Sql,
+    /// The test's database (schema `PUBLIC`).
+    pub database: String,
     /// The zone `UPDATED_AT` wall times are in.
     pub zone: chrono_tz::Tz,
 }
@@ -60,6 +62,7 @@ impl SnowflakeSetup {
         Self {
             setup,
             sql,
+            database,
             zone: zone.parse().expect("a zone"),
         }
     }

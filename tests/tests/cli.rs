@@ -236,3 +236,24 @@ fn bench_latency_reports_percentiles_for_every_row() {
         assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{line}");
     }
 }
+
+#[test]
+fn a_backfill_reports_rows_left_and_the_rate_when_stderr_is_not_a_terminal() {
+    let (_dir, config) = quickstart(2_500);
+    let (out, _, stderr) = run(freshet()
+        .env("FRESHET_LOG", "info")
+        .args(["run", "--once", "--config"])
+        .arg(&config));
+    assert!(out.status.success(), "{stderr}");
+    // Started behind (the first page was full): the rows waiting, counted once.
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("catching up"))
+        .unwrap_or_else(|| panic!("no progress line in:\n{stderr}"));
+    assert!(start.contains("rows_left=2500"), "{start}");
+    let end = stderr
+        .lines()
+        .find(|l| l.contains("caught up"))
+        .unwrap_or_else(|| panic!("no end line in:\n{stderr}"));
+    assert!(end.contains("rows=2500") && end.contains("rows_per_s="), "{end}");
+}

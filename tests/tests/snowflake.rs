@@ -212,10 +212,7 @@ async fn an_idle_table_is_only_probed_and_a_new_row_is_read_at_the_next_poll() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut sf = SnowflakeSetup::orders(plugins::ORDERS_PLUGIN).await;
     sf.setup.pipeline.poll_interval_ms = 200;
-    let OrdersSource::Snowflake(source) = &sf.setup.pipeline.source else {
-        unreachable!()
-    };
-    let database = source.database.clone();
+    let database = sf.database.clone();
     let running = Running::start(sf.setup.config(&receiver));
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     // The first poll reads (nothing is known yet); the idle ones after it
@@ -257,6 +254,40 @@ async fn the_emulator_killed_mid_run_and_restarted_loses_and_repeats_nothing() {
     assert!(at_kill < 2000, "killed mid-run ({at_kill} delivered before)");
     assert_exactly_once(received_order_ids(&receiver), 1..2001);
     assert_eq!(receiver.hooks().len(), 2000, "every webhook once: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_replaced_by_a_new_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = emulator::Emulator::start(dir.path(), 30).unwrap();
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut sf = SnowflakeSetup::new(&emulator, plugins::ORDERS_PLUGIN, ORDERS_TABLE, "UTC").await;
+    sf.setup.pipeline.poll_interval_ms = 100;
+    let base = now_ms() - 60_000;
+    sf.insert(&orders(1..11, "pending", base)).await;
+    let running = Running::start(sf.setup.config(&receiver));
+    assert!(wait_for_messages(&receiver, 10, Duration::from_secs(10)).await);
+    let logins = emulator.stats().await.unwrap().logins;
+
+    emulator.expire_sessions().await.unwrap();
+    // The seeding session expired too: a new one adds the next rows.
+    let sql = emulator.sql(&sf.database).await.unwrap();
+    sql.exec(&format!(
+        "INSERT INTO ORDERS VALUES (11, 'c11@example.com', 'pending', 1.50, 'EUR', '{}')",
+        sf.wall(base + 11_000)
+    ))
+    .await
+    .unwrap();
+    assert!(
+        wait_for_messages(&receiver, 11, Duration::from_secs(10)).await,
+        "the pipeline logged in again and read on"
+    );
+    let stats = running.stop().await;
+    assert_exactly_once(received_order_ids(&receiver), 1..12);
+    assert!(
+        emulator.stats().await.unwrap().logins >= logins + 2,
+        "the pipeline's and the seeder's new logins: {stats:?}"
+    );
 }
 
 /// Writes an RSA key as PKCS#8 PEM with openssl, encrypted if `passphrase`.

@@ -41,6 +41,8 @@ pub struct EmulatorStats {
     pub queries: Vec<String>,
     /// Result chunks downloaded.
     pub chunks_served: u64,
+    /// Logins (new sessions).
+    pub logins: u64,
 }
 
 /// A running emulator.
@@ -90,6 +92,16 @@ impl Emulator {
             .error_for_status()?
             .json()
             .await?)
+    }
+
+    /// Makes every current session expire, as Snowflake's do after hours.
+    pub async fn expire_sessions(&self) -> anyhow::Result<()> {
+        reqwest::Client::new()
+            .post(format!("{}/freshet-adapter/expire-sessions", self.url()))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 
     /// A session on `database` (created if missing) with schema `PUBLIC`.
