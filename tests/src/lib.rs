@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
+pub mod smtp;
 pub mod snowflake;
 
 pub use freshet::bench::receiver::{Receiver, Scripted};
@@ -69,6 +70,9 @@ pub struct Setup {
     /// The pipeline's settings; `aep_url` and `targets` are filled in by
     /// [`Setup::config_text`] for the receiver it is given.
     pub pipeline: OrdersPipeline,
+    /// The `order-confirmation` target's table, instead of recording the
+    /// e-mails to `emails.ndjson` (see [`email_target`]).
+    pub email_target: Option<String>,
 }
 
 impl Setup {
@@ -90,7 +94,12 @@ impl Setup {
         pipeline.cache_dir = plugins::COMPONENT_CACHE.into();
         pipeline.page_size = 100;
         pipeline.batch_size = 50;
-        Self { dir, db, pipeline }
+        Self {
+            dir,
+            db,
+            pipeline,
+            email_target: None,
+        }
     }
 
     /// Inserts orders in one transaction.
@@ -127,7 +136,9 @@ impl Setup {
                 r#"x-api-key = "${FRESHET_TEST_HOOK_KEY}""#,
             ),
             webhook_target("hook", &format!("{hooks}/hook"), ""),
-            record_target("order-confirmation", &self.path("emails.ndjson")),
+            self.email_target.clone().unwrap_or_else(|| {
+                record_target("order-confirmation", &self.path("emails.ndjson"))
+            }),
             record_target("crm", &self.path("crm.ndjson")),
         ]
         .concat();
@@ -172,6 +183,29 @@ impl Setup {
     pub fn ndjson(&self, name: &str) -> Vec<serde_json::Value> {
         read_ndjson(&self.path(name))
     }
+}
+
+/// An `order-confirmation` e-mail target sending through the SMTP server on
+/// `port` (plain SMTP on loopback), with the `order-confirmation` template;
+/// `extra` adds lines to the target's table.
+pub fn email_target(port: u16, extra: &str) -> String {
+    format!(
+        r#"[pipelines.orders.targets.order-confirmation]
+kind = "email"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from = "Shop <orders@example.com>"
+timeout_ms = 5000
+{extra}
+
+[pipelines.orders.targets.order-confirmation.templates.order-confirmation]
+subject = "Order {{{{ orderId }}}} confirmed"
+text = "Thank you! Order {{{{ orderId }}}}: {{{{ amount }}}} {{{{ currency }}}}."
+html = "<p>Order <b>{{{{ orderId }}}}</b>: {{{{ amount }}}} {{{{ currency }}}} & more</p>"
+
+"#
+    )
 }
 
 /// Lines of an NDJSON file.

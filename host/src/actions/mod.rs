@@ -8,6 +8,7 @@
 //! so a receiver can close the one window the ledger cannot: a crash after
 //! the call and before the commit.
 
+mod email;
 mod record;
 mod webhook;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
+pub use email::EmailTarget;
 pub use record::RecordTarget;
 pub use webhook::{signature, WebhookTarget};
 
@@ -49,6 +51,8 @@ pub enum ActionResult {
 pub enum Target {
     /// An HTTP call.
     Webhook(Box<WebhookTarget>),
+    /// An e-mail over SMTP.
+    Email(Box<EmailTarget>),
     /// A line in a file.
     Record(RecordTarget),
 }
@@ -59,6 +63,13 @@ fn describe(action: &Action) -> (&'static str, &str) {
         Action::Email(a) => ("email", &a.target),
         Action::Webhook(a) => ("webhook", &a.target),
         Action::CrmUpdate(a) => ("crm_update", &a.target),
+    }
+}
+
+fn wrong_target(name: &str, is: &str, kind: &str) -> ActionResult {
+    ActionResult::Failed {
+        outcome: "wrong_target".into(),
+        reason: format!("target `{name}` is {is}; a {kind} action cannot use it"),
     }
 }
 
@@ -147,6 +158,7 @@ impl Executors {
                 TargetConfig::Webhook(w) => {
                     Target::Webhook(Box::new(WebhookTarget::build(w, &key)?))
                 }
+                TargetConfig::Email(m) => Target::Email(Box::new(EmailTarget::build(m, &key)?)),
                 TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
             };
             targets.insert(name.clone(), target);
@@ -176,10 +188,11 @@ impl Executors {
         match (target, &request.action) {
             (Target::Record(t), _) => t.record(request).await,
             (Target::Webhook(t), Action::Webhook(w)) => t.call(&request.key, &w.body).await,
-            (Target::Webhook(_), _) => ActionResult::Failed {
-                outcome: "wrong_target".into(),
-                reason: format!("target `{name}` is a webhook; a {kind} action cannot use it"),
-            },
+            (Target::Email(t), Action::Email(m)) => {
+                t.send(&request.key, &m.to, &m.template, &m.variables).await
+            }
+            (Target::Webhook(_), _) => wrong_target(name, "a webhook", kind),
+            (Target::Email(_), _) => wrong_target(name, "an e-mail target", kind),
         }
     }
 }

@@ -13,17 +13,18 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// The Python that has fakesnow: `FRESHET_FAKESNOW_PYTHON`, else the
-/// virtual environment `.ci/setup` makes under the cache folder.
+/// The Python that has the test peers (fakesnow, aiosmtpd):
+/// `FRESHET_PEERS_PYTHON`, else the virtual environment `.ci/setup` makes
+/// under the cache folder.
 pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("FRESHET_FAKESNOW_PYTHON") {
+    if let Some(p) = std::env::var_os("FRESHET_PEERS_PYTHON") {
         return p.into();
     }
     let cache = std::env::var_os("FRESHET_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/freshet")))
         .unwrap_or_else(|| PathBuf::from(".cache/freshet"));
-    cache.join("fakesnow-venv/bin/python")
+    cache.join("peers-venv/bin/python")
 }
 
 /// The adapter script.
@@ -120,29 +121,42 @@ impl Drop for Emulator {
 }
 
 fn spawn(db_dir: &Path, port: u16, chunk_rows: usize) -> anyhow::Result<(Child, u16)> {
+    let args = [
+        "--port".into(),
+        port.to_string().into(),
+        "--chunk-rows".into(),
+        chunk_rows.to_string().into(),
+        "--db-dir".into(),
+        db_dir.as_os_str().to_owned(),
+    ];
+    spawn_python(&adapter(), &args)
+}
+
+/// Starts a Python peer of the tests (a script that prints `listening on
+/// PORT` when ready and exits when its stdin closes) with the peers'
+/// Python; returns it and its port.
+pub fn spawn_python(script: &Path, args: &[std::ffi::OsString]) -> anyhow::Result<(Child, u16)> {
     let python = python();
     if !python.exists() {
         bail!(
-            "the Snowflake emulator is not installed ({} is missing): run .ci/setup, which installs fakesnow into that virtual environment",
+            "the tests' Python peers are not installed ({} is missing): run .ci/setup, which installs them into that virtual environment",
             python.display()
         );
     }
     let mut child = Command::new(&python)
-        .arg(adapter())
-        .args(["--port", &port.to_string(), "--chunk-rows", &chunk_rows.to_string()])
-        .arg("--db-dir")
-        .arg(db_dir)
+        .arg(script)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", python.display()))?;
-    let stdout = child.stdout.take().context("emulator stdout")?;
+    let stdout = child.stdout.take().context("peer stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let Some(port) = line.trim().strip_prefix("listening on ") else {
         let _ = child.kill();
-        bail!("the Snowflake emulator did not start (it printed {line:?}); see its errors above");
+        bail!("{} did not start (it printed {line:?}); see its errors above", script.display());
     };
     Ok((child, port.parse()?))
 }

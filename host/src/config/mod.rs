@@ -389,6 +389,8 @@ pub struct FileSinkConfig {
 pub enum TargetConfig {
     /// An HTTP call.
     Webhook(WebhookTargetConfig),
+    /// E-mail over SMTP, from the operator's templates.
+    Email(EmailTargetConfig),
     /// Appends each action request as a JSON line to a file: the quickstart's
     /// stand-in for targets that are not wired to a real system yet.
     Record(RecordTargetConfig),
@@ -445,6 +447,62 @@ fn default_webhook_timeout_ms() -> u64 {
 }
 fn default_retries() -> u32 {
     3
+}
+
+/// An e-mail target: an SMTP server, a sender, and the templates plugins
+/// name. The host renders them with the plugin's variables (MiniJinja
+/// syntax, `{{ name }}`; a variable the template uses but the plugin did
+/// not give fails the action, it is never sent half-filled).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTargetConfig {
+    /// The SMTP server.
+    pub host: String,
+    /// Its port; by default 587 with STARTTLS, 465 with TLS, 25 without.
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` (implicit TLS), or `none` (plain text:
+    /// only for a relay on this machine).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Environment variable holding the SMTP user name (with `password_env`).
+    pub username_env: Option<String>,
+    /// Environment variable holding the SMTP password.
+    pub password_env: Option<String>,
+    /// The sender, e.g. `Shop <orders@example.com>`.
+    pub from: String,
+    /// The whole send's time window, retries included, in milliseconds.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries within the window on a temporary failure (4xx, network).
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// The templates, by the name plugins give.
+    pub templates: BTreeMap<String, EmailTemplateConfig>,
+}
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required).
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
+    /// No encryption.
+    None,
+}
+
+/// One e-mail template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTemplateConfig {
+    /// The subject line.
+    pub subject: String,
+    /// The plain-text body.
+    pub text: String,
+    /// An HTML alternative (variables are HTML-escaped in it).
+    pub html: Option<String>,
 }
 
 /// A record target.
@@ -563,8 +621,9 @@ impl<'de> Deserialize<'de> for TargetConfig {
         let (kind, rest) = tagged::split(d)?;
         match kind.as_str() {
             "webhook" => tagged::variant(rest).map(Self::Webhook),
+            "email" => tagged::variant(rest).map(Self::Email),
             "record" => tagged::variant(rest).map(Self::Record),
-            other => Err(tagged::unknown(other, &["webhook", "record"])),
+            other => Err(tagged::unknown(other, &["webhook", "email", "record"])),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! problem, each with the key path a user searches their file for.
 
 use super::{
-    Config, DeliverConfig, InitialTimestamp, PipelineConfig, Polling, SnowflakeSourceConfig,
-    SourceConfig, TargetConfig,
+    Config, DeliverConfig, EmailTargetConfig, InitialTimestamp, PipelineConfig, Polling,
+    SnowflakeSourceConfig, SourceConfig, TargetConfig,
 };
 use std::fmt;
 
@@ -301,12 +301,44 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                     }
                 }
             }
+            TargetConfig::Email(m) => validate_email(m, &key, &mut e),
             TargetConfig::Record(r) => {
                 e.check(
                     !r.path.as_os_str().is_empty(),
                     &key("path"),
                     "must not be empty",
                 );
+            }
+        }
+    }
+}
+
+fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
+    e.non_empty(&m.host, &key("host"));
+    if let Err(err) = m.from.parse::<lettre::message::Mailbox>() {
+        e.at(&key("from"), format!("{:?} is not an e-mail address: {err}", m.from));
+    }
+    e.range(m.timeout_ms, 1_000, 300_000, &key("timeout_ms"));
+    e.range(m.max_retries, 0, 3, &key("max_retries"));
+    e.check(
+        m.username_env.is_some() == m.password_env.is_some(),
+        &key("password_env"),
+        "username_env and password_env go together",
+    );
+    for (k, var) in [("username_env", &m.username_env), ("password_env", &m.password_env)] {
+        if let Some(var) = var {
+            e.check(is_env_name(var), &key(k), "must be an environment variable name");
+        }
+    }
+    e.check(
+        !m.templates.is_empty(),
+        &key("templates"),
+        "name at least one template (`[...templates.NAME]` with subject and text)",
+    );
+    for (name, t) in &m.templates {
+        for (part, source) in [("subject", Some(&t.subject)), ("text", Some(&t.text)), ("html", t.html.as_ref())] {
+            if let Some(Err(err)) = source.map(|s| minijinja::Environment::new().template_from_str(s).map(|_| ())) {
+                e.at(&key(&format!("templates.{name}.{part}")), format!("not a valid template: {err}"));
             }
         }
     }
