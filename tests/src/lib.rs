@@ -70,9 +70,9 @@ pub struct Setup {
     /// The pipeline's settings; `aep_url` and `targets` are filled in by
     /// [`Setup::config_text`] for the receiver it is given.
     pub pipeline: OrdersPipeline,
-    /// The `order-confirmation` target's table, instead of recording the
-    /// e-mails to `emails.ndjson` (see [`email_target`]).
-    pub email_target: Option<String>,
+    /// Target tables by name, instead of the recording ones (see
+    /// [`email_target`], [`crm_target`]).
+    pub targets: std::collections::BTreeMap<&'static str, String>,
 }
 
 impl Setup {
@@ -84,13 +84,12 @@ impl Setup {
         let conn = Connection::open(&db).expect("open orders db");
         conn.execute_batch(freshet::bench::sample::ORDERS_SCHEMA)
             .expect("create orders");
-        let mut pipeline =
-            OrdersPipeline::new(
-                dir.path(),
-                plugin.into(),
-                OrdersSource::Sqlite(db.clone()),
-                String::new(),
-            );
+        let mut pipeline = OrdersPipeline::new(
+            dir.path(),
+            plugin.into(),
+            OrdersSource::Sqlite(db.clone()),
+            String::new(),
+        );
         pipeline.cache_dir = plugins::COMPONENT_CACHE.into();
         pipeline.page_size = 100;
         pipeline.batch_size = 50;
@@ -98,7 +97,7 @@ impl Setup {
             dir,
             db,
             pipeline,
-            email_target: None,
+            targets: Default::default(),
         }
     }
 
@@ -136,10 +135,16 @@ impl Setup {
                 r#"x-api-key = "${FRESHET_TEST_HOOK_KEY}""#,
             ),
             webhook_target("hook", &format!("{hooks}/hook"), ""),
-            self.email_target.clone().unwrap_or_else(|| {
-                record_target("order-confirmation", &self.path("emails.ndjson"))
-            }),
-            record_target("crm", &self.path("crm.ndjson")),
+            self.targets
+                .get("order-confirmation")
+                .cloned()
+                .unwrap_or_else(|| {
+                    record_target("order-confirmation", &self.path("emails.ndjson"))
+                }),
+            self.targets
+                .get("crm")
+                .cloned()
+                .unwrap_or_else(|| record_target("crm", &self.path("crm.ndjson"))),
         ]
         .concat();
         pipeline.render()
@@ -205,6 +210,13 @@ text = "Thank you! Order {{{{ orderId }}}}: {{{{ amount }}}} {{{{ currency }}}}.
 html = "<p>Order <b>{{{{ orderId }}}}</b>: {{{{ amount }}}} {{{{ currency }}}} & more</p>"
 
 "#
+    )
+}
+
+/// A `crm` target of `flavor` at `base_url`; `auth` is its `oauth`/`token_env` lines.
+pub fn crm_target(flavor: &str, base_url: &str, id_field: &str, auth: &str) -> String {
+    format!(
+        "[pipelines.orders.targets.crm]\nkind = \"crm\"\nflavor = {flavor:?}\nbase_url = {base_url:?}\nid_field = {id_field:?}\ntimeout_ms = 5000\n{auth}\n\n"
     )
 }
 

@@ -36,7 +36,12 @@ impl SmtpServer {
         let dir = tempfile::tempdir()?;
         let mut args = vec!["--dir".into(), dir.path().as_os_str().to_owned()];
         if let Some((user, password)) = auth {
-            args.extend(["--user".into(), user.into(), "--password".into(), password.into()]);
+            args.extend([
+                "--user".into(),
+                user.into(),
+                "--password".into(),
+                password.into(),
+            ]);
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/server.py");
         let (child, port) = spawn_python(&script, &args)?;
@@ -50,7 +55,10 @@ impl SmtpServer {
             .unwrap_or_default();
         files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
         files.sort();
-        files.iter().map(|p| parse(&std::fs::read(p).expect("a message file"))).collect()
+        files
+            .iter()
+            .map(|p| parse(&std::fs::read(p).expect("a message file")))
+            .collect()
     }
 }
 

@@ -255,5 +255,8 @@ fn a_backfill_reports_rows_left_and_the_rate_when_stderr_is_not_a_terminal() {
         .lines()
         .find(|l| l.contains("caught up"))
         .unwrap_or_else(|| panic!("no end line in:\n{stderr}"));
-    assert!(end.contains("rows=2500") && end.contains("rows_per_s="), "{end}");
+    assert!(
+        end.contains("rows=2500") && end.contains("rows_per_s="),
+        "{end}"
+    );
 }

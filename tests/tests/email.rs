@@ -7,7 +7,8 @@ use freshet_tests::*;
 
 fn confirmed(ids: std::ops::Range<i64>) -> Vec<Order> {
     let base = now_ms() - 60_000;
-    ids.map(|id| Order::new(id, "confirmed", base + id)).collect()
+    ids.map(|id| Order::new(id, "confirmed", base + id))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +16,9 @@ async fn confirmed_orders_are_emailed_with_the_rendered_template() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.email_target = Some(email_target(smtp.port, ""));
+    setup
+        .targets
+        .insert("order-confirmation", email_target(smtp.port, ""));
     let mut orders = confirmed(1..6);
     orders[0].currency = "A&B".into();
     setup.insert(&orders);
@@ -38,7 +41,13 @@ async fn confirmed_orders_are_emailed_with_the_rendered_template() {
         let escaped = currency.replace('&', "&amp;");
         assert_eq!(
             mail.html.as_deref().map(str::trim_end),
-            Some(format!("<p>Order <b>{id}</b>: {} {escaped} & more</p>", order.amount).as_str())
+            Some(
+                format!(
+                    "<p>Order <b>{id}</b>: {} {escaped} & more</p>",
+                    order.amount
+                )
+                .as_str()
+            )
         );
         // The action's idempotency key, hashed: the same on any replay.
         assert!(
@@ -58,7 +67,9 @@ async fn a_refused_address_is_dead_lettered_and_a_greylisted_one_retried() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.email_target = Some(email_target(smtp.port, ""));
+    setup
+        .targets
+        .insert("order-confirmation", email_target(smtp.port, ""));
     let mut orders = confirmed(1..4);
     orders[0].email = "bounce1@example.com".into();
     orders[1].email = "greylist2@example.com".into();
@@ -71,7 +82,11 @@ async fn a_refused_address_is_dead_lettered_and_a_greylisted_one_retried() {
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].code, "smtp_550");
-    assert!(dead[0].reason.contains("No such mailbox"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("No such mailbox"),
+        "{}",
+        dead[0].reason
+    );
     // The row's other actions ran: its webhook fired.
     assert_eq!(receiver.hooks().len(), 3);
 }
@@ -84,10 +99,13 @@ async fn smtp_credentials_come_from_the_environment() {
     std::env::set_var("FRESHET_TEST_SMTP_WRONG", "guess");
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.email_target = Some(email_target(
-        smtp.port,
-        "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_WRONG\"",
-    ));
+    setup.targets.insert(
+        "order-confirmation",
+        email_target(
+            smtp.port,
+            "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_WRONG\"",
+        ),
+    );
     setup.insert(&confirmed(1..2));
     setup.run_once(&receiver).await.unwrap();
     assert!(smtp.messages().is_empty());
@@ -95,7 +113,7 @@ async fn smtp_credentials_come_from_the_environment() {
     assert_eq!(dead[0].code, "smtp_535", "{dead:?}");
 
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.email_target = Some(email_target(
+    setup.targets.insert("order-confirmation", email_target(
         smtp.port,
         "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_PASSWORD\"",
     ));
@@ -110,7 +128,8 @@ async fn a_template_needing_a_variable_the_plugin_did_not_give_sends_nothing() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.email_target = Some(
+    setup.targets.insert(
+        "order-confirmation",
         email_target(smtp.port, "").replace("{{ currency }}.\"", "{{ currency }} {{ coupon }}.\""),
     );
     setup.insert(&confirmed(1..3));
@@ -120,7 +139,9 @@ async fn a_template_needing_a_variable_the_plugin_did_not_give_sends_nothing() {
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].code, "template");
     assert!(
-        dead[0].reason.contains("uses coupon, which the plugin's variables lack"),
+        dead[0]
+            .reason
+            .contains("uses coupon, which the plugin's variables lack"),
         "{}",
         dead[0].reason
     );

@@ -49,7 +49,11 @@ async fn backfill_reads_every_row_in_order_across_chunks() {
     // the others downloaded as chunks (3 + 3 + 1).
     let chunks = shared().stats().await.unwrap().chunks_served - chunks_before;
     assert_eq!(chunks, 7);
-    assert_eq!(receiver.hooks().len(), 250, "every confirmed order's webhook");
+    assert_eq!(
+        receiver.hooks().len(),
+        250,
+        "every confirmed order's webhook"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,11 +61,13 @@ async fn backfill_false_reads_only_new_rows_and_initial_starts_there() {
     let receiver = Receiver::start(true).await.unwrap();
     let mut sf = SnowflakeSetup::orders(plugins::ORDERS_PLUGIN).await;
     sf.setup.pipeline.backfill = false;
-    sf.insert(&orders(1..11, "pending", now_ms() - 3_600_000)).await;
+    sf.insert(&orders(1..11, "pending", now_ms() - 3_600_000))
+        .await;
     let stats = sf.setup.run_once(&receiver).await.unwrap();
     assert_eq!(stats.rows, 0, "old rows skipped");
     // `-1` was fixed at the first start, on Snowflake's clock.
-    sf.insert(&[Order::new(100, "pending", now_ms() + 10)]).await;
+    sf.insert(&[Order::new(100, "pending", now_ms() + 10)])
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(sf.setup.run_once(&receiver).await.unwrap().rows, 1);
     assert_eq!(received_order_ids(&receiver), vec![100]);
@@ -173,7 +179,8 @@ async fn a_table_that_cannot_be_polled_safely_is_refused_with_its_key() {
     ))
     .await;
     assert!(
-        nullable.contains("pipelines.orders.source.timestamp.column: column `UPDATED_AT` is nullable"),
+        nullable
+            .contains("pipelines.orders.source.timestamp.column: column `UPDATED_AT` is nullable"),
         "{nullable}"
     );
     let with_zone = start_up_error(Some(
@@ -181,8 +188,9 @@ async fn a_table_that_cannot_be_polled_safely_is_refused_with_its_key() {
     ))
     .await;
     assert!(
-        with_zone.contains("pipelines.orders.source.timestamp.column: column `UPDATED_AT` is TIMESTAMP_TZ")
-            && with_zone.contains("use TIMESTAMP_NTZ or TIMESTAMP_LTZ"),
+        with_zone.contains(
+            "pipelines.orders.source.timestamp.column: column `UPDATED_AT` is TIMESTAMP_TZ"
+        ) && with_zone.contains("use TIMESTAMP_NTZ or TIMESTAMP_LTZ"),
         "{with_zone}"
     );
     let missing = start_up_error(None).await;
@@ -251,9 +259,16 @@ async fn the_emulator_killed_mid_run_and_restarted_loses_and_repeats_nothing() {
     let drained = wait_for_messages(&receiver, 2000, Duration::from_secs(60)).await;
     let stats = running.stop().await;
     assert!(drained, "only {} of 2000 arrived", receiver.message_count());
-    assert!(at_kill < 2000, "killed mid-run ({at_kill} delivered before)");
+    assert!(
+        at_kill < 2000,
+        "killed mid-run ({at_kill} delivered before)"
+    );
     assert_exactly_once(received_order_ids(&receiver), 1..2001);
-    assert_eq!(receiver.hooks().len(), 2000, "every webhook once: {stats:?}");
+    assert_eq!(
+        receiver.hooks().len(),
+        2000,
+        "every webhook once: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +309,14 @@ async fn an_expired_session_is_replaced_by_a_new_login() {
 fn private_key(dir: &std::path::Path, passphrase: Option<&str>) -> std::path::PathBuf {
     let plain = dir.join("key.p8");
     let status = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&plain)
         .stderr(std::process::Stdio::null())
         .status()
@@ -328,9 +350,8 @@ async fn key_pair_auth_signs_in_from_a_file_and_names_a_wrong_passphrase() {
     let OrdersSource::Snowflake(source) = &mut sf.setup.pipeline.source else {
         unreachable!()
     };
-    source.auth = format!(
-        "private_key_file = {key:?}, passphrase_env = \"FRESHET_TEST_WRONG_PASSPHRASE\""
-    );
+    source.auth =
+        format!("private_key_file = {key:?}, passphrase_env = \"FRESHET_TEST_WRONG_PASSPHRASE\"");
     let error = format!("{:#}", sf.setup.run_once(&receiver).await.unwrap_err());
     assert!(error.contains("pipelines.orders.source.auth: "), "{error}");
 

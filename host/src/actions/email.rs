@@ -9,15 +9,15 @@
 //! to drop duplicates. A 5xx answer is permanent (`smtp_<code>`, dead
 //! letter); a 4xx answer or a lost connection is retried within the window.
 
+use super::attempts::{within_window, Attempt};
 use super::ActionResult;
 use crate::config::{EmailTargetConfig, SmtpTls};
-use crate::deliver::Backoff;
 use anyhow::{anyhow, Context as _};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use minijinja::{Environment, UndefinedBehavior};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One configured SMTP target.
 pub struct EmailTarget {
@@ -69,7 +69,11 @@ impl EmailTarget {
         let mut templates = Environment::new();
         templates.set_undefined_behavior(UndefinedBehavior::Strict);
         for (name, t) in &config.templates {
-            let parts = [("subject", Some(&t.subject)), ("txt", Some(&t.text)), ("html", t.html.as_ref())];
+            let parts = [
+                ("subject", Some(&t.subject)),
+                ("txt", Some(&t.text)),
+                ("html", t.html.as_ref()),
+            ];
             for (p, source) in parts {
                 if let Some(source) = source {
                     templates
@@ -95,49 +99,35 @@ impl EmailTarget {
             Ok(message) => message,
             Err((outcome, reason)) => return ActionResult::Failed { outcome, reason },
         };
-        let deadline = Instant::now() + self.window;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last = ActionResult::Failed {
-            outcome: "timedout".into(),
-            reason: "no attempt fit the window".into(),
-        };
-        for attempt in 0..=self.max_retries {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let sent = tokio::time::timeout(left, self.transport.send(message.clone())).await;
-            let permanent = match sent {
-                Ok(Ok(response)) => {
-                    return ActionResult::Done(format!("smtp_{}", response.code()));
-                }
-                Ok(Err(e)) => {
-                    let outcome = e.status().map_or("error".to_owned(), |c| format!("smtp_{c}"));
-                    last = ActionResult::Failed {
-                        outcome,
-                        reason: format!("{}: {e}", self.server),
-                    };
-                    e.is_permanent()
-                }
-                Err(_) => {
-                    last = ActionResult::Failed {
+        within_window(self.window, self.max_retries, &self.server, |left| {
+            let message = message.clone();
+            async move {
+                match tokio::time::timeout(left, self.transport.send(message)).await {
+                    Ok(Ok(response)) => Attempt::Done(format!("smtp_{}", response.code())),
+                    Ok(Err(e)) => {
+                        let outcome = e
+                            .status()
+                            .map_or("error".to_owned(), |c| format!("smtp_{c}"));
+                        let reason = format!("{}: {e}", self.server);
+                        if e.is_permanent() {
+                            Attempt::Fail { outcome, reason }
+                        } else {
+                            Attempt::Retry {
+                                outcome,
+                                reason,
+                                retry_after: None,
+                            }
+                        }
+                    }
+                    Err(_) => Attempt::Retry {
                         outcome: "timedout".into(),
                         reason: format!("{}: no answer within the window", self.server),
-                    };
-                    false
+                        retry_after: None,
+                    },
                 }
-            };
-            if permanent || attempt == self.max_retries {
-                break;
             }
-            let wait = backoff.next(None);
-            if Instant::now() + wait >= deadline {
-                break;
-            }
-            tracing::debug!(server = %self.server, attempt, "e-mail not accepted; retrying");
-            tokio::time::sleep(wait).await;
-        }
-        last
+        })
+        .await
     }
 
     /// The message, or why it cannot be made (outcome, reason).
@@ -149,7 +139,11 @@ impl EmailTarget {
         variables: &str,
     ) -> Result<Message, (String, String)> {
         let fail = |outcome: &str, reason: String| (outcome.to_owned(), reason);
-        if self.templates.get_template(&part(template, "subject")).is_err() {
+        if self
+            .templates
+            .get_template(&part(template, "subject"))
+            .is_err()
+        {
             return Err(fail(
                 "no_template",
                 format!("the target has no template `{template}`"),

@@ -8,6 +8,8 @@
 //! so a receiver can close the one window the ledger cannot: a crash after
 //! the call and before the commit.
 
+mod attempts;
+mod crm;
 mod email;
 mod record;
 mod webhook;
@@ -18,6 +20,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
+pub use crm::CrmTarget;
 pub use email::EmailTarget;
 pub use record::RecordTarget;
 pub use webhook::{signature, WebhookTarget};
@@ -53,6 +56,8 @@ pub enum Target {
     Webhook(Box<WebhookTarget>),
     /// An e-mail over SMTP.
     Email(Box<EmailTarget>),
+    /// A CRM upsert.
+    Crm(Box<CrmTarget>),
     /// A line in a file.
     Record(RecordTarget),
 }
@@ -159,6 +164,7 @@ impl Executors {
                     Target::Webhook(Box::new(WebhookTarget::build(w, &key)?))
                 }
                 TargetConfig::Email(m) => Target::Email(Box::new(EmailTarget::build(m, &key)?)),
+                TargetConfig::Crm(c) => Target::Crm(Box::new(CrmTarget::build(c, &key)?)),
                 TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
             };
             targets.insert(name.clone(), target);
@@ -191,7 +197,12 @@ impl Executors {
             (Target::Email(t), Action::Email(m)) => {
                 t.send(&request.key, &m.to, &m.template, &m.variables).await
             }
+            (Target::Crm(t), Action::CrmUpdate(c)) => {
+                t.upsert(&request.key, &c.object, &c.external_id, &c.fields)
+                    .await
+            }
             (Target::Webhook(_), _) => wrong_target(name, "a webhook", kind),
+            (Target::Crm(_), _) => wrong_target(name, "a CRM target", kind),
             (Target::Email(_), _) => wrong_target(name, "an e-mail target", kind),
         }
     }

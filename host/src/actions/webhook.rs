@@ -10,10 +10,10 @@
 //! receiver recomputes it over the raw body, compares in constant time, and
 //! refuses timestamps more than a few minutes old (replays).
 
+use super::attempts::{http_attempt, within_window};
 use super::ActionResult;
 use crate::config::validate::env_references;
 use crate::config::WebhookTargetConfig;
-use crate::deliver::Backoff;
 use anyhow::Context as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::{Duration, Instant};
@@ -74,11 +74,6 @@ fn expand(value: &str, key: &str) -> anyhow::Result<String> {
         out = out.replace(&format!("${{{name}}}"), &secret);
     }
     Ok(out)
-}
-
-/// Whether a status is worth another attempt.
-fn retriable(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
 }
 
 impl WebhookTarget {
@@ -146,17 +141,7 @@ impl WebhookTarget {
             Some(cap) => cap.connections.acquire().await.ok(),
             None => None,
         };
-        let deadline = Instant::now() + self.window;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last = ActionResult::Failed {
-            outcome: "timedout".into(),
-            reason: "no attempt fit the window".into(),
-        };
-        for attempt in 0..=self.max_retries {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
+        within_window(self.window, self.max_retries, self.url.as_str(), |left| {
             let mut request = self
                 .client
                 .request(self.method.clone(), self.url.clone())
@@ -174,49 +159,8 @@ impl WebhookTarget {
                     .header("content-type", "application/json")
                     .body(body.to_owned());
             }
-            let (status, retry_after) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let after = crate::deliver::retry_after(response.headers());
-                    if response.status().is_success() {
-                        return ActionResult::Done(format!("http_{status}"));
-                    }
-                    let text = response.text().await.unwrap_or_default();
-                    last = ActionResult::Failed {
-                        outcome: format!("http_{status}"),
-                        reason: format!(
-                            "{} answered {status}: {}",
-                            self.url,
-                            text.chars().take(500).collect::<String>()
-                        ),
-                    };
-                    (Some(status), after)
-                }
-                Err(e) if e.is_timeout() => {
-                    last = ActionResult::Failed {
-                        outcome: "timedout".into(),
-                        reason: format!("{}: {e}", self.url),
-                    };
-                    (None, None)
-                }
-                Err(e) => {
-                    last = ActionResult::Failed {
-                        outcome: "error".into(),
-                        reason: format!("{}: {e}", self.url),
-                    };
-                    (None, None)
-                }
-            };
-            if status.is_some_and(|s| !retriable(s)) || attempt == self.max_retries {
-                break;
-            }
-            let wait = backoff.next(retry_after);
-            if Instant::now() + wait >= deadline {
-                break;
-            }
-            tracing::debug!(url = %self.url, ?status, attempt, "webhook call failed; retrying");
-            tokio::time::sleep(wait).await;
-        }
-        last
+            async move { http_attempt(&self.url, request.send().await).await }
+        })
+        .await
     }
 }

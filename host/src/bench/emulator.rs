@@ -8,7 +8,9 @@
 //! stops when its stdin closes.
 
 use anyhow::{bail, Context as _};
-use snowflake_connector_rs::{AuthConfig, Client, ClientConfig, EndpointConfig, Session, SessionConfig};
+use snowflake_connector_rs::{
+    AuthConfig, Client, ClientConfig, EndpointConfig, Session, SessionConfig,
+};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,11 +90,13 @@ impl Emulator {
 
     /// What the emulator saw since it (re)started.
     pub async fn stats(&self) -> anyhow::Result<EmulatorStats> {
-        Ok(reqwest::get(format!("{}/freshet-adapter/stats", self.url()))
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        Ok(
+            reqwest::get(format!("{}/freshet-adapter/stats", self.url()))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?,
+        )
     }
 
     /// Makes every current session expire, as Snowflake's do after hours.
@@ -108,8 +112,12 @@ impl Emulator {
     /// A session on `database` (created if missing) with schema `PUBLIC`.
     pub async fn sql(&self, database: &str) -> anyhow::Result<Sql> {
         let setup = connect(&self.url(), None).await?;
-        setup.exec(&format!("CREATE DATABASE IF NOT EXISTS {database}")).await?;
-        setup.exec(&format!("CREATE SCHEMA IF NOT EXISTS {database}.PUBLIC")).await?;
+        setup
+            .exec(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+            .await?;
+        setup
+            .exec(&format!("CREATE SCHEMA IF NOT EXISTS {database}.PUBLIC"))
+            .await?;
         connect(&self.url(), Some(database)).await
     }
 }
@@ -156,7 +164,10 @@ pub fn spawn_python(script: &Path, args: &[std::ffi::OsString]) -> anyhow::Resul
     BufReader::new(stdout).read_line(&mut line)?;
     let Some(port) = line.trim().strip_prefix("listening on ") else {
         let _ = child.kill();
-        bail!("{} did not start (it printed {line:?}); see its errors above", script.display());
+        bail!(
+            "{} did not start (it printed {line:?}); see its errors above",
+            script.display()
+        );
     };
     Ok((child, port.parse()?))
 }

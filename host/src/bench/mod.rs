@@ -2,13 +2,13 @@
 //! machine, one JSON line each. Not a test: nothing here passes or fails on
 //! speed; it fails only if rows went missing.
 
+pub mod emulator;
 mod latency;
 mod native;
 mod orders_config;
-mod snowflake;
-pub mod emulator;
 pub mod receiver;
 pub mod sample;
+mod snowflake;
 
 use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};

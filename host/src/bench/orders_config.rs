@@ -89,7 +89,12 @@ pub fn webhook_target(name: &str, url: &str, headers: &str) -> String {
 
 impl OrdersPipeline {
     /// Defaults for everything but the paths and the AEP URL.
-    pub fn new(dir: &std::path::Path, plugin: PathBuf, source: OrdersSource, aep_url: String) -> Self {
+    pub fn new(
+        dir: &std::path::Path,
+        plugin: PathBuf,
+        source: OrdersSource,
+        aep_url: String,
+    ) -> Self {
         Self {
             cache_dir: dir.join("cache"),
             state: dir.join("state.db"),

@@ -1,5 +1,6 @@
-//! A loopback HTTP peer that speaks AEP's batch ingestion protocol and
-//! takes webhooks, for `freshet bench` and the integration tests.
+//! A loopback HTTP peer that speaks AEP's batch ingestion protocol, takes
+//! webhooks, and upserts CRM records the way Salesforce and HubSpot do, for
+//! `freshet bench` and the integration tests.
 //!
 //! It answers like AEP: `POST /collection/batch/{id}` gets a 207 with one
 //! result per message. With [`Receiver::require_ims`] it also plays Adobe
@@ -59,6 +60,25 @@ pub struct Hook {
     pub at: Instant,
 }
 
+/// A CRM upsert as received (either flavour), in arrival order.
+#[derive(Debug, Clone)]
+pub struct CrmCall {
+    /// `salesforce` or `hubspot`.
+    pub flavor: &'static str,
+    /// The object type (`Contact`).
+    pub object: String,
+    /// The external-id field or `idProperty`.
+    pub id_field: String,
+    /// The external id.
+    pub id: String,
+    /// The fields upserted.
+    pub fields: Value,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// Whether this upsert created the record (else it updated it).
+    pub created: bool,
+}
+
 /// An AEP message as received, and when.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -84,6 +104,8 @@ struct Shared {
     hook_script: Mutex<VecDeque<Scripted>>,
     messages: Mutex<Vec<Received>>,
     hooks: Mutex<Vec<Hook>>,
+    crm_script: Mutex<VecDeque<Scripted>>,
+    crm: Mutex<Vec<CrmCall>>,
     message_count: AtomicU64,
     request_count: AtomicU64,
     auth: Mutex<Vec<Option<String>>>,
@@ -118,6 +140,14 @@ impl Receiver {
             .route("/collection/batch/{connection}", post(batch))
             .route("/hooks/{*rest}", post(hook).put(hook))
             .route("/ims/token/v3", post(token))
+            .route(
+                "/services/data/{version}/sobjects/{object}/{field}/{id}",
+                axum::routing::patch(salesforce_upsert),
+            )
+            .route(
+                "/crm/v3/objects/{object}/batch/upsert",
+                post(hubspot_upsert),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -125,6 +155,16 @@ impl Receiver {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared, task })
+    }
+
+    /// Answers the next CRM call with `answer`.
+    pub fn script_crm(&self, answer: Scripted) {
+        lock(&self.shared.crm_script).push_back(answer);
+    }
+
+    /// The CRM upserts accepted so far.
+    pub fn crm_calls(&self) -> Vec<CrmCall> {
+        lock(&self.shared.crm).clone()
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -300,6 +340,102 @@ async fn hook(
         });
     }
     (StatusCode::OK, "{}").into_response()
+}
+
+/// Records one CRM upsert after the checks a CRM makes: a scripted answer
+/// first, then (with OAuth required) a live token. `Ok(created)`.
+fn crm_upsert(shared: &Shared, headers: &HeaderMap, mut call: CrmCall) -> Result<bool, Response> {
+    if let Some(Scripted::Status {
+        status,
+        retry_after,
+    }) = lock(&shared.crm_script).pop_front()
+    {
+        return Err(status_response(status, retry_after));
+    }
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if !token_is_live(shared, authorization) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            r#"[{"errorCode":"INVALID_SESSION_ID"}]"#,
+        )
+            .into_response());
+    }
+    call.idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut calls = lock(&shared.crm);
+    call.created = !calls
+        .iter()
+        .any(|c| c.object == call.object && c.id_field == call.id_field && c.id == call.id);
+    let created = call.created;
+    calls.push(call);
+    Ok(created)
+}
+
+async fn salesforce_upsert(
+    State(shared): State<Arc<Shared>>,
+    Path((_version, object, field, id)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = CrmCall {
+        flavor: "salesforce",
+        object,
+        id_field: field,
+        id,
+        fields: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        idempotency_key: None,
+        created: false,
+    };
+    match crm_upsert(&shared, &headers, call) {
+        Ok(created) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                json!({"id": "003000000000001", "success": true, "created": created}).to_string(),
+            )
+                .into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+async fn hubspot_upsert(
+    State(shared): State<Arc<Shared>>,
+    Path(object): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some([input]) = body["inputs"].as_array().map(Vec::as_slice) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            r#"{"message":"one input expected"}"#,
+        )
+            .into_response();
+    };
+    let call = CrmCall {
+        flavor: "hubspot",
+        object,
+        id_field: input["idProperty"].as_str().unwrap_or_default().to_owned(),
+        id: input["id"].as_str().unwrap_or_default().to_owned(),
+        fields: input["properties"].clone(),
+        idempotency_key: None,
+        created: false,
+    };
+    match crm_upsert(&shared, &headers, call) {
+        Ok(created) => (
+            StatusCode::OK,
+            json!({"status": "COMPLETE", "results": [{"id": "1", "new": created, "properties": input["properties"]}]}).to_string(),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
 }
 
 /// With IMS required, whether `authorization` carries a live issued token.

@@ -51,7 +51,10 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
     let orders = SnowflakeOrders::new(&emulator.url(), "BENCH");
     read_only(&dir.path().join("read-only"), &orders, &args).await?;
     let snowflake = OrdersSource::Snowflake(orders);
-    for (name, source) in [("snowflake", snowflake), ("sqlite", OrdersSource::Sqlite(db))] {
+    for (name, source) in [
+        ("snowflake", snowflake),
+        ("sqlite", OrdersSource::Sqlite(db)),
+    ] {
         end_to_end(
             &dir.path().join(name),
             source,
@@ -67,7 +70,11 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
 
 /// The source alone: every page read, nothing mapped or delivered. What
 /// the emulator and the client cost, apart from the rest of the pipeline.
-async fn read_only(dir: &Path, orders: &SnowflakeOrders, args: &SnowflakeArgs) -> anyhow::Result<()> {
+async fn read_only(
+    dir: &Path,
+    orders: &SnowflakeOrders,
+    args: &SnowflakeArgs,
+) -> anyhow::Result<()> {
     let mut pipeline = OrdersPipeline::new(
         dir,
         args.plugin.clone(),

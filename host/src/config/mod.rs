@@ -391,6 +391,8 @@ pub enum TargetConfig {
     Webhook(WebhookTargetConfig),
     /// E-mail over SMTP, from the operator's templates.
     Email(EmailTargetConfig),
+    /// A CRM upsert by external id.
+    Crm(CrmTargetConfig),
     /// Appends each action request as a JSON line to a file: the quickstart's
     /// stand-in for targets that are not wired to a real system yet.
     Record(RecordTargetConfig),
@@ -503,6 +505,62 @@ pub struct EmailTemplateConfig {
     pub text: String,
     /// An HTML alternative (variables are HTML-escaped in it).
     pub html: Option<String>,
+}
+
+/// A CRM target: contacts (or any object) upserted by external id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmTargetConfig {
+    /// `salesforce`: `PATCH {base_url}/services/data/{api_version}/sobjects/{object}/{id_field}/{id}`;
+    /// `hubspot`: `POST {base_url}/crm/v3/objects/{object}/batch/upsert`.
+    pub flavor: CrmFlavor,
+    /// The instance URL (`https://acme.my.salesforce.com`, `https://api.hubapi.com`).
+    pub base_url: String,
+    /// The external-id field (Salesforce, e.g. `External_Id__c`) or the
+    /// unique property (HubSpot `idProperty`, e.g. `email`).
+    pub id_field: String,
+    /// Salesforce's REST API version.
+    #[serde(default = "default_salesforce_api")]
+    pub api_version: String,
+    /// OAuth client credentials; the token is cached and renewed like AEP's.
+    pub oauth: Option<OAuthConfig>,
+    /// Or an environment variable holding a fixed bearer token.
+    pub token_env: Option<String>,
+    /// The whole call's time window, retries included, in milliseconds (1–30 s).
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries within the window (at most 3), never on 403 or 404.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+}
+
+fn default_salesforce_api() -> String {
+    "v61.0".to_owned()
+}
+
+/// Which CRM API a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrmFlavor {
+    /// Salesforce sObject upsert by external id.
+    Salesforce,
+    /// HubSpot CRM v3 batch upsert.
+    Hubspot,
+}
+
+/// OAuth 2.0 client credentials, from the environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The token endpoint.
+    pub token_url: String,
+    /// Environment variable holding the client id.
+    pub client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Scopes to ask for, if the server wants them.
+    #[serde(default)]
+    pub scope: String,
 }
 
 /// A record target.
@@ -622,8 +680,12 @@ impl<'de> Deserialize<'de> for TargetConfig {
         match kind.as_str() {
             "webhook" => tagged::variant(rest).map(Self::Webhook),
             "email" => tagged::variant(rest).map(Self::Email),
+            "crm" => tagged::variant(rest).map(Self::Crm),
             "record" => tagged::variant(rest).map(Self::Record),
-            other => Err(tagged::unknown(other, &["webhook", "email", "record"])),
+            other => Err(tagged::unknown(
+                other,
+                &["webhook", "email", "crm", "record"],
+            )),
         }
     }
 }

@@ -302,6 +302,37 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 }
             }
             TargetConfig::Email(m) => validate_email(m, &key, &mut e),
+            TargetConfig::Crm(c) => {
+                e.url(&c.base_url, &key("base_url"));
+                e.identifier(&c.id_field, &key("id_field"));
+                e.range(c.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
+                e.range(c.max_retries, 0, 3, &key("max_retries"));
+                e.check(
+                    c.oauth.is_some() != c.token_env.is_some(),
+                    &key("oauth"),
+                    "set one of oauth (client credentials) or token_env",
+                );
+                if let Some(o) = &c.oauth {
+                    e.url(&o.token_url, &key("oauth.token_url"));
+                    for (k, var) in [
+                        ("oauth.client_id_env", &o.client_id_env),
+                        ("oauth.client_secret_env", &o.client_secret_env),
+                    ] {
+                        e.check(
+                            is_env_name(var),
+                            &key(k),
+                            "must be an environment variable name",
+                        );
+                    }
+                }
+                if let Some(var) = &c.token_env {
+                    e.check(
+                        is_env_name(var),
+                        &key("token_env"),
+                        "must be an environment variable name",
+                    );
+                }
+            }
             TargetConfig::Record(r) => {
                 e.check(
                     !r.path.as_os_str().is_empty(),
@@ -316,7 +347,10 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
 fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
     e.non_empty(&m.host, &key("host"));
     if let Err(err) = m.from.parse::<lettre::message::Mailbox>() {
-        e.at(&key("from"), format!("{:?} is not an e-mail address: {err}", m.from));
+        e.at(
+            &key("from"),
+            format!("{:?} is not an e-mail address: {err}", m.from),
+        );
     }
     e.range(m.timeout_ms, 1_000, 300_000, &key("timeout_ms"));
     e.range(m.max_retries, 0, 3, &key("max_retries"));
@@ -325,9 +359,16 @@ fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut E
         &key("password_env"),
         "username_env and password_env go together",
     );
-    for (k, var) in [("username_env", &m.username_env), ("password_env", &m.password_env)] {
+    for (k, var) in [
+        ("username_env", &m.username_env),
+        ("password_env", &m.password_env),
+    ] {
         if let Some(var) = var {
-            e.check(is_env_name(var), &key(k), "must be an environment variable name");
+            e.check(
+                is_env_name(var),
+                &key(k),
+                "must be an environment variable name",
+            );
         }
     }
     e.check(
@@ -336,9 +377,20 @@ fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut E
         "name at least one template (`[...templates.NAME]` with subject and text)",
     );
     for (name, t) in &m.templates {
-        for (part, source) in [("subject", Some(&t.subject)), ("text", Some(&t.text)), ("html", t.html.as_ref())] {
-            if let Some(Err(err)) = source.map(|s| minijinja::Environment::new().template_from_str(s).map(|_| ())) {
-                e.at(&key(&format!("templates.{name}.{part}")), format!("not a valid template: {err}"));
+        for (part, source) in [
+            ("subject", Some(&t.subject)),
+            ("text", Some(&t.text)),
+            ("html", t.html.as_ref()),
+        ] {
+            if let Some(Err(err)) = source.map(|s| {
+                minijinja::Environment::new()
+                    .template_from_str(s)
+                    .map(|_| ())
+            }) {
+                e.at(
+                    &key(&format!("templates.{name}.{part}")),
+                    format!("not a valid template: {err}"),
+                );
             }
         }
     }
@@ -354,7 +406,12 @@ fn validate_polling(p: &Polling<'_>, e: &mut Errors<'_>) {
         e.identifier(value, key);
     }
     e.range(p.page_size, 1, 100_000, "source.page_size");
-    e.range(p.poll_interval_ms, 100, 3_600_000, "source.poll_interval_ms");
+    e.range(
+        p.poll_interval_ms,
+        100,
+        3_600_000,
+        "source.poll_interval_ms",
+    );
     e.range(p.delay_ms, 0, 86_400_000, "source.delay_ms");
     match &p.timestamp.initial {
         Some(InitialTimestamp::EpochSeconds(n)) if *n < -1 => e.at(
@@ -407,7 +464,12 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
         86_400_000,
         "source.max_staleness_ms",
     );
-    e.range(s.query_timeout_ms, 1_000, 3_600_000, "source.query_timeout_ms");
+    e.range(
+        s.query_timeout_ms,
+        1_000,
+        3_600_000,
+        "source.query_timeout_ms",
+    );
     if let Some(endpoint) = &s.endpoint {
         e.url(endpoint, "source.endpoint");
     }
@@ -440,7 +502,11 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
         ("source.auth.passphrase_env", &a.passphrase_env),
     ] {
         if let Some(var) = var {
-            e.check(is_env_name(var), key, "must be an environment variable name");
+            e.check(
+                is_env_name(var),
+                key,
+                "must be an environment variable name",
+            );
         }
     }
 }

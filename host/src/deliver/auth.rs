@@ -1,7 +1,7 @@
-//! Where AEP's bearer token comes from: none (an unauthenticated inlet), a
-//! fixed token from the environment, or Adobe IMS server-to-server
-//! credentials (`client_credentials`), cached and renewed before it expires
-//! and whenever AEP answers 401 or 403.
+//! Where a bearer token comes from (AEP's, a CRM's): none (an
+//! unauthenticated inlet), a fixed token from the environment, or OAuth
+//! client credentials (Adobe IMS server-to-server, Salesforce, HubSpot),
+//! cached and renewed before it expires and whenever the API answers 401.
 
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -27,8 +27,14 @@ pub struct ImsCredentials {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    /// Seconds; IMS gives 86399.
+    /// Seconds; IMS gives 86399. Salesforce gives none: its tokens live as
+    /// long as the org's session timeout, and a 401 renews them anyway.
+    #[serde(default = "default_expires_in")]
     expires_in: u64,
+}
+
+fn default_expires_in() -> u64 {
+    1800
 }
 
 /// A bearer token provider.
@@ -99,12 +105,14 @@ impl Tokens {
         };
         let answer = client
             .post(&credentials.token_url)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", credentials.client_id.as_str()),
-                ("client_secret", credentials.client_secret.as_str()),
-                ("scope", credentials.scope.as_str()),
-            ])
+            .form(
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", credentials.client_id.as_str()),
+                    ("client_secret", credentials.client_secret.as_str()),
+                    ("scope", credentials.scope.as_str()),
+                ][..if credentials.scope.is_empty() { 3 } else { 4 }],
+            )
             .send()
             .await
             .map_err(|e| error(e.to_string()))?;

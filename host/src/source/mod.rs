@@ -188,7 +188,8 @@ pub trait Source: Send + Sync {
 
     /// How many rows are after `after` and at or below `upper` (for backfill
     /// progress), if the source can count them.
-    async fn remaining(&self, after: &Cursor, upper: Timestamp) -> Result<Option<u64>, SourceError>;
+    async fn remaining(&self, after: &Cursor, upper: Timestamp)
+        -> Result<Option<u64>, SourceError>;
 
     /// The queries sent so far, by cost.
     fn query_counts(&self) -> QueryCounts;

@@ -5,9 +5,7 @@
 //! Queries run on the blocking pool; the connection is opened read-only so a
 //! pipeline can never change the customer's table.
 
-use super::{
-    identity, Cursor, Key, Page, QueryCounts, Source, SourceError, SourceRow, Timestamp,
-};
+use super::{identity, Cursor, Key, Page, QueryCounts, Source, SourceError, SourceRow, Timestamp};
 use crate::config::{SqliteSourceConfig, TimestampUnit};
 use crate::plugin::contract::{Row, Value};
 use rusqlite::types::ValueRef;
@@ -233,13 +231,21 @@ impl SqliteSource {
             // its timestamp is exact in the column's units.
             Some(key) => (
                 true,
-                [upper, Value::Integer(self.native(after.ts, false)), key_sql(key)],
+                [
+                    upper,
+                    Value::Integer(self.native(after.ts, false)),
+                    key_sql(key),
+                ],
             ),
             // Rows at or after ts (the initial cursor): round up, so a bound
             // between two units never includes an earlier row.
             None => (
                 false,
-                [upper, Value::Integer(self.native(after.ts, true)), Value::Null],
+                [
+                    upper,
+                    Value::Integer(self.native(after.ts, true)),
+                    Value::Null,
+                ],
             ),
         }
     }
@@ -255,9 +261,11 @@ impl SqliteSource {
         } else {
             &self.sql.count_at_ts
         };
-        conn.query_row(sql, rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))
-            .map(|n| n.max(0) as u64)
-            .map_err(|e| SourceError::Transient(e.to_string()))
+        conn.query_row(sql, rusqlite::params_from_iter(params), |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n.max(0) as u64)
+        .map_err(|e| SourceError::Transient(e.to_string()))
     }
 
     fn read_page(
@@ -376,7 +384,11 @@ impl Source for Arc<SqliteSource> {
             .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
     }
 
-    async fn remaining(&self, after: &Cursor, upper: Timestamp) -> Result<Option<u64>, SourceError> {
+    async fn remaining(
+        &self,
+        after: &Cursor,
+        upper: Timestamp,
+    ) -> Result<Option<u64>, SourceError> {
         let this = Arc::clone(self);
         let after = after.clone();
         tokio::task::spawn_blocking(move || this.count(&after, upper))
@@ -388,9 +400,7 @@ impl Source for Arc<SqliteSource> {
     fn query_counts(&self) -> QueryCounts {
         QueryCounts {
             probes: 0,
-            page_queries: self
-                .page_queries
-                .load(std::sync::atomic::Ordering::Relaxed),
+            page_queries: self.page_queries.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

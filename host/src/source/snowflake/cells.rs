@@ -76,7 +76,9 @@ pub(super) fn value(cell: CellValue, zone: Tz) -> Value {
         CellValue::Decimal(d) => Value::Decimal(d.raw().to_owned()),
         CellValue::String(s) => Value::Text(s),
         CellValue::Date(d) => {
-            let days = d.signed_duration_since(chrono::NaiveDate::default()).num_days();
+            let days = d
+                .signed_duration_since(chrono::NaiveDate::default())
+                .num_days();
             Value::Date(i32::try_from(days).unwrap_or(i32::MAX))
         }
         CellValue::Time(t) => Value::Text(t.format("%H:%M:%S%.f").to_string()),
@@ -120,6 +122,9 @@ mod tests {
     #[test]
     fn dates_are_days_since_the_epoch() {
         let d = chrono::NaiveDate::from_ymd_opt(1960, 1, 1).unwrap();
-        assert!(matches!(value(CellValue::Date(d), Tz::UTC), Value::Date(-3653)));
+        assert!(matches!(
+            value(CellValue::Date(d), Tz::UTC),
+            Value::Date(-3653)
+        ));
     }
 }

@@ -121,7 +121,9 @@ impl SnowflakeSource {
         } else {
             return Err(bad(
                 "timestamp.column",
-                format!("column `{ts_name}` is {ts_type}: it must be TIMESTAMP_NTZ or TIMESTAMP_LTZ"),
+                format!(
+                    "column `{ts_name}` is {ts_type}: it must be TIMESTAMP_NTZ or TIMESTAMP_LTZ"
+                ),
             ));
         };
         if *ts_nullable {
@@ -139,7 +141,9 @@ impl SnowflakeSource {
         if !integer_key && !key_type.starts_with("VARCHAR") && !key_type.starts_with("TEXT") {
             return Err(bad(
                 "key_column",
-                format!("column `{key_name}` is {key_type}: the key must be an integer NUMBER or text"),
+                format!(
+                    "column `{key_name}` is {key_type}: the key must be an integer NUMBER or text"
+                ),
             ));
         }
         if *key_nullable {
@@ -185,11 +189,20 @@ impl SnowflakeSource {
     }
 
     /// `{head} WHERE <rows after the cursor, up to upper> {tail}`, bound.
-    fn range(&self, head: &str, after: &Cursor, upper: Timestamp, tail: &str) -> Statement<PositionalBinds> {
+    fn range(
+        &self,
+        head: &str,
+        after: &Cursor,
+        upper: Timestamp,
+        tail: &str,
+    ) -> Statement<PositionalBinds> {
         let sql = |filter: &str| Statement::new_positional(format!("{head} {filter} {tail}"));
         match &after.key {
             Some(key) => {
-                let s = self.bind(self.bind(self.bind(sql(&self.sql.after_key), upper), after.ts), after.ts);
+                let s = self.bind(
+                    self.bind(self.bind(sql(&self.sql.after_key), upper), after.ts),
+                    after.ts,
+                );
                 match key {
                     Key::Int(i) => s.bind(*i),
                     Key::Text(t) => s.bind(t.clone()),
@@ -200,7 +213,11 @@ impl SnowflakeSource {
     }
 
     /// A timestamp bound as the column's type.
-    fn bind(&self, statement: Statement<PositionalBinds>, ts: Timestamp) -> Statement<PositionalBinds> {
+    fn bind(
+        &self,
+        statement: Statement<PositionalBinds>,
+        ts: Timestamp,
+    ) -> Statement<PositionalBinds> {
         match self.clock {
             Clock::Ntz(zone) => statement.bind(
                 TimestampNtz::try_from(cells::instant_to_wall(ts, zone))
@@ -234,7 +251,10 @@ impl SnowflakeSource {
         };
         Ok(Probe {
             rows: count,
-            newest: row.value_at(1).ok().and_then(|c| cells::instant(c, self.zone)),
+            newest: row
+                .value_at(1)
+                .ok()
+                .and_then(|c| cells::instant(c, self.zone)),
         })
     }
 
@@ -269,17 +289,18 @@ impl SnowflakeSource {
                 values[self.ts_index]
             ))
         })?;
-        let key = match &values[self.key_index] {
-            CellValue::Integer(i) => Key::Int(i64::try_from(*i).map_err(|_| {
-                SourceError::Transient(format!("key {i} does not fit in 64 bits"))
-            })?),
-            CellValue::String(s) => Key::Text(s.clone()),
-            other => {
-                return Err(SourceError::Transient(format!(
-                    "key cell {other:?} is not an integer or text"
-                )))
-            }
-        };
+        let key =
+            match &values[self.key_index] {
+                CellValue::Integer(i) => Key::Int(i64::try_from(*i).map_err(|_| {
+                    SourceError::Transient(format!("key {i} does not fit in 64 bits"))
+                })?),
+                CellValue::String(s) => Key::Text(s.clone()),
+                other => {
+                    return Err(SourceError::Transient(format!(
+                        "key cell {other:?} is not an integer or text"
+                    )))
+                }
+            };
         let cells = values
             .into_vec()
             .into_iter()
@@ -311,7 +332,9 @@ impl Source for SnowflakeSource {
         rows.first()
             .and_then(|r| r.value_at(0).ok())
             .and_then(|c| cells::instant(c, Tz::UTC))
-            .ok_or_else(|| SourceError::Transient("CURRENT_TIMESTAMP() answered no timestamp".into()))
+            .ok_or_else(|| {
+                SourceError::Transient("CURRENT_TIMESTAMP() answered no timestamp".into())
+            })
     }
 
     async fn page(
@@ -340,7 +363,11 @@ impl Source for SnowflakeSource {
         Ok(page)
     }
 
-    async fn remaining(&self, after: &Cursor, upper: Timestamp) -> Result<Option<u64>, SourceError> {
+    async fn remaining(
+        &self,
+        after: &Cursor,
+        upper: Timestamp,
+    ) -> Result<Option<u64>, SourceError> {
         let statement = self.range(&self.sql.count, after, upper, "");
         let rows = self
             .conn
