@@ -20,6 +20,27 @@ pub use freshet::bench::{
     record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
 };
 
+/// The `freshet` binary cargo built beside the running test. `cargo test
+/// --workspace` builds it because the host package has integration tests of
+/// its own (`host/tests/usage.rs`). Logs at `warn` unless told otherwise.
+pub fn freshet() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test executable path");
+    // <target>/<profile>/deps/TEST-HASH -> <target>/<profile>/freshet
+    let bin: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .join("freshet");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    let mut command = std::process::Command::new(bin);
+    command.env("FRESHET_LOG", "warn");
+    command
+}
+
 /// Paths of the guest plugins and the shared component cache.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));

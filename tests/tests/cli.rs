@@ -4,27 +4,6 @@ use freshet_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `freshet` binary cargo built beside this test. `cargo test
-/// --workspace` builds it because the host package has integration tests of
-/// its own (`host/tests/usage.rs`).
-fn freshet() -> Command {
-    let exe = std::env::current_exe().expect("test executable path");
-    // <target>/<profile>/deps/cli-HASH -> <target>/<profile>/freshet
-    let bin: PathBuf = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target folder")
-        .join("freshet");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    let mut command = Command::new(bin);
-    command.env("FRESHET_LOG", "warn");
-    command
-}
-
 fn run(command: &mut Command) -> (Output, String, String) {
     let output = command.output().expect("running freshet");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
