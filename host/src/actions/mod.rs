@@ -147,6 +147,41 @@ pub fn action_json(action: &Action) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// An action back from its JSON view (a dead letter's `action`), for
+/// `freshet dlq replay`; `None` if it is not one.
+pub fn action_from_json(v: &serde_json::Value) -> Option<Action> {
+    use crate::plugin::contract::{CrmUpdateRequest, EmailRequest, WebhookRequest};
+    let text = |k: &str| v.get(k)?.as_str().map(str::to_owned);
+    // Payloads were JSON when recorded; a text one was kept as text.
+    let json = |k: &str| {
+        let value = v.get(k)?;
+        Some(
+            value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned),
+        )
+    };
+    Some(match v.get("kind")?.as_str()? {
+        "email" => Action::Email(EmailRequest {
+            target: text("target")?,
+            to: text("to")?,
+            template: text("template")?,
+            variables: json("variables")?,
+        }),
+        "webhook" => Action::Webhook(WebhookRequest {
+            target: text("target")?,
+            body: json("body")?,
+        }),
+        "crm_update" => Action::CrmUpdate(CrmUpdateRequest {
+            target: text("target")?,
+            object: text("object")?,
+            external_id: text("external_id")?,
+            fields: json("fields")?,
+        }),
+        _ => return None,
+    })
+}
+
 /// A pipeline's targets by name.
 pub struct Executors {
     targets: BTreeMap<String, Target>,

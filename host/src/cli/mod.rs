@@ -109,6 +109,22 @@ enum DlqCommand {
         #[arg(long)]
         pipeline: Option<String>,
     },
+    /// Send dead letters again once their cause is fixed: events to AEP,
+    /// actions to their targets (with their original idempotency keys).
+    /// Those that succeed are removed; rows the plugin failed on are skipped
+    /// (fix the plugin, then `offsets reset`). Prints one JSON line each;
+    /// exit 1 if any failed again.
+    Replay {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this pipeline's.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only these dead letters (repeatable); all by default.
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+    },
 }
 
 /// Loads a config, printing every problem on failure.
@@ -204,6 +220,23 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             let state = SqliteState::open(&config.state.path)?;
             for letter in state.dead_letters(pipeline.as_deref())? {
                 println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    pipeline,
+                    ids,
+                },
+        } => {
+            let config = load(&config)?;
+            let replayed = crate::pipeline::replay(&config, pipeline.as_deref(), &ids).await?;
+            for r in &replayed {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if replayed.iter().any(|r| r.result == "failed") {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Sample { db, rows } => {

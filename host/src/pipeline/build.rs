@@ -85,29 +85,14 @@ pub async fn build_all(
     Ok(pipelines)
 }
 
-/// Opens the configured source and checks its table; `prefix` is the
+/// The pipeline's destination and its envelope builder; `prefix` is the
 /// pipeline's key.
-pub async fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
-    let prefix = format!("{prefix}.source");
-    Ok(match config {
-        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &prefix)?)),
-        SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix).await?),
-    })
-}
-
-async fn build(
-    name: &str,
-    config: &PipelineConfig,
-    runtime: &Runtime,
-    state: Arc<dyn StateStore>,
+pub fn build_sink(
+    deliver: &DeliverConfig,
+    prefix: &str,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Pipeline> {
-    let prefix = format!("pipelines.{name}");
-    let plugin = runtime
-        .load(&config.plugin)
-        .map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
-    let source = open_source(&config.source, &prefix).await?;
-    let (sink, envelopes): (Box<dyn Sink>, EnvelopeBuilder) = match &config.deliver {
+) -> anyhow::Result<(Box<dyn Sink>, EnvelopeBuilder)> {
+    Ok(match deliver {
         DeliverConfig::Aep(a) => {
             let env = |key: &str, var: &str| {
                 std::env::var(var).map_err(|_| {
@@ -163,7 +148,32 @@ async fn build(
                 EnvelopeBuilder::new(&schema, &f.ims_org, &f.dataset_id, None, &f.source_name),
             )
         }
-    };
+    })
+}
+
+/// Opens the configured source and checks its table; `prefix` is the
+/// pipeline's key.
+pub async fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
+    let prefix = format!("{prefix}.source");
+    Ok(match config {
+        SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &prefix)?)),
+        SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix).await?),
+    })
+}
+
+async fn build(
+    name: &str,
+    config: &PipelineConfig,
+    runtime: &Runtime,
+    state: Arc<dyn StateStore>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Pipeline> {
+    let prefix = format!("pipelines.{name}");
+    let plugin = runtime
+        .load(&config.plugin)
+        .map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
+    let source = open_source(&config.source, &prefix).await?;
+    let (sink, envelopes) = build_sink(&config.deliver, &prefix, shutdown)?;
     let executors = Executors::build(&config.targets, &prefix)?;
     let polling = config.source.polling();
     let initial = Initial::from_config(polling.timestamp.initial.as_ref(), polling.backfill)

@@ -11,8 +11,10 @@
 mod build;
 mod page;
 mod progress;
+mod replay;
 
 pub use build::{build_all, initial_cursor, open_source};
+pub use replay::{replay, Replayed};
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};

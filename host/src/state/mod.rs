@@ -128,4 +128,23 @@ pub trait StateStore: Send + Sync {
 
     /// Dead letters of a pipeline (all when `None`), oldest first.
     fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetter>, StateError>;
+
+    /// After replaying dead letter `id`: on success it is removed (and a
+    /// replayed action's ledger entry finished with `outcome`, in the same
+    /// transaction); on failure it stays, with the new code and reason.
+    fn settle_dead_letter(&self, id: i64, result: &Settled) -> Result<(), StateError>;
+}
+
+/// How a replayed dead letter ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// Delivered, or the action happened (its ledger entry, if an action).
+    Done(Option<ActionOutcome>),
+    /// Failed again: the new code and reason.
+    Failed {
+        /// The code.
+        code: String,
+        /// The reason.
+        reason: String,
+    },
 }

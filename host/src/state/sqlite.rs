@@ -1,7 +1,7 @@
 //! The embedded state store: one SQLite file in WAL mode with
 //! `synchronous = FULL`, so a commit that returned survives a crash.
 
-use super::{Commit, DeadKind, DeadLetter, StateError, StateStore, StoredOffset};
+use super::{Commit, DeadKind, DeadLetter, Settled, StateError, StateStore, StoredOffset};
 use crate::source::{Cursor, Key, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -280,6 +280,36 @@ impl StateStore for SqliteState {
                     "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (pipeline) DO UPDATE SET ts_nanos = ?2, key_json = ?3, updated_ms = ?4",
                     params![pipeline, cursor.ts.0, key_json(cursor)?, now],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn settle_dead_letter(&self, id: i64, result: &Settled) -> Result<(), StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err)?;
+        let now = now_ms();
+        match result {
+            Settled::Done(action) => {
+                if let Some(a) = action {
+                    tx.execute(
+                        "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms)
+                         SELECT ?1, pipeline, 'finished', ?2, ?3 FROM dead_letters WHERE id = ?4
+                         ON CONFLICT (idempotency_key) DO UPDATE
+                         SET state = 'finished', outcome = excluded.outcome, updated_ms = excluded.updated_ms",
+                        params![a.key, a.outcome, now, id],
+                    )
+                    .map_err(err)?;
+                }
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])
+                    .map_err(err)?;
+            }
+            Settled::Failed { code, reason } => {
+                tx.execute(
+                    "UPDATE dead_letters SET code = ?1, reason = ?2, created_ms = ?3 WHERE id = ?4",
+                    params![code, reason, now, id],
                 )
                 .map_err(err)?;
             }
