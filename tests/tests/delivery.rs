@@ -385,3 +385,62 @@ async fn calls_over_a_targets_cap_are_refused_as_capped() {
         "five e-mails and five webhook attempts finished"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_answer_is_retried_and_loses_nothing() {
+    let receiver = Receiver::start(true).await.unwrap();
+    receiver.script_aep(Scripted::Hangup);
+    receiver.script_aep(Scripted::Hangup);
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&pending(1..51));
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(stats.delivered, 50);
+    assert_exactly_once(received_order_ids(&receiver), 1..51);
+    assert!(receiver.request_count() >= 3, "two cut, then answered");
+    assert!(setup.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_validation_sends_each_message_alone_and_dead_letters_the_violations() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&pending(1..6));
+    let config = setup.config_text(&receiver).replace(
+        "flow_id = \"flow-1\"",
+        "flow_id = \"flow-1\"\nsync_validation = true",
+    );
+    let config = freshet::config::parse(&config).unwrap();
+    receiver.script_aep(Scripted::RejectMessage {
+        index: 0,
+        status: 400,
+        message: "expected type: Number, found: String".into(),
+    });
+    let results = freshet::run(
+        &config,
+        tokio_util::sync::CancellationToken::new(),
+        freshet::RunOptions { once: true },
+    )
+    .await
+    .unwrap();
+    let stats = results[0].1;
+    assert_eq!((stats.delivered, stats.rejected), (4, 1), "{stats:?}");
+    assert_eq!(
+        receiver.validated_count(),
+        4,
+        "through the validating endpoint"
+    );
+    assert_eq!(receiver.request_count(), 5, "one request per message");
+    // Requests run concurrently: whichever came first was refused.
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1);
+    let refused: i64 = dead[0].identity.split('@').next().unwrap().parse().unwrap();
+    assert_exactly_once(
+        received_order_ids(&receiver),
+        (1..6).filter(|id| *id != refused),
+    );
+    assert_eq!(dead[0].code, "http_400");
+    assert_eq!(
+        dead[0].reason,
+        "AEP validation failed: #/_acme/amount: expected type: Number, found: String"
+    );
+}

@@ -32,6 +32,9 @@ pub enum Scripted {
         /// `Retry-After` in seconds.
         retry_after: Option<u64>,
     },
+    /// Drop the connection in the middle of the answer (headers sent, body
+    /// cut), as a reset or a crashed proxy does.
+    Hangup,
     /// Answer 207, rejecting the message at this index of the request.
     RejectMessage {
         /// The message's index in the request.
@@ -105,6 +108,7 @@ struct Shared {
     messages: Mutex<Vec<Received>>,
     hooks: Mutex<Vec<Hook>>,
     crm_script: Mutex<VecDeque<Scripted>>,
+    sync_messages: Mutex<Vec<Instant>>,
     crm: Mutex<Vec<CrmCall>>,
     message_count: AtomicU64,
     request_count: AtomicU64,
@@ -138,6 +142,7 @@ impl Receiver {
         });
         let app = Router::new()
             .route("/collection/batch/{connection}", post(batch))
+            .route("/collection/{connection}", post(single))
             .route("/hooks/{*rest}", post(hook).put(hook))
             .route("/ims/token/v3", post(token))
             .route(
@@ -155,6 +160,11 @@ impl Receiver {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared, task })
+    }
+
+    /// Messages that came through the single-message (syncValidation) endpoint.
+    pub fn validated_count(&self) -> usize {
+        lock(&self.shared.sync_messages).len()
     }
 
     /// Answers the next CRM call with `answer`.
@@ -234,6 +244,79 @@ fn status_response(status: u16, retry_after: Option<u64>) -> Response {
     response
 }
 
+/// A 200 whose body fails after the headers: hyper cuts the connection.
+fn hangup() -> Response {
+    let cut = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut by the test"))
+    });
+    (StatusCode::OK, axum::body::Body::from_stream(cut)).into_response()
+}
+
+/// What every AEP request goes through: counted, its token checked, then
+/// a scripted whole-request answer; else the script for its messages.
+fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Option<Scripted>, Response> {
+    shared.request_count.fetch_add(1, Ordering::Relaxed);
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    lock(&shared.auth).push(authorization.clone());
+    if !token_is_live(shared, authorization.as_deref()) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            r#"{"message":"missing, unknown or expired token"}"#,
+        )
+            .into_response());
+    }
+    match lock(&shared.aep_script).pop_front() {
+        Some(Scripted::Status {
+            status,
+            retry_after,
+        }) => Err(status_response(status, retry_after)),
+        Some(Scripted::Hangup) => Err(hangup()),
+        other => Ok(other),
+    }
+}
+
+/// The single-message endpoint with `syncValidation=true`: a scripted
+/// rejection answers 400 with a validation report, as AEP does.
+async fn single(
+    State(shared): State<Arc<Shared>>,
+    Path(_connection): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = Instant::now();
+    let scripted = match admit(&shared, &headers) {
+        Ok(scripted) => scripted,
+        Err(response) => return response,
+    };
+    if let Some(Scripted::RejectMessage {
+        status, message, ..
+    }) = scripted
+    {
+        let report = json!({"type": "http://ns.adobe.com/aep/errors/XDM-1010-400", "status": status,
+        "report": {"cause": {"_streamingValidation": [{"causingExceptions": [
+            {"schemaLocation": "#", "pointerToViolation": "#/_acme/amount", "keyword": "type", "message": message}
+        ]}]}}});
+        return (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            report.to_string(),
+        )
+            .into_response();
+    }
+    shared.message_count.fetch_add(1, Ordering::Relaxed);
+    if shared.keep {
+        lock(&shared.sync_messages).push(at);
+        lock(&shared.messages).push(Received {
+            envelope: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            at,
+        });
+    }
+    let answer = json!({"inletId": "loopback", "xactionId": "x", "receivedTimeMs": 0, "syncValidation": {"status": "pass"}});
+    (StatusCode::OK, answer.to_string()).into_response()
+}
+
 async fn batch(
     State(shared): State<Arc<Shared>>,
     Path(_connection): Path<String>,
@@ -241,27 +324,10 @@ async fn batch(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
-    shared.request_count.fetch_add(1, Ordering::Relaxed);
-    let authorization = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    lock(&shared.auth).push(authorization.clone());
-    if !token_is_live(&shared, authorization.as_deref()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            r#"{"message":"missing, unknown or expired token"}"#,
-        )
-            .into_response();
-    }
-    let scripted = lock(&shared.aep_script).pop_front();
-    if let Some(Scripted::Status {
-        status,
-        retry_after,
-    }) = scripted
-    {
-        return status_response(status, retry_after);
-    }
+    let scripted = match admit(&shared, &headers) {
+        Ok(scripted) => scripted,
+        Err(response) => return response,
+    };
     // Messages are held raw: the benchmark counts them without building
     // trees, and only a receiver that keeps them parses each one.
     #[derive(serde::Deserialize)]

@@ -326,6 +326,11 @@ pub struct AepConfig {
     /// Per-request timeout in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub timeout_ms: u64,
+    /// Send each message alone to the single-message endpoint with
+    /// `syncValidation=true`: AEP checks it against the schema and answers
+    /// the violations (60 requests a minute: for trying, not for volume).
+    #[serde(default)]
+    pub sync_validation: bool,
 }
 
 /// `[pipelines.NAME.deliver.ims]`: OAuth client credentials, from the environment.

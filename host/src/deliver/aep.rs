@@ -6,6 +6,14 @@
 //! read per message: a 207 lists one result per message, in order, and only
 //! the failed ones are resent. A whole-request 400 or 413 is split in halves
 //! until the offending message stands alone and is rejected.
+//!
+//! With `sync_validation`, each message goes alone to the single-message
+//! endpoint (`POST {base}/collection/{connection}?syncValidation=true`),
+//! which validates it against the XDM schema before answering: a 400 lists
+//! the violations (`report.cause._streamingValidation[].causingExceptions`),
+//! which become the dead letter's reason. AEP allows 60 such requests a
+//! minute per connection, so this is for trying a new plugin or schema, not
+//! for volume (its 429s are waited out like any other).
 
 use super::auth::Tokens;
 use super::retry::{classify, retry_after, Backoff, Verdict};
@@ -27,6 +35,7 @@ pub struct AepSink {
     max_request_bytes: usize,
     concurrency: usize,
     backoff: (Duration, Duration),
+    sync_validation: bool,
     shutdown: CancellationToken,
 }
 
@@ -47,6 +56,8 @@ pub struct AepSettings {
     pub timeout: Duration,
     /// First and largest wait between attempts.
     pub backoff: (Duration, Duration),
+    /// One message per request to the validating single-message endpoint.
+    pub sync_validation: bool,
 }
 
 #[derive(Deserialize)]
@@ -76,11 +87,15 @@ impl AepSink {
             .timeout(settings.timeout)
             .pool_max_idle_per_host(settings.concurrency)
             .build()?;
-        let url = format!(
-            "{}/collection/batch/{}",
-            settings.base_url.trim_end_matches('/'),
-            settings.connection_id
-        );
+        let base = settings.base_url.trim_end_matches('/');
+        let url = if settings.sync_validation {
+            format!(
+                "{base}/collection/{}?syncValidation=true",
+                settings.connection_id
+            )
+        } else {
+            format!("{base}/collection/batch/{}", settings.connection_id)
+        };
         Ok(Self {
             client,
             url,
@@ -89,6 +104,7 @@ impl AepSink {
             max_request_bytes: settings.max_request_bytes,
             concurrency: settings.concurrency,
             backoff: settings.backoff,
+            sync_validation: settings.sync_validation,
             shutdown,
         })
     }
@@ -111,7 +127,8 @@ impl AepSink {
                 });
                 continue;
             }
-            if size + len > self.max_request_bytes && !current.is_empty() {
+            if (self.sync_validation || size + len > self.max_request_bytes) && !current.is_empty()
+            {
                 requests.push(std::mem::take(&mut current));
                 size = FRAME;
             }
@@ -124,7 +141,13 @@ impl AepSink {
         requests
     }
 
-    fn body(messages: &[Message], indices: &[usize]) -> String {
+    fn body(&self, messages: &[Message], indices: &[usize]) -> String {
+        if self.sync_validation {
+            // The single-message endpoint takes the envelope itself.
+            return indices
+                .first()
+                .map_or_else(String::new, |&i| messages[i].json.clone());
+        }
         let size = FRAME
             + indices
                 .iter()
@@ -201,7 +224,7 @@ impl AepSink {
                     }
                 };
                 let answer = self
-                    .post(Self::body(messages, &batch), token.as_deref())
+                    .post(self.body(messages, &batch), token.as_deref())
                     .await;
                 let (status, headers, text) = match answer {
                     Ok(answer) => answer,
@@ -212,6 +235,10 @@ impl AepSink {
                     }
                 };
                 match classify(status) {
+                    Verdict::Success if self.sync_validation => {
+                        done.extend(batch.iter().map(|&i| (i, Delivery::Delivered)));
+                        break;
+                    }
                     Verdict::Success => {
                         let retry = read_answers(&batch, status, &text, &mut done);
                         if retry.is_empty() {
@@ -228,7 +255,11 @@ impl AepSink {
                         break;
                     }
                     Verdict::Split | Verdict::Reject => {
-                        let reason = format!("AEP answered {status}: {}", text.trim());
+                        let reason = match validation_report(&text) {
+                            Some(violations) => format!("AEP validation failed: {violations}"),
+                            None if status == 501 => format!("AEP answered 501: syncValidation is not supported in this region; set deliver.sync_validation = false ({})", text.trim()),
+                            None => format!("AEP answered {status}: {}", text.trim()),
+                        };
                         done.extend(batch.iter().map(|&i| {
                             (
                                 i,
@@ -254,6 +285,29 @@ impl AepSink {
         }
         Ok(done)
     }
+}
+
+/// The violations a syncValidation 400 lists, as `pointer: message; ...`.
+fn validation_report(text: &str) -> Option<String> {
+    let answer: serde_json::Value = serde_json::from_str(text).ok()?;
+    let checks = answer
+        .pointer("/report/cause/_streamingValidation")?
+        .as_array()?;
+    let violations: Vec<String> = checks
+        .iter()
+        .flat_map(|c| {
+            c["causingExceptions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|e| {
+            let at = e["pointerToViolation"].as_str().unwrap_or("");
+            let message = e["message"].as_str().unwrap_or("");
+            format!("{at}: {message}")
+        })
+        .collect();
+    (!violations.is_empty()).then(|| violations.join("; "))
 }
 
 /// Reads a successful answer into `done`; returns the messages to resend.

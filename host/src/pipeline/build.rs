@@ -122,6 +122,7 @@ pub fn build_sink(
                 concurrency: a.concurrency,
                 timeout,
                 backoff: (Duration::from_millis(200), Duration::from_secs(30)),
+                sync_validation: a.sync_validation,
             };
             let sink = AepSink::new(settings, tokens, shutdown.clone())
                 .with_context(|| format!("{prefix}.deliver"))?;
