@@ -205,3 +205,26 @@ fn a_wasi_plugin_gets_no_ambient_authority() {
         "nothing connected to the listening port"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_aeps_one_megabyte_is_dead_lettered_not_sent() {
+    // Let out of the sandbox, refused before AEP: a request holds 1 MB.
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
+    setup.pipeline.limits = "output_bytes_per_row = 8_388_608".into();
+    let base = now_ms() - 60_000;
+    setup.insert(&[Order::new(1, "fine", base), Order::new(2, "huge", base + 1)]);
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!((stats.delivered, stats.rejected), (1, 1), "{stats:?}");
+    let dead = setup.dead_letters();
+    assert_eq!(
+        (dead[0].kind, dead[0].code.as_str()),
+        (DeadKind::Event, "too_large")
+    );
+    assert!(
+        dead[0].reason.contains("at most 1000000 bytes per request"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(receiver.hooks().len(), 1, "its action waits with it");
+}
