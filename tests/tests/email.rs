@@ -146,3 +146,30 @@ async fn a_template_needing_a_variable_the_plugin_did_not_give_sends_nothing() {
         dead[0].reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_the_targets_cap_are_refused_as_capped() {
+    let smtp = SmtpServer::start(None).unwrap();
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.targets.insert(
+        "order-confirmation",
+        email_target(
+            smtp.port,
+            "capping = { max_calls = 2, period_ms = 60000, max_connections = 1 }",
+        ),
+    );
+    setup.insert(&confirmed(1..4));
+    setup.run_once(&receiver).await.unwrap();
+    assert_eq!(smtp.messages().len(), 2);
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, "capped");
+    assert!(
+        dead[0]
+            .reason
+            .contains("`order-confirmation` is capped at 2 calls per 60s"),
+        "{}",
+        dead[0].reason
+    );
+}

@@ -9,6 +9,7 @@
 //! the call and before the commit.
 
 mod attempts;
+mod capping;
 mod crm;
 mod email;
 mod record;
@@ -182,9 +183,9 @@ pub fn action_from_json(v: &serde_json::Value) -> Option<Action> {
     })
 }
 
-/// A pipeline's targets by name.
+/// A pipeline's targets by name, each with its cap.
 pub struct Executors {
-    targets: BTreeMap<String, Target>,
+    targets: BTreeMap<String, (Target, Option<capping::Capping>)>,
 }
 
 impl Executors {
@@ -194,6 +195,7 @@ impl Executors {
         let mut targets = BTreeMap::new();
         for (name, config) in configs {
             let key = format!("{prefix}.targets.{name}");
+            let cap = config.capping().map(capping::Capping::new);
             let target = match config {
                 TargetConfig::Webhook(w) => {
                     Target::Webhook(Box::new(WebhookTarget::build(w, &key)?))
@@ -202,14 +204,14 @@ impl Executors {
                 TargetConfig::Crm(c) => Target::Crm(Box::new(CrmTarget::build(c, &key)?)),
                 TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
             };
-            targets.insert(name.clone(), target);
+            targets.insert(name.clone(), (target, cap));
         }
         Ok(Self { targets })
     }
 
     /// Makes what record targets wrote durable, before the page commits.
     pub fn sync(&self) -> std::io::Result<()> {
-        for target in self.targets.values() {
+        for (target, _) in self.targets.values() {
             if let Target::Record(r) = target {
                 r.sync()?;
             }
@@ -220,11 +222,23 @@ impl Executors {
     /// Runs one action to its final result.
     pub async fn execute(&self, request: &ActionRequest) -> ActionResult {
         let (kind, name) = describe(&request.action);
-        let Some(target) = self.targets.get(name) else {
+        let Some((target, cap)) = self.targets.get(name) else {
             return ActionResult::Failed {
                 outcome: "no_target".into(),
                 reason: format!("the plugin asked for {kind} target `{name}`, which the pipeline's config does not define"),
             };
+        };
+        let _permit = match cap.as_ref().map(|c| c.admit(name)) {
+            Some(admit) => match admit.await {
+                Ok(permit) => Some(permit),
+                Err(reason) => {
+                    return ActionResult::Failed {
+                        outcome: "capped".into(),
+                        reason,
+                    }
+                }
+            },
+            None => None,
         };
         match (target, &request.action) {
             (Target::Record(t), _) => t.record(request).await,

@@ -1,8 +1,7 @@
 //! The webhook executor, with journey-action semantics: one time window for
 //! the whole call (1–30 s), at most 3 retries inside it, no retry on 401, 403
-//! or 404, outcome codes `http_<code>`, `timedout`, `error`, and capping:
-//! calls over `max_calls` per `period_ms` are refused as `capped`, and at
-//! most `max_connections` are in flight.
+//! or 404, outcome codes `http_<code>`, `timedout`, `error` (capping is
+//! applied to every target by [`super::Executors`]).
 //!
 //! With `signing_secret_env` set, every attempt carries
 //! `x-freshet-timestamp` (Unix seconds) and `x-freshet-signature: v1=HEX`,
@@ -16,7 +15,7 @@ use crate::config::validate::env_references;
 use crate::config::WebhookTargetConfig;
 use anyhow::Context as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One configured webhook.
 pub struct WebhookTarget {
@@ -27,31 +26,6 @@ pub struct WebhookTarget {
     window: Duration,
     max_retries: u32,
     signing_secret: Option<Vec<u8>>,
-    capping: Option<Capping>,
-}
-
-/// A target's cap: calls per fixed window, and calls in flight.
-struct Capping {
-    max_calls: u64,
-    period: Duration,
-    window: std::sync::Mutex<(Instant, u64)>,
-    connections: tokio::sync::Semaphore,
-}
-
-impl Capping {
-    /// Counts a call against the current window; false when over the cap.
-    fn admit(&self) -> bool {
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if now.duration_since(window.0) >= self.period {
-            *window = (now, 0);
-        }
-        window.1 += 1;
-        window.1 <= self.max_calls
-    }
 }
 
 /// The signature header's value for a body sent at `timestamp`.
@@ -116,31 +90,12 @@ impl WebhookTarget {
             window: Duration::from_millis(config.timeout_ms),
             max_retries: config.max_retries,
             signing_secret,
-            capping: config.capping.as_ref().map(|c| Capping {
-                max_calls: c.max_calls,
-                period: Duration::from_millis(c.period_ms),
-                window: std::sync::Mutex::new((Instant::now(), 0)),
-                connections: tokio::sync::Semaphore::new(c.max_connections),
-            }),
         })
     }
 
     /// Calls the webhook with `body` until it succeeds, fails for good, or
     /// the window closes.
     pub async fn call(&self, idempotency_key: &str, body: &str) -> ActionResult {
-        let _permit = match &self.capping {
-            Some(cap) if !cap.admit() => {
-                return ActionResult::Failed {
-                    outcome: "capped".into(),
-                    reason: format!(
-                        "{} is capped at {} calls per {:?}",
-                        self.url, cap.max_calls, cap.period
-                    ),
-                }
-            }
-            Some(cap) => cap.connections.acquire().await.ok(),
-            None => None,
-        };
         within_window(self.window, self.max_retries, self.url.as_str(), |left| {
             let mut request = self
                 .client

@@ -456,6 +456,18 @@ fn default_retries() -> u32 {
     3
 }
 
+impl TargetConfig {
+    /// The target's cap, if it has one (record targets have none).
+    pub fn capping(&self) -> Option<&CappingConfig> {
+        match self {
+            TargetConfig::Webhook(w) => w.capping.as_ref(),
+            TargetConfig::Email(m) => m.capping.as_ref(),
+            TargetConfig::Crm(c) => c.capping.as_ref(),
+            TargetConfig::Record(_) => None,
+        }
+    }
+}
+
 /// An e-mail target: an SMTP server, a sender, and the templates plugins
 /// name. The host renders them with the plugin's variables (MiniJinja
 /// syntax, `{{ name }}`; a variable the template uses but the plugin did
@@ -485,6 +497,8 @@ pub struct EmailTargetConfig {
     pub max_retries: u32,
     /// The templates, by the name plugins give.
     pub templates: BTreeMap<String, EmailTemplateConfig>,
+    /// Calls per period and in flight; over it a send is refused (`capped`).
+    pub capping: Option<CappingConfig>,
 }
 
 /// How an SMTP connection is secured.
@@ -537,6 +551,8 @@ pub struct CrmTargetConfig {
     /// Retries within the window (at most 3), never on 403 or 404.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// Calls per period and in flight; over it a call is refused (`capped`).
+    pub capping: Option<CappingConfig>,
 }
 
 fn default_salesforce_api() -> String {

@@ -273,6 +273,11 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 "a target name is 1-64 of a-z, 0-9, '-' and '_'",
             );
         }
+        if let Some(c) = target.capping() {
+            e.range(c.max_calls, 1, u64::MAX, &key("capping.max_calls"));
+            e.range(c.period_ms, 1, 86_400_000, &key("capping.period_ms"));
+            e.range(c.max_connections, 1, 400, &key("capping.max_connections"));
+        }
         match target {
             TargetConfig::Webhook(w) => {
                 e.url(&w.url, &key("url"));
@@ -283,11 +288,6 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
                 );
                 e.range(w.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
                 e.range(w.max_retries, 0, 3, &key("max_retries"));
-                if let Some(c) = &w.capping {
-                    e.range(c.max_calls, 1, u64::MAX, &key("capping.max_calls"));
-                    e.range(c.period_ms, 1, 86_400_000, &key("capping.period_ms"));
-                    e.range(c.max_connections, 1, 400, &key("capping.max_connections"));
-                }
                 if let Some(var) = &w.signing_secret_env {
                     e.check(
                         is_env_name(var),
