@@ -10,6 +10,7 @@ serves every scenario:
 - anything else: accepted.
 
 With `--user` and `--password`, AUTH PLAIN/LOGIN with those is required.
+With `--cert` and `--key`, STARTTLS is offered and required before MAIL.
 Prints `listening on PORT` once it accepts connections, and exits when its
 stdin closes.
 """
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import os
+import ssl
 import sys
 import threading
 import warnings
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     handler = Handler(args.dir)
@@ -75,6 +79,11 @@ def main() -> None:
         auth = {"authenticator": authenticator(args.user, args.password or ""), "auth_require_tls": False, "auth_required": True}
         warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
         logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+    if args.cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        auth.update({"tls_context": context, "require_starttls": True})
 
     loop = asyncio.new_event_loop()
     # aiosmtpd's sessions schedule work on the current loop: make it this one.

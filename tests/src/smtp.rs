@@ -33,8 +33,20 @@ pub struct Mail {
 impl SmtpServer {
     /// Starts one; with `auth`, AUTH with that user and password is required.
     pub fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        Self::start_with(auth, None)
+    }
+
+    /// Starts one requiring STARTTLS with this certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::start_with(None, Some((cert, key)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut args = vec!["--dir".into(), dir.path().as_os_str().to_owned()];
+        if let Some((cert, key)) = tls {
+            args.extend(["--cert".into(), cert.into(), "--key".into(), key.into()]);
+        }
         if let Some((user, password)) = auth {
             args.extend([
                 "--user".into(),

@@ -173,3 +173,102 @@ async fn sends_over_the_targets_cap_are_refused_as_capped() {
         dead[0].reason
     );
 }
+
+/// A private CA and a `localhost` certificate it signed, as a company relay
+/// has: (CA cert, server cert, server key), PEM.
+fn private_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    [path("ca.pem"), path("cert.pem"), path("key.pem")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_required_and_the_relays_own_ca_is_trusted_when_named() {
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(certs.path());
+    let smtp = SmtpServer::start_tls(&cert, &key).unwrap();
+    let receiver = Receiver::start(true).await.unwrap();
+    let target = |extra: &str| {
+        email_target(smtp.port, extra)
+            .replace("host = \"127.0.0.1\"", "host = \"localhost\"")
+            .replace("tls = \"none\"", "tls = \"starttls\"")
+    };
+
+    // A certificate no public root vouches for: refused, nothing sent in clear.
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.targets.insert("order-confirmation", target(""));
+    setup.insert(&confirmed(1..2));
+    setup.run_once(&receiver).await.unwrap();
+    assert!(smtp.messages().is_empty());
+    assert_eq!(
+        setup.dead_letters().len(),
+        1,
+        "the TLS failure is dead-lettered"
+    );
+
+    // Trusting the relay's CA: sent over STARTTLS.
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup
+        .targets
+        .insert("order-confirmation", target(&format!("ca_file = {ca:?}")));
+    setup.insert(&confirmed(1..3));
+    setup.run_once(&receiver).await.unwrap();
+    assert_eq!(smtp.messages().len(), 2, "{:?}", setup.dead_letters());
+}

@@ -15,6 +15,7 @@ use crate::config::{EmailTargetConfig, SmtpTls};
 use anyhow::{anyhow, Context as _};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use minijinja::{Environment, UndefinedBehavior};
 use std::time::Duration;
@@ -52,6 +53,21 @@ impl EmailTarget {
         }
         .port(port)
         .timeout(Some(Duration::from_millis(config.timeout_ms)));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow!("{key}.ca_file: cannot read {}: {e}", ca.display()))?;
+            let params = TlsParameters::builder(config.host.clone())
+                .add_root_certificate(
+                    Certificate::from_pem(&pem).map_err(|e| anyhow!("{key}.ca_file: {e}"))?,
+                )
+                .build_rustls()
+                .map_err(|e| anyhow!("{key}.ca_file: {e}"))?;
+            builder = builder.tls(match config.tls {
+                SmtpTls::Starttls => Tls::Required(params),
+                SmtpTls::Tls => Tls::Wrapper(params),
+                SmtpTls::None => Tls::None,
+            });
+        }
         if let (Some(user), Some(password)) = (&config.username_env, &config.password_env) {
             let env = |k: &str, var: &str| {
                 std::env::var(var)

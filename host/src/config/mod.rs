@@ -483,6 +483,9 @@ pub struct EmailTargetConfig {
     /// only for a relay on this machine).
     #[serde(default)]
     pub tls: SmtpTls,
+    /// A PEM file of CA certificates to trust besides the public roots (a
+    /// company relay with its own CA).
+    pub ca_file: Option<PathBuf>,
     /// Environment variable holding the SMTP user name (with `password_env`).
     pub username_env: Option<String>,
     /// Environment variable holding the SMTP password.
@@ -665,8 +668,14 @@ impl Config {
                 fix(&mut f.path);
             }
             for target in pipeline.targets.values_mut() {
-                if let TargetConfig::Record(r) = target {
-                    fix(&mut r.path);
+                match target {
+                    TargetConfig::Record(r) => fix(&mut r.path),
+                    TargetConfig::Email(m) => {
+                        if let Some(ca) = &mut m.ca_file {
+                            fix(ca);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

@@ -346,6 +346,11 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
 
 fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
     e.non_empty(&m.host, &key("host"));
+    e.check(
+        m.ca_file.is_none() || m.tls != crate::config::SmtpTls::None,
+        &key("ca_file"),
+        "a CA file is for tls = \"starttls\" or \"tls\", not \"none\"",
+    );
     if let Err(err) = m.from.parse::<lettre::message::Mailbox>() {
         e.at(
             &key("from"),
