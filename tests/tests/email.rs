@@ -5,6 +5,16 @@
 use freshet_tests::smtp::SmtpServer;
 use freshet_tests::*;
 
+/// A setup whose `order-confirmation` target sends through `smtp`; `extra`
+/// adds lines to the target.
+fn mailing(smtp: &SmtpServer, extra: &str) -> Setup {
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup
+        .targets
+        .insert("order-confirmation", email_target(smtp.port, extra));
+    setup
+}
+
 fn confirmed(ids: std::ops::Range<i64>) -> Vec<Order> {
     let base = now_ms() - 60_000;
     ids.map(|id| Order::new(id, "confirmed", base + id))
@@ -15,10 +25,7 @@ fn confirmed(ids: std::ops::Range<i64>) -> Vec<Order> {
 async fn confirmed_orders_are_emailed_with_the_rendered_template() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup
-        .targets
-        .insert("order-confirmation", email_target(smtp.port, ""));
+    let setup = mailing(&smtp, "");
     let mut orders = confirmed(1..6);
     orders[0].currency = "A&B".into();
     setup.insert(&orders);
@@ -66,10 +73,7 @@ async fn confirmed_orders_are_emailed_with_the_rendered_template() {
 async fn a_refused_address_is_dead_lettered_and_a_greylisted_one_retried() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup
-        .targets
-        .insert("order-confirmation", email_target(smtp.port, ""));
+    let setup = mailing(&smtp, "");
     let mut orders = confirmed(1..4);
     orders[0].email = "bounce1@example.com".into();
     orders[1].email = "greylist2@example.com".into();
@@ -98,13 +102,9 @@ async fn smtp_credentials_come_from_the_environment() {
     std::env::set_var("FRESHET_TEST_SMTP_PASSWORD", "s3cret");
     std::env::set_var("FRESHET_TEST_SMTP_WRONG", "guess");
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.targets.insert(
-        "order-confirmation",
-        email_target(
-            smtp.port,
-            "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_WRONG\"",
-        ),
+    let setup = mailing(
+        &smtp,
+        "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_WRONG\"",
     );
     setup.insert(&confirmed(1..2));
     setup.run_once(&receiver).await.unwrap();
@@ -112,11 +112,10 @@ async fn smtp_credentials_come_from_the_environment() {
     let dead = setup.dead_letters();
     assert_eq!(dead[0].code, "smtp_535", "{dead:?}");
 
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.targets.insert("order-confirmation", email_target(
-        smtp.port,
+    let setup = mailing(
+        &smtp,
         "username_env = \"FRESHET_TEST_SMTP_USER\"\npassword_env = \"FRESHET_TEST_SMTP_PASSWORD\"",
-    ));
+    );
     setup.insert(&confirmed(1..3));
     setup.run_once(&receiver).await.unwrap();
     assert_eq!(smtp.messages().len(), 2);
@@ -151,13 +150,9 @@ async fn a_template_needing_a_variable_the_plugin_did_not_give_sends_nothing() {
 async fn sends_over_the_targets_cap_are_refused_as_capped() {
     let smtp = SmtpServer::start(None).unwrap();
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.targets.insert(
-        "order-confirmation",
-        email_target(
-            smtp.port,
-            "capping = { max_calls = 2, period_ms = 60000, max_connections = 1 }",
-        ),
+    let setup = mailing(
+        &smtp,
+        "capping = { max_calls = 2, period_ms = 60000, max_connections = 1 }",
     );
     setup.insert(&confirmed(1..4));
     setup.run_once(&receiver).await.unwrap();

@@ -97,14 +97,13 @@ impl SnowflakeSource {
             };
             info.push((text(0), text(1).to_ascii_uppercase(), text(3) == "Y"));
         }
-        let find = |name: &str| info.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name));
-        let ts_col = &config.timestamp.column;
-        let ts_index = find(ts_col).ok_or_else(|| {
-            bad(
-                "timestamp.column",
-                format!("table {table} has no column `{ts_col}`"),
-            )
-        })?;
+        // The index of the column `name`, which config key `key` names.
+        let column = |key: &str, name: &str| {
+            info.iter()
+                .position(|(n, ..)| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| bad(key, format!("table {table} has no column `{name}`")))
+        };
+        let ts_index = column("timestamp.column", &config.timestamp.column)?;
         let (ts_name, ts_type, ts_nullable) = &info[ts_index];
         let zone: Tz = config.timezone.parse().map_err(|_| {
             bad(
@@ -129,13 +128,7 @@ impl SnowflakeSource {
         if *ts_nullable {
             return Err(bad("timestamp.column", format!("column `{ts_name}` is nullable: a row with a NULL timestamp would never be read; declare it NOT NULL")));
         }
-        let key_col = &config.key_column;
-        let key_index = find(key_col).ok_or_else(|| {
-            bad(
-                "key_column",
-                format!("table {table} has no column `{key_col}`"),
-            )
-        })?;
+        let key_index = column("key_column", &config.key_column)?;
         let (key_name, key_type, key_nullable) = &info[key_index];
         let integer_key = key_type.starts_with("NUMBER") && key_type.ends_with(",0)");
         if !integer_key && !key_type.starts_with("VARCHAR") && !key_type.starts_with("TEXT") {
