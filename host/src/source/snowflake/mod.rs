@@ -21,7 +21,7 @@ use cells::Clock;
 use chrono_tz::Tz;
 use connect::Connection;
 use snowflake_connector_rs::bind::{TimestampLtz, TimestampNtz};
-use snowflake_connector_rs::{CellValue, DynamicRow, PositionalBinds, Statement};
+use snowflake_connector_rs::{CellValue, DynamicRow, IntoStatement, PositionalBinds, Statement};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -223,14 +223,29 @@ impl SnowflakeSource {
         }
     }
 
+    /// Runs a statement, counting it in `counter`; failures mapped to
+    /// "fix the config" or "try again".
+    async fn run<S: IntoStatement + Clone>(
+        &self,
+        statement: &S,
+        counter: Option<&AtomicU64>,
+    ) -> Result<Vec<DynamicRow>, SourceError> {
+        let rows = self
+            .conn
+            .query(statement)
+            .await
+            .map_err(|e| self.conn.error(&e))?;
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(rows)
+    }
+
     /// The cheap question: how many rows, and the newest timestamp.
     async fn probe(&self) -> Result<Probe, SourceError> {
         let rows = self
-            .conn
-            .query(&Statement::new(self.sql.probe.clone()))
-            .await
-            .map_err(|e| self.conn.error(&e))?;
-        self.probes.fetch_add(1, Ordering::Relaxed);
+            .run(&Statement::new(self.sql.probe.clone()), Some(&self.probes))
+            .await?;
         let row = rows
             .first()
             .ok_or_else(|| SourceError::Transient("COUNT(*) answered no row".into()))?;
@@ -260,12 +275,7 @@ impl SnowflakeSource {
     ) -> Result<Page, SourceError> {
         let tail = format!("{} LIMIT {limit}", self.sql.order);
         let statement = self.range(&self.sql.select, after, upper, &tail);
-        let rows = self
-            .conn
-            .query(&statement)
-            .await
-            .map_err(|e| self.conn.error(&e))?;
-        self.page_queries.fetch_add(1, Ordering::Relaxed);
+        let rows = self.run(&statement, Some(&self.page_queries)).await?;
         let full = rows.len() >= limit;
         let rows = rows
             .into_iter()
@@ -318,10 +328,8 @@ impl Source for SnowflakeSource {
     async fn now(&self) -> Result<Timestamp, SourceError> {
         // A constant expression: answered without a warehouse.
         let rows = self
-            .conn
-            .query(&Statement::new("SELECT CURRENT_TIMESTAMP()"))
-            .await
-            .map_err(|e| self.conn.error(&e))?;
+            .run(&Statement::new("SELECT CURRENT_TIMESTAMP()"), None)
+            .await?;
         rows.first()
             .and_then(|r| r.value_at(0).ok())
             .and_then(|c| cells::instant(c, Tz::UTC))
@@ -362,12 +370,7 @@ impl Source for SnowflakeSource {
         upper: Timestamp,
     ) -> Result<Option<u64>, SourceError> {
         let statement = self.range(&self.sql.count, after, upper, "");
-        let rows = self
-            .conn
-            .query(&statement)
-            .await
-            .map_err(|e| self.conn.error(&e))?;
-        self.page_queries.fetch_add(1, Ordering::Relaxed);
+        let rows = self.run(&statement, Some(&self.page_queries)).await?;
         Ok(match rows.first().and_then(|r| r.value_at(0).ok()) {
             Some(CellValue::Integer(n)) => u64::try_from(*n).ok(),
             _ => None,
