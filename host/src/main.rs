@@ -6,6 +6,7 @@ use std::io::IsTerminal as _;
 
 fn main() -> std::process::ExitCode {
     let args = freshet::cli::Args::parse();
+    raise_open_file_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FRESHET_LOG")
@@ -29,6 +30,29 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one: every pipeline keeps
+/// its source's database files open, and a host of many tenants runs
+/// hundreds of pipelines (the common soft default is 1,024 files).
+fn raise_open_file_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on this process with a valid pointer.
+        #[allow(unsafe_code)]
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }

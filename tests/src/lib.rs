@@ -145,6 +145,17 @@ impl Setup {
     /// e-mail and CRM actions recorded to files). Sets the environment
     /// variable its webhook header names, as an operator would.
     pub fn config_text(&self, receiver: &Receiver) -> String {
+        let pipeline = self.configured(receiver);
+        pipeline.render()
+    }
+
+    /// Only the `[pipelines.NAME]` tables of [`Setup::config_text`], to put
+    /// several pipelines (of several setups) in one file.
+    pub fn pipeline_text(&self, receiver: &Receiver) -> String {
+        self.configured(receiver).render_pipeline()
+    }
+
+    fn configured(&self, receiver: &Receiver) -> OrdersPipeline {
         std::env::set_var("FRESHET_TEST_HOOK_KEY", "s3cret");
         let mut pipeline = self.pipeline.clone();
         pipeline.aep_url = receiver.url();
@@ -168,7 +179,7 @@ impl Setup {
                 .unwrap_or_else(|| record_target("crm", &self.path("crm.ndjson"))),
         ]
         .concat();
-        pipeline.render()
+        pipeline
     }
 
     /// The parsed and validated config.

@@ -217,7 +217,8 @@ async fn a_file_that_is_not_a_plugin_is_named() {
     .unwrap_err();
     let message = format!("{error:#}");
     assert!(
-        message.starts_with("pipelines.orders.plugin: loading plugin"),
+        message.starts_with("pipelines.orders.plugin: ")
+            && message.contains("not a valid WebAssembly component"),
         "{message}"
     );
     assert!(message.contains("bogus.wasm"), "{message}");

@@ -2,10 +2,21 @@
 //! typed error and lands in dead letters; the rows around it, in the same
 //! batch, are delivered; the run goes on.
 
-use freshet::plugin::{CallContext, Limits, PluginError, Runtime, Sandbox};
+use freshet::plugin::{CallContext, Grants, Limits, PluginError, Runtime, Sandbox};
 use freshet::state::DeadKind;
 use freshet_tests::*;
-use std::sync::Arc;
+
+/// The hostile plugin, loaded (compiled once, then from the tests' cache).
+fn hostile_plugin() -> freshet::plugin::Plugin {
+    let runtime = Runtime::new(&freshet::plugin::EngineSettings {
+        cache_dir: Some(plugins::COMPONENT_CACHE.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    runtime
+        .load(std::path::Path::new(plugins::HOSTILE_PLUGIN))
+        .unwrap()
+}
 
 /// Runs rows 1..=9 through the hostile plugin, row 5 behaving as `behaviour`;
 /// returns the dead letter of row 5.
@@ -94,23 +105,13 @@ async fn output_over_the_limit_is_refused() {
 /// The typed errors, straight from the runtime (what `freshet plugin test` shows).
 #[test]
 fn the_runtime_reports_each_breach_as_its_own_error() {
-    let runtime = Runtime::new(&freshet::plugin::EngineSettings {
-        cache_dir: Some(plugins::COMPONENT_CACHE.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    let plugin = runtime
-        .load(std::path::Path::new(plugins::HOSTILE_PLUGIN))
-        .unwrap();
+    let plugin = hostile_plugin();
     assert!(
         plugin.uses_wasi(),
         "a Rust std guest imports WASI and still links"
     );
-    let ctx = |limits: Limits| CallContext {
-        pipeline: "t".into(),
-        limits,
-        settings: Arc::new(Default::default()),
-    };
+    let ctx =
+        |limits: Limits| CallContext::new("t", "t", limits, Default::default(), Default::default());
     let row = |status: &str| freshet::plugin::contract::Row {
         identity: "1@0".into(),
         cells: vec![freshet::plugin::contract::Value::Text(status.into())],
@@ -163,20 +164,12 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
 fn a_wasi_plugin_gets_no_ambient_authority() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let runtime = Runtime::new(&freshet::plugin::EngineSettings {
-        cache_dir: Some(plugins::COMPONENT_CACHE.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    let plugin = runtime
-        .load(std::path::Path::new(plugins::HOSTILE_PLUGIN))
-        .unwrap();
-    let ctx = CallContext {
-        pipeline: "t".into(),
-        limits: Limits::default(),
-        settings: Arc::new([("probe_port".to_owned(), port)].into()),
-    };
-    let sandbox = Sandbox::new(plugin, ctx);
+    let plugin = hostile_plugin();
+    let settings = [("probe_port".to_owned(), port)].into();
+    let sandbox = Sandbox::new(
+        plugin.clone(),
+        CallContext::new("t", "t", Limits::default(), settings, Grants::default()),
+    );
     let row = freshet::plugin::contract::Row {
         identity: "1@0".into(),
         cells: vec![freshet::plugin::contract::Value::Text("probe".into())],
@@ -204,6 +197,89 @@ fn a_wasi_plugin_gets_no_ambient_authority() {
         listener.accept().is_err(),
         "nothing connected to the listening port"
     );
+}
+
+/// With `[pipelines.NAME.grants]`, the operator can give one pipeline the
+/// real clock and randomness; files, environment and sockets stay denied.
+#[test]
+fn granted_clock_and_randomness_are_real() {
+    let plugin = hostile_plugin();
+    let grants = Grants {
+        clock: true,
+        random: true,
+    };
+    let sandbox = Sandbox::new(
+        plugin,
+        CallContext::new("t", "t", Limits::default(), Default::default(), grants),
+    );
+    let row = freshet::plugin::contract::Row {
+        identity: "1@0".into(),
+        cells: vec![freshet::plugin::contract::Value::Text("probe".into())],
+    };
+    let observe = || {
+        let (events, _) = sandbox.probe(&["status".to_owned()], &row).0.unwrap();
+        serde_json::from_str::<serde_json::Value>(&events[0].body).unwrap()
+    };
+    let seen = observe();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let clock = seen["clock_secs"].as_u64().unwrap();
+    assert!(now.abs_diff(clock) < 5, "clock {clock}, now {now}");
+    assert_ne!(
+        observe()["random"],
+        seen["random"],
+        "real randomness differs"
+    );
+    assert_eq!(seen["env"], "0 variables");
+    assert!(seen["file"].as_str().unwrap().starts_with("denied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_stopped_with_its_own_error() {
+    let dead = one_bad_row("log-flood", "log_bytes_per_row = 4096").await;
+    assert_eq!(dead.code, "log_exceeded");
+    assert!(dead.reason.contains("4096"), "{}", dead.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_the_input_limit_never_reaches_the_plugin() {
+    let big = "x".repeat(8_000);
+    let dead = one_bad_row(&big, "input_bytes_per_row = 4096").await;
+    assert_eq!(dead.code, "input_too_large");
+    assert!(dead.reason.contains("4096"), "{}", dead.reason);
+}
+
+/// Lines over `log_lines_per_second` are dropped and counted, not failed.
+#[test]
+fn plugin_log_lines_over_the_rate_are_dropped_and_counted() {
+    let plugin = hostile_plugin();
+    let limits = Limits {
+        log_lines_per_second: 5,
+        ..Limits::default()
+    };
+    let ctx = CallContext::new("t", "t", limits, Default::default(), Grants::default());
+    let logs = ctx.logs.clone();
+    let sandbox = Sandbox::new(plugin, ctx);
+    let batch = freshet::plugin::contract::RowBatch {
+        columns: vec!["status".into()],
+        rows: (0..10)
+            .map(|i| freshet::plugin::contract::Row {
+                identity: format!("{i}@0"),
+                cells: vec![freshet::plugin::contract::Value::Text("chatty".into())],
+            })
+            .collect(),
+    };
+    // The host logs plugin lines at `info` (where `chatty` writes).
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    let outcomes = tracing::subscriber::with_default(subscriber, || sandbox.map_rows(&batch));
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    // 100 lines in well under a second: the burst of 5 got through.
+    assert_eq!(logs.dropped(), 95);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod orders_config;
 pub mod receiver;
 pub mod sample;
 mod snowflake;
+mod tenants;
 
 use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
@@ -41,6 +42,10 @@ enum BenchCommand {
     Latency(latency::LatencyArgs),
     /// Rows/s from Snowflake (the local emulator) beside the same rows from SQLite.
     Snowflake(snowflake::SnowflakeArgs),
+    /// One tenant's rows/s with and without a neighbour burning its CPU budget.
+    Noisy(tenants::NoisyArgs),
+    /// Host memory per idle pipeline and start-up time of many pipelines.
+    Density(tenants::DensityArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -130,6 +135,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Latency(latency)) => latency::run(latency).await,
         Some(BenchCommand::Snowflake(args)) => snowflake::run(args).await,
+        Some(BenchCommand::Noisy(args)) => tenants::noisy(args).await,
+        Some(BenchCommand::Density(args)) => tenants::density(args).await,
         None => throughput(args.throughput).await,
     }
 }
@@ -158,11 +165,13 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let compile_start = Instant::now();
     let plugin = runtime.load(&plugin_path)?;
     let compile = compile_start.elapsed();
-    let ctx = CallContext {
-        pipeline: "bench".into(),
-        limits: Limits::default(),
-        settings: Arc::new([("tenant".to_owned(), "acme".to_owned())].into()),
-    };
+    let ctx = CallContext::new(
+        "bench",
+        "bench",
+        Limits::default(),
+        [("tenant".to_owned(), "acme".to_owned())].into(),
+        Default::default(),
+    );
     let sandbox = Sandbox::new(plugin, ctx);
     emit(
         json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&plugin_path)?.len(), "compile_ms": ms(compile)}),

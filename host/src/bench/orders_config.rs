@@ -9,6 +9,15 @@ use std::path::PathBuf;
 /// An `orders` pipeline: SQLite source, the orders plugin, AEP delivery.
 #[derive(Debug, Clone)]
 pub struct OrdersPipeline {
+    /// The pipeline's name (`orders`); tables written for `orders` (as
+    /// [`record_target`] writes them) are renamed to it.
+    pub name: String,
+    /// The owning tenant, if any.
+    pub tenant: Option<String>,
+    /// More lines for `[engine]`.
+    pub engine: String,
+    /// More lines for `[pipelines.NAME]` (`grants = {...}`, ...).
+    pub extra: String,
     /// The compiled-component cache.
     pub cache_dir: PathBuf,
     /// The state file.
@@ -96,6 +105,10 @@ impl OrdersPipeline {
         aep_url: String,
     ) -> Self {
         Self {
+            name: "orders".into(),
+            tenant: None,
+            engine: String::new(),
+            extra: String::new(),
             cache_dir: dir.join("cache"),
             state: dir.join("state.db"),
             plugin,
@@ -135,24 +148,40 @@ impl OrdersPipeline {
         }
     }
 
-    /// The TOML text.
+    /// The whole file: `[engine]`, `[state]` and the pipeline.
     pub fn render(&self) -> String {
+        format!("{}{}", self.render_head(), self.render_pipeline())
+    }
+
+    /// The `[engine]` and `[state]` tables.
+    pub fn render_head(&self) -> String {
+        format!(
+            "[engine]\ncache_dir = {cache:?}\n{engine}\n\n[state]\npath = {state:?}\n\n",
+            cache = self.cache_dir,
+            engine = self.engine,
+            state = self.state,
+        )
+    }
+
+    /// The `[pipelines.NAME]` tables alone, to combine several pipelines in
+    /// one file.
+    pub fn render_pipeline(&self) -> String {
         let (source, unit) = self.source_lines();
         let mut timestamp = format!("column = \"updated_at\"{unit}");
         if let Some(initial) = &self.initial {
             let _ = write!(timestamp, ", initial = {initial}");
         }
-        format!(
-            r#"[engine]
-cache_dir = {cache:?}
-
-[state]
-path = {state:?}
-
-[pipelines.orders]
-plugin = {plugin:?}
+        let tenant = self
+            .tenant
+            .as_ref()
+            .map(|t| format!("tenant = {t:?}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"[pipelines.orders]
+{tenant}plugin = {plugin:?}
 batch_size = {batch}
 plugin_settings = {{ tenant = "acme" }}
+{extra}
 
 [pipelines.orders.limits]
 {limits}
@@ -178,9 +207,8 @@ schema_id = "https://ns.adobe.com/acme/schemas/orders"
 timeout_ms = 5000
 
 {targets}"#,
-            cache = self.cache_dir,
-            state = self.state,
             plugin = self.plugin,
+            extra = self.extra,
             batch = self.batch_size,
             limits = self.limits,
             page = self.page_size,
@@ -189,6 +217,8 @@ timeout_ms = 5000
             backfill = self.backfill,
             aep = self.aep_url,
             targets = self.targets,
-        )
+        );
+        text.replace("[pipelines.orders.", &format!("[pipelines.{}.", self.name))
+            .replace("[pipelines.orders]", &format!("[pipelines.{}]", self.name))
     }
 }

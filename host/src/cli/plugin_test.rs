@@ -18,7 +18,6 @@ use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Arguments of `freshet plugin test`.
 #[derive(Debug, clap::Args)]
@@ -116,7 +115,7 @@ fn read_rows(path: &std::path::Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> 
 
 /// Runs the dry run; exit code 1 when any row failed.
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (limits, mut settings) = match (&args.config, &args.pipeline) {
+    let (limits, mut settings, grants) = match (&args.config, &args.pipeline) {
         (Some(path), Some(name)) => {
             let config =
                 crate::config::load(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -124,9 +123,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 .pipelines
                 .get(name)
                 .ok_or_else(|| anyhow!("the config has no pipeline `{name}`"))?;
-            (p.limits.clone(), p.plugin_settings.clone())
+            (p.limits.clone(), p.plugin_settings.clone(), p.grants)
         }
-        _ => (Limits::default(), BTreeMap::new()),
+        _ => (Limits::default(), BTreeMap::new(), Default::default()),
     };
     for setting in &args.settings {
         let Some((k, v)) = setting.split_once('=') else {
@@ -138,11 +137,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(&Default::default())?;
     let plugin = runtime.load(&args.plugin)?;
     let version = plugin.version()[..12].to_owned();
-    let ctx = CallContext {
-        pipeline: "plugin-test".into(),
-        limits: limits.clone(),
-        settings: Arc::new(settings),
-    };
+    let ctx = CallContext::new(
+        "plugin-test",
+        "plugin-test",
+        limits.clone(),
+        settings,
+        grants,
+    );
     let sandbox = Sandbox::new(plugin, ctx);
     let mut failed = 0;
     for (n, row) in rows.iter().enumerate() {

@@ -9,13 +9,15 @@
 //!    columns, environment variables — still naming the key.
 
 mod tagged;
+mod tenants;
 pub(crate) mod validate;
 
-use crate::plugin::{EngineSettings, Limits};
+use crate::plugin::{EngineSettings, Grants, Limits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use tenants::{check_plugin_dir, TenantConfig, DEFAULT_TENANT};
 pub use validate::ConfigError;
 
 /// The whole file.
@@ -27,6 +29,9 @@ pub struct Config {
     pub engine: EngineSettings,
     /// Where offsets, the action ledger and dead letters live.
     pub state: StateConfig,
+    /// The customers whose pipelines this host runs, by name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -43,7 +48,11 @@ pub struct StateConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// The plugin component (`.wasm`).
+    /// The tenant owning the pipeline (`[tenants.NAME]`); required once any
+    /// tenant is declared.
+    pub tenant: Option<String>,
+    /// The plugin component (`.wasm`). Replacing the file swaps the running
+    /// plugin (see `engine.reload_interval_ms`).
     pub plugin: PathBuf,
     /// Read-only settings the plugin reads with `get-setting`. Never secrets.
     #[serde(default)]
@@ -54,6 +63,9 @@ pub struct PipelineConfig {
     /// Sandbox limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Ambient capabilities granted to the plugin (none by default).
+    #[serde(default)]
+    pub grants: Grants,
     /// Where rows come from.
     pub source: SourceConfig,
     /// Where events go.
@@ -653,6 +665,11 @@ impl Config {
         fix(&mut self.state.path);
         if let Some(dir) = &mut self.engine.cache_dir {
             fix(dir);
+        }
+        for tenant in self.tenants.values_mut() {
+            if let Some(dir) = &mut tenant.plugin_dir {
+                fix(dir);
+            }
         }
         for pipeline in self.pipelines.values_mut() {
             fix(&mut pipeline.plugin);

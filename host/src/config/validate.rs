@@ -92,7 +92,7 @@ impl Errors<'_> {
 }
 
 /// Is `name` usable as an identifier: a pipeline or target name.
-fn is_identifier(name: &str) -> bool {
+pub(crate) fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -126,7 +126,7 @@ pub(crate) fn env_references(value: &str) -> Result<Vec<&str>, String> {
     Ok(names)
 }
 
-fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -148,6 +148,36 @@ impl Config {
             };
             e.range(engine.max_instances, 1, 10_000, "max_instances");
             e.range(engine.max_memory_mib, 1, 4096, "max_memory_mib");
+            e.range(
+                engine.max_component_bytes,
+                1024,
+                1024 * 1024 * 1024,
+                "max_component_bytes",
+            );
+            e.range(
+                engine.compile_timeout_ms,
+                100,
+                3_600_000,
+                "compile_timeout_ms",
+            );
+            e.range(engine.threads, 0, 256, "threads");
+            e.check(
+                engine.heavy_cpu_share > 0.0 && engine.heavy_cpu_share <= 1.0,
+                "heavy_cpu_share",
+                format!(
+                    "must be above 0 and at most 1, not {}",
+                    engine.heavy_cpu_share
+                ),
+            );
+            e.check(
+                engine.reload_interval_ms == 0
+                    || (100..=3_600_000).contains(&engine.reload_interval_ms),
+                "reload_interval_ms",
+                format!(
+                    "must be 0 (off) or between 100 and 3600000, not {}",
+                    engine.reload_interval_ms
+                ),
+            );
         }
         {
             let mut e = Errors {
@@ -177,6 +207,7 @@ impl Config {
                 },
             );
         }
+        super::tenants::validate(self, &mut out);
         out
     }
 }
@@ -198,6 +229,24 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
         1024,
         16 * 1024 * 1024,
         "limits.output_bytes_per_row",
+    );
+    e.range(
+        l.input_bytes_per_row,
+        1024,
+        64 * 1024 * 1024,
+        "limits.input_bytes_per_row",
+    );
+    e.range(
+        l.log_bytes_per_row,
+        0,
+        1024 * 1024,
+        "limits.log_bytes_per_row",
+    );
+    e.range(
+        l.log_lines_per_second,
+        1,
+        100_000,
+        "limits.log_lines_per_second",
     );
     validate_polling(&p.source.polling(), &mut e);
     match &p.source {

@@ -1,6 +1,11 @@
 //! The AEP streaming ingestion envelope, written once per event by splicing
 //! the plugin's (already validated) body into a pre-rendered header, so the
 //! hot path never builds a JSON tree.
+//!
+//! `header.source` carries, beside the configured `name`, the
+//! `pluginVersion` (the component's SHA-256) that produced the event, so an
+//! event can always be traced to the exact code that mapped it, across hot
+//! reloads.
 
 use crate::plugin::contract::Event;
 use crate::source::Timestamp;
@@ -16,7 +21,9 @@ pub struct SchemaRef {
 /// Renders envelopes for one pipeline.
 #[derive(Debug, Clone)]
 pub struct EnvelopeBuilder {
-    /// `{"header":{...},"body":{"xdmMeta":{...},"xdmEntity":{"_id":`
+    /// `{"header":{...,"source":{"name":"…","pluginVersion":"`
+    head: String,
+    /// `"}},"body":{"xdmMeta":{...},"xdmEntity":{"_id":`
     prefix: String,
 }
 
@@ -38,25 +45,39 @@ impl EnvelopeBuilder {
             "schemaRef": schema_ref,
             "imsOrgId": ims_org,
             "datasetId": dataset_id,
-            "source": {"name": source_name},
         });
         if let Some(flow) = flow_id {
             header["flowId"] = json!(flow);
         }
-        let prefix = format!(
-            r#"{{"header":{header},"body":{{"xdmMeta":{{"schemaRef":{schema_ref}}},"xdmEntity":{{"_id":"#
+        let header = header.to_string();
+        let head = format!(
+            r#"{},"source":{{"name":{},"pluginVersion":""#,
+            &header[..header.len() - 1],
+            json!(source_name)
         );
-        Self { prefix }
+        let prefix = format!(
+            r#""}}}},"body":{{"xdmMeta":{{"schemaRef":{schema_ref}}},"xdmEntity":{{"_id":"#
+        );
+        Self {
+            head: format!(r#"{{"header":{head}"#),
+            prefix,
+        }
     }
 
-    /// The envelope for one event. The body is a JSON object without `_id`
-    /// and `timestamp` (the plugin runtime checked it).
-    pub fn render(&self, event: &Event) -> String {
+    /// The envelope for one event produced by plugin `version` (a hex
+    /// hash). The body is a JSON object without `_id` and `timestamp` (the
+    /// plugin runtime checked it).
+    pub fn render(&self, event: &Event, version: &str) -> String {
         let body = event.body.trim();
         let inner = body[1..body.len() - 1].trim();
         let id = serde_json::to_string(&event.id).unwrap_or_default();
         let ts = Timestamp::from_instant(event.timestamp).rfc3339();
-        let mut out = String::with_capacity(self.prefix.len() + body.len() + id.len() + 48);
+        debug_assert!(version.bytes().all(|b| b.is_ascii_hexdigit()));
+        let mut out = String::with_capacity(
+            self.head.len() + version.len() + self.prefix.len() + body.len() + id.len() + 48,
+        );
+        out.push_str(&self.head);
+        out.push_str(version);
         out.push_str(&self.prefix);
         out.push_str(&id);
         out.push_str(r#","timestamp":""#);
@@ -95,8 +116,10 @@ mod tests {
             },
             body: r#" {"eventType":"commerce.purchases","_acme":{"x":1}} "#.into(),
         };
-        let v: serde_json::Value = serde_json::from_str(&b.render(&event)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&b.render(&event, "ab12")).unwrap();
         assert_eq!(v["header"]["datasetId"], "ds1");
+        assert_eq!(v["header"]["source"]["name"], "freshet");
+        assert_eq!(v["header"]["source"]["pluginVersion"], "ab12");
         assert_eq!(v["header"]["flowId"], "flow1");
         assert_eq!(v["header"]["imsOrgId"], "ORG@AdobeOrg");
         assert_eq!(
@@ -130,7 +153,7 @@ mod tests {
             },
             body: "{}".into(),
         };
-        let v: serde_json::Value = serde_json::from_str(&b.render(&event)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&b.render(&event, "00")).unwrap();
         assert_eq!(v["body"]["xdmEntity"]["timestamp"], "1969-12-31T23:59:59Z");
         assert!(v["header"].get("flowId").is_none());
     }

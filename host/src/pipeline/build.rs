@@ -9,7 +9,7 @@ use crate::deliver::aep::{AepSettings, AepSink};
 use crate::deliver::auth::{ImsCredentials, Tokens};
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
-use crate::plugin::{CallContext, Runtime, Sandbox};
+use crate::plugin::{CallContext, Plugin, Runtime, Sandbox};
 use crate::source::snowflake::SnowflakeSource;
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
@@ -73,8 +73,8 @@ pub async fn build_all(
         Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
-    for (name, pipeline) in &config.pipelines {
-        match build(name, pipeline, &runtime, state.clone(), shutdown).await {
+    for name in config.pipelines.keys() {
+        match build(config, name, &runtime, state.clone(), shutdown).await {
             Ok(p) => pipelines.push(p),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -162,34 +162,61 @@ pub async fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<
     })
 }
 
-async fn build(
-    name: &str,
+/// Loads a pipeline's plugin on the blocking pool (compiling may take
+/// seconds); errors name the key.
+pub async fn load_plugin(
+    runtime: &Runtime,
     config: &PipelineConfig,
+    prefix: &str,
+) -> anyhow::Result<Plugin> {
+    let (runtime, path) = (runtime.clone(), config.plugin.clone());
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&path))
+        .await?
+        .map_err(|e| anyhow!("{prefix}.plugin: {}: {e}", config.plugin.display()))?;
+    tracing::debug!(plugin = %config.plugin.display(), version = &plugin.version()[..12], origin = ?plugin.origin(), "plugin loaded");
+    Ok(plugin)
+}
+
+async fn build(
+    all: &Config,
+    name: &str,
     runtime: &Runtime,
     state: Arc<dyn StateStore>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Pipeline> {
+    let config = &all.pipelines[name];
     let prefix = format!("pipelines.{name}");
-    let plugin = runtime
-        .load(&config.plugin)
-        .map_err(|e| anyhow!("{prefix}.plugin: {e:#}"))?;
+    crate::config::check_plugin_dir(all, name)?;
+    let plugin = load_plugin(runtime, config, &prefix).await?;
     let source = open_source(&config.source, &prefix).await?;
     let (sink, envelopes) = build_sink(&config.deliver, &prefix, shutdown)?;
     let executors = Executors::build(&config.targets, &prefix)?;
     let polling = config.source.polling();
     let initial = Initial::from_config(polling.timestamp.initial.as_ref(), polling.backfill)
         .with_context(|| format!("{prefix}.source.timestamp.initial"))?;
+    let tenant = all.tenant_of(config);
+    let reload_every = all.engine.reload_interval_ms;
     Ok(Pipeline {
         name: name.into(),
+        tenant: tenant.into(),
         source,
         sandbox: Arc::new(Sandbox::new(
             plugin,
-            CallContext {
-                pipeline: name.into(),
-                limits: config.limits.clone(),
-                settings: Arc::new(config.plugin_settings.clone()),
-            },
+            CallContext::new(
+                tenant,
+                name,
+                config.limits.clone(),
+                config.plugin_settings.clone(),
+                config.grants,
+            ),
         )),
+        scheduler: runtime.scheduler().clone(),
+        reload: (reload_every > 0).then(|| super::Reload {
+            runtime: runtime.clone(),
+            path: config.plugin.clone(),
+            every: Duration::from_millis(reload_every),
+            counts: Arc::default(),
+        }),
         sink,
         envelopes,
         executors,

@@ -18,7 +18,9 @@ pub use replay::{replay, Replayed};
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
-use crate::plugin::Sandbox;
+use crate::plugin::reload::ReloadCounts;
+use crate::plugin::scheduler::Scheduler;
+use crate::plugin::{FailureCounts, Runtime, Sandbox};
 use crate::source::{Cursor, Source, SourceError};
 use crate::state::StateStore;
 use serde::Serialize;
@@ -60,6 +62,12 @@ pub struct Stats {
     pub actions_skipped: u64,
     /// Dead letters written.
     pub dead_letters: u64,
+    /// Rows and events that failed in the sandbox, by error code.
+    pub plugin_errors: FailureCounts,
+    /// New plugin versions swapped in while running.
+    pub reloads: u64,
+    /// New plugin versions refused (the running one kept).
+    pub reload_failures: u64,
 }
 
 impl Stats {
@@ -76,14 +84,20 @@ impl Stats {
         self.actions += other.actions;
         self.actions_skipped += other.actions_skipped;
         self.dead_letters += other.dead_letters;
+        self.plugin_errors.add(&other.plugin_errors);
+        self.reloads += other.reloads;
+        self.reload_failures += other.reload_failures;
     }
 }
 
 /// One built pipeline.
 pub struct Pipeline {
     name: Arc<str>,
+    tenant: Arc<str>,
     source: Box<dyn Source>,
     sandbox: Arc<Sandbox>,
+    scheduler: Arc<Scheduler>,
+    reload: Option<Reload>,
     sink: Box<dyn Sink>,
     envelopes: EnvelopeBuilder,
     executors: Executors,
@@ -95,6 +109,14 @@ pub struct Pipeline {
     initial: build::Initial,
 }
 
+/// What hot reload of a pipeline's plugin needs.
+struct Reload {
+    runtime: Runtime,
+    path: std::path::PathBuf,
+    every: Duration,
+    counts: Arc<ReloadCounts>,
+}
+
 /// First wait after a failed poll; doubles up to [`MAX_RETRY_WAIT`].
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(200);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
@@ -103,6 +125,11 @@ impl Pipeline {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The tenant owning it.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     /// The stored offset, or (first start) the initial one, stored now so a
@@ -126,7 +153,21 @@ impl Pipeline {
     ) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
         let mut committed = self.start_cursor().await?;
-        tracing::info!(pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
+        tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
+        // The watcher stops with the pipeline, whether at shutdown or on a
+        // fatal error.
+        let watching = shutdown.child_token();
+        let _stop_watching = watching.clone().drop_guard();
+        if let Some(r) = &self.reload {
+            tokio::spawn(crate::plugin::reload::watch(
+                r.runtime.clone(),
+                self.sandbox.clone(),
+                r.path.clone(),
+                r.every,
+                r.counts.clone(),
+                watching,
+            ));
+        }
         let mut retry_wait = FIRST_RETRY_WAIT;
         while !shutdown.is_cancelled() {
             let pages = stats.pages;
@@ -157,6 +198,11 @@ impl Pipeline {
         let queries = self.source.query_counts();
         stats.probes = queries.probes;
         stats.page_queries = queries.page_queries;
+        if let Some(r) = &self.reload {
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.reloads = r.counts.reloads.load(Relaxed);
+            stats.reload_failures = r.counts.failures.load(Relaxed);
+        }
         tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, page_queries = stats.page_queries, "pipeline stopped");
         Ok(stats)
     }
@@ -194,13 +240,17 @@ impl Pipeline {
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
-                if let Some(mapped) = self.map_page(page).await? {
+                if let Some(mapped) = self.map_page(page, &stop).await? {
                     cursor = mapped.last().clone();
                     if tx.send((mapped, full)).await.is_err() {
                         break;
                     }
-                } else if let Some(p) = progress.lock().expect("progress lock").take() {
-                    p.finish();
+                } else {
+                    // Idle: hand the warm instance's pooled slot back.
+                    self.sandbox.release();
+                    if let Some(p) = progress.lock().expect("progress lock").take() {
+                        p.finish();
+                    }
                 }
                 if full {
                     continue;

@@ -6,10 +6,12 @@ use super::{Pipeline, Stats};
 use crate::actions::{action_json, ActionRequest, ActionResult};
 use crate::deliver::{Delivery, Message};
 use crate::plugin::contract::{Action, Event, Row, RowBatch};
-use crate::plugin::{Outcome, PluginError};
+use crate::plugin::{Attempt, Outcome, PluginError, Session};
 use crate::source::{Cursor, Page};
 use crate::state::{ActionOutcome, Commit, DeadKind, DeadLetter};
 use futures::stream::{self, StreamExt as _};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Actions of one page run at once, at most.
 const ACTION_CONCURRENCY: usize = 32;
@@ -19,11 +21,13 @@ pub(super) struct Mapped {
     /// Just past the page's last row: the offset once the page is done.
     last: Cursor,
     /// The rows, kept for dead letters.
-    batches: Vec<RowBatch>,
+    batches: Vec<Arc<RowBatch>>,
     /// Per row (in page order): its events, or why it failed.
     rows: Vec<Outcome<Event>>,
     /// Per event (in the order of `rows` flattened): its actions, or why not.
     decisions: Vec<Outcome<Action>>,
+    /// The plugin version (content hash) that mapped and decided the page.
+    version: String,
 }
 
 impl Mapped {
@@ -59,10 +63,102 @@ fn plugin_dead(kind: DeadKind, identity: &str, e: &PluginError, payload: String)
     dead(kind, identity, e.code(), e.to_string(), payload)
 }
 
+/// A failure that is the host's, not the input's: no instance could be made.
+fn unavailable<T>(outcomes: &[Outcome<T>]) -> Option<&PluginError> {
+    outcomes.iter().find_map(|o| match o {
+        Err(e @ PluginError::Unavailable(_)) => Some(e),
+        _ => None,
+    })
+}
+
+/// One export, over a batch of inputs `I` answering `T`s: the whole batch
+/// in one call, one of its inputs alone, and how many inputs it holds.
+struct Calls<I, T> {
+    whole: fn(&Session, &I) -> Attempt<T>,
+    one: fn(&Session, &I, usize) -> Outcome<T>,
+    len: fn(&I) -> usize,
+}
+
+// Manual impls: the derives would ask `I` and `T` to be `Copy`.
+impl<I, T> Clone for Calls<I, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I, T> Copy for Calls<I, T> {}
+
+const MAP: Calls<RowBatch, Event> = Calls {
+    whole: |s, batch| s.try_map_rows(batch),
+    one: |s, batch, i| s.map_row(batch, i),
+    len: |batch| batch.rows.len(),
+};
+
+const DECIDE: Calls<Vec<Event>, Action> = Calls {
+    whole: |s, events| s.try_decide(events),
+    one: |s, events, i| s.decide_one(&events[i]),
+    len: Vec::len,
+};
+
 impl Pipeline {
-    /// Runs the plugin over a page on the blocking pool; `None` for an
-    /// empty page.
-    pub(super) async fn map_page(&self, page: Page) -> anyhow::Result<Option<Mapped>> {
+    /// Runs a plugin export over `inputs` (batches of rows, or of events):
+    /// all of them in one job on a plugin thread, in the class the
+    /// pipeline's recent CPU use earns it (see [`crate::plugin::scheduler`]);
+    /// then each input of a batch the sandbox stopped alone, each a job of
+    /// its own, so a plugin burning its budget is moved to background
+    /// priority between them. Fails once `stop` is cancelled: the page is
+    /// abandoned and read again, rather than holding up shutdown behind a
+    /// plugin that burns its budget on every row.
+    async fn run_calls<I, T>(
+        &self,
+        session: &Session,
+        stop: &CancellationToken,
+        inputs: &[Arc<I>],
+        calls: Calls<I, T>,
+    ) -> anyhow::Result<Vec<Outcome<T>>>
+    where
+        I: Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let job = {
+            let (inputs, stop, s) = (inputs.to_vec(), stop.clone(), session.clone());
+            move || {
+                let live = || !stop.is_cancelled();
+                let attempts = inputs.iter().take_while(|_| live());
+                attempts
+                    .map(|input| (calls.whole)(&s, input))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let attempts = self.scheduler.run(self.sandbox.cpu(), job).await;
+        let stopping = || anyhow::anyhow!("stopping: page abandoned mid-mapping");
+        if attempts.len() < inputs.len() {
+            return Err(stopping());
+        }
+        let mut outcomes = Vec::new();
+        for (input, attempt) in inputs.iter().zip(attempts) {
+            match attempt {
+                Attempt::Done(done) => outcomes.extend(done),
+                Attempt::Stopped(_) => {
+                    for i in 0..(calls.len)(input) {
+                        anyhow::ensure!(!stop.is_cancelled(), stopping());
+                        let (input, s) = (input.clone(), session.clone());
+                        let one = move || (calls.one)(&s, &input, i);
+                        outcomes.push(self.scheduler.run(self.sandbox.cpu(), one).await);
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs the plugin over a page; `None` for an empty page. Fails, so
+    /// the page is read again later, if no instance could be made or `stop`
+    /// came.
+    pub(super) async fn map_page(
+        &self,
+        page: Page,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Option<Mapped>> {
         let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
             return Ok(None);
         };
@@ -71,35 +167,33 @@ impl Pipeline {
         let mut batches = Vec::new();
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(self.batch_size));
-            batches.push(RowBatch {
+            batches.push(Arc::new(RowBatch {
                 columns: columns.clone(),
                 rows: std::mem::replace(&mut rows, rest),
-            });
+            }));
         }
-        let sandbox = self.sandbox.clone();
-        let batch_size = self.batch_size;
-        let mapped = tokio::task::spawn_blocking(move || {
-            let mut outcomes = Vec::new();
-            for batch in &batches {
-                outcomes.extend(sandbox.map_rows(batch));
-            }
-            let events: Vec<Event> = outcomes
-                .iter()
-                .flat_map(|o| o.iter().flatten().cloned())
-                .collect();
-            let mut decisions = Vec::with_capacity(events.len());
-            for chunk in events.chunks(batch_size) {
-                decisions.extend(sandbox.decide(chunk));
-            }
-            Mapped {
-                last,
-                batches,
-                rows: outcomes,
-                decisions,
-            }
-        })
-        .await?;
-        Ok(Some(mapped))
+        // Every call of the page runs the version current now.
+        let session = self.sandbox.session();
+        let outcomes = self.run_calls(&session, stop, &batches, MAP).await?;
+        let events: Vec<Event> = outcomes
+            .iter()
+            .flat_map(|o| o.iter().flatten().cloned())
+            .collect();
+        let chunks: Vec<Arc<Vec<Event>>> = events
+            .chunks(self.batch_size)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect();
+        let decisions = self.run_calls(&session, stop, &chunks, DECIDE).await?;
+        if let Some(e) = unavailable(&outcomes).or_else(|| unavailable(&decisions)) {
+            anyhow::bail!("{e}");
+        }
+        Ok(Some(Mapped {
+            last,
+            batches,
+            rows: outcomes,
+            decisions,
+            version: session.version().to_owned(),
+        }))
     }
 
     /// Delivers a mapped page, runs its actions and commits; returns the
@@ -134,6 +228,7 @@ impl Pipeline {
                     }
                 }
                 Err(e) => {
+                    stats.plugin_errors.count(e);
                     tracing::debug!(pipeline = %self.name, identity = %row.identity, error = %e, "row failed in the plugin");
                     commit.dead_letters.push(plugin_dead(
                         DeadKind::Row,
@@ -150,7 +245,7 @@ impl Pipeline {
             .iter()
             .map(|(identity, event, _)| Message {
                 identity: (*identity).to_owned(),
-                json: self.envelopes.render(event),
+                json: self.envelopes.render(event, &mapped.version),
             })
             .collect();
         let deliveries = self.sink.deliver(&messages).await?;
@@ -181,12 +276,15 @@ impl Pipeline {
                                 }
                             }));
                         }
-                        Err(e) => commit.dead_letters.push(plugin_dead(
-                            DeadKind::Event,
-                            identity,
-                            e,
-                            event_json(event),
-                        )),
+                        Err(e) => {
+                            stats.plugin_errors.count(e);
+                            commit.dead_letters.push(plugin_dead(
+                                DeadKind::Event,
+                                identity,
+                                e,
+                                event_json(event),
+                            ));
+                        }
                     }
                 }
                 Delivery::Rejected { code, reason } => {

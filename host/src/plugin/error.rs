@@ -44,6 +44,26 @@ pub enum PluginError {
         /// The pipeline's limit.
         limit: u64,
     },
+    /// The row is larger than the pipeline lets into the sandbox; the plugin
+    /// was not called for it.
+    #[error("row of {size} bytes exceeds the input limit of {limit} bytes")]
+    InputTooLarge {
+        /// Bytes of the row's identity and cells.
+        size: usize,
+        /// The pipeline's limit.
+        limit: u64,
+    },
+    /// The plugin wrote more log bytes in one call than its budget.
+    #[error("plugin wrote more than its log budget of {limit} bytes in one call")]
+    LogExceeded {
+        /// The call's budget, in bytes.
+        limit: u64,
+    },
+    /// No instance could be made right now (every pooled slot is in use).
+    /// Not the row's fault: the page is retried later, nothing is
+    /// dead-lettered.
+    #[error("no plugin instance available: {0}")]
+    Unavailable(String),
     /// The plugin trapped (panic, `unreachable`, out-of-bounds access, ...).
     #[error("plugin trapped: {0}")]
     Trap(String),
@@ -64,6 +84,9 @@ impl PluginError {
             Self::MemoryExceeded { .. } => "memory_exceeded",
             Self::TableExceeded { .. } => "table_exceeded",
             Self::OutputTooLarge { .. } => "output_too_large",
+            Self::InputTooLarge { .. } => "input_too_large",
+            Self::LogExceeded { .. } => "log_exceeded",
+            Self::Unavailable(_) => "unavailable",
             Self::Trap(_) => "trap",
             Self::Contract(_) => "contract",
         }
@@ -75,7 +98,82 @@ impl PluginError {
     pub fn is_sandbox_failure(&self) -> bool {
         !matches!(
             self,
-            Self::Reject(_) | Self::Guest(_) | Self::Contract(_) | Self::OutputTooLarge { .. }
+            Self::Reject(_)
+                | Self::Guest(_)
+                | Self::Contract(_)
+                | Self::OutputTooLarge { .. }
+                | Self::InputTooLarge { .. }
+                | Self::Unavailable(_)
         )
+    }
+
+    /// Whether the instruction budget or the deadline stopped the call: the
+    /// plugin spent all the CPU it was allowed.
+    pub fn used_up_cpu(&self) -> bool {
+        matches!(self, Self::OutOfFuel { .. } | Self::Timeout(_))
+    }
+}
+
+/// How many rows (or events) failed in the sandbox, by [`PluginError::code`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureCounts([u64; FailureCounts::CODES.len()]);
+
+impl FailureCounts {
+    /// Every code a [`PluginError`] can have, in a fixed order.
+    pub const CODES: [&'static str; 12] = [
+        "reject",
+        "guest_error",
+        "out_of_fuel",
+        "timeout",
+        "memory_exceeded",
+        "table_exceeded",
+        "output_too_large",
+        "input_too_large",
+        "log_exceeded",
+        "unavailable",
+        "trap",
+        "contract",
+    ];
+
+    /// Counts one failure.
+    pub fn count(&mut self, error: &PluginError) {
+        let code = error.code();
+        if let Some(i) = Self::CODES.iter().position(|c| *c == code) {
+            self.0[i] += 1;
+        }
+    }
+
+    /// The count for one code.
+    pub fn get(&self, code: &str) -> u64 {
+        Self::CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.0[i])
+    }
+
+    /// Adds another set of counts.
+    pub fn add(&mut self, other: &FailureCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// The total over every code.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl serde::Serialize for FailureCounts {
+    /// Only the codes that occurred, as `{code: count}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(None)?;
+        for (code, n) in Self::CODES.iter().zip(self.0) {
+            if n > 0 {
+                map.serialize_entry(code, &n)?;
+            }
+        }
+        map.end()
     }
 }

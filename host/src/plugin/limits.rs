@@ -21,9 +21,17 @@ pub struct Limits {
     pub memory_mib: u64,
     /// Table elements cap per table (function references).
     pub table_elements: u64,
-    /// Bytes of log messages a plugin may emit per call; the rest is dropped
-    /// (and counted) so a log flood cannot fill the host's disk.
-    pub log_bytes_per_call: u64,
+    /// Bytes of log messages a plugin may write per row (a batch call gets
+    /// this times its rows). A call that writes more is stopped: the rows
+    /// fail with `log_exceeded`, so a log flood cannot fill the host's disk.
+    pub log_bytes_per_row: u64,
+    /// Log lines per second the pipeline's plugin may put into the host's
+    /// log, across calls; lines over the rate are dropped and counted (the
+    /// rows are not failed: a chatty plugin is not a broken one).
+    pub log_lines_per_second: u32,
+    /// Bytes of input (the row's identity and cells) per row; a larger row
+    /// is not given to the plugin and fails with `input_too_large`.
+    pub input_bytes_per_row: u64,
     /// Bytes of output (event bodies and action payloads) per input row.
     pub output_bytes_per_row: u64,
 }
@@ -35,10 +43,25 @@ impl Default for Limits {
             timeout_ms: 1_000,
             memory_mib: 64,
             table_elements: 20_000,
-            log_bytes_per_call: 16 * 1024,
+            log_bytes_per_row: 16 * 1024,
+            log_lines_per_second: 100,
+            input_bytes_per_row: 1024 * 1024,
             output_bytes_per_row: 1024 * 1024,
         }
     }
+}
+
+/// Ambient capabilities the operator grants a pipeline's plugin
+/// (`[pipelines.NAME.grants]`). Everything is denied unless named here; files,
+/// environment and sockets cannot be granted at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// The real wall and monotonic clocks (otherwise both stand at the epoch,
+    /// so a replayed row maps exactly as the first time).
+    pub clock: bool,
+    /// Real randomness (otherwise a fixed stream).
+    pub random: bool,
 }
 
 impl Limits {
@@ -66,6 +89,8 @@ pub(crate) struct Meter {
     pub memory_denied: Option<usize>,
     /// The first table growth refused: the elements asked for.
     pub table_denied: Option<usize>,
+    /// The call's log budget, in bytes, when the plugin wrote past it.
+    pub log_exceeded: Option<u64>,
 }
 
 impl Meter {
@@ -76,6 +101,7 @@ impl Meter {
             peak_memory: 0,
             memory_denied: None,
             table_denied: None,
+            log_exceeded: None,
         }
     }
 

@@ -3,11 +3,13 @@
 //! `map-rows` reads each row's `status` text cell: `loop` spins forever,
 //! `alloc` allocates without bound, `trap` panics, `recurse` recurses without
 //! end, `huge` answers a 4 MiB body, `reject` rejects the row, `internal`
-//! reports an internal error; `probe` tries every ambient capability (a file,
+//! reports an internal error, `log-flood` logs without end, `chatty` logs
+//! ten lines and maps normally; `probe` tries every ambient capability (a file,
 //! an environment variable, a socket, the clock, randomness) and reports what
 //! it got in the event body; anything else maps to one event. `decide` asks
 //! for one webhook `hook` per event.
 
+use freshet::plugin::host::{log, Level};
 use freshet::plugin::types::{Instant, Value, WebhookRequest};
 
 wit_bindgen::generate!({
@@ -86,6 +88,12 @@ impl Guest for Hostile {
                         }
                     }
                     "trap" => panic!("the hostile plugin panics on purpose"),
+                    "log-flood" => {
+                        let line = "flood ".repeat(170);
+                        loop {
+                            log(Level::Info, &line);
+                        }
+                    }
                     "recurse" => {
                         std::hint::black_box(recurse(0));
                         Ok(Vec::new())
@@ -113,14 +121,21 @@ impl Guest for Hostile {
                         },
                         body: format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20)),
                     }]),
-                    _ => Ok(vec![Event {
-                        id: row.identity.clone(),
-                        timestamp: Instant {
-                            seconds: 1_700_000_000,
-                            nanos: 0,
-                        },
-                        body: format!("{{\"status\":{:?}}}", behaviour),
-                    }]),
+                    other => {
+                        if other == "chatty" {
+                            for i in 0..10 {
+                                log(Level::Info, &format!("row {} says {i}", row.identity));
+                            }
+                        }
+                        Ok(vec![Event {
+                            id: row.identity.clone(),
+                            timestamp: Instant {
+                                seconds: 1_700_000_000,
+                                nanos: 0,
+                            },
+                            body: format!("{{\"status\":{:?}}}", behaviour),
+                        }])
+                    }
                 }
             })
             .collect()

@@ -1,0 +1,289 @@
+//! Many tenants in one host: a hostile tenant's plugin is contained while
+//! another tenant's pipeline delivers every row; a plugin file replaced
+//! mid-run takes over without losing a row, and each event names the
+//! version that produced it.
+
+use freshet::config::Config;
+use freshet::state::StateStore as _;
+use freshet::{RunOptions, Stats};
+use freshet_tests::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The variable `Setup`'s webhook target reads its header from.
+const HOOK_KEY: &str = "FRESHET_TEST_HOOK_KEY";
+
+/// What each hostile row does, and the dead letter code it must end with.
+const HOSTILE: &[(&str, &str)] = &[
+    ("loop", "out_of_fuel"),
+    ("alloc", "memory_exceeded"),
+    ("trap", "trap"),
+    ("recurse", "trap"),
+    ("huge", "output_too_large"),
+    ("log-flood", "log_exceeded"),
+    ("reject", "reject"),
+    ("internal", "guest_error"),
+];
+
+/// Two tenants' pipelines in one file: `shop` (tenant `good`) and `evil`
+/// (tenant `evil`), each over its own table, one state store.
+fn two_tenants(good: &Setup, evil: &Setup, receiver: &Receiver) -> Config {
+    let text = format!(
+        "{}[tenants.good]\nsecrets = [\"{HOOK_KEY}\"]\n[tenants.evil]\nsecrets = [\"{HOOK_KEY}\"]\n\n{}{}",
+        good.pipeline.render_head(),
+        good.pipeline_text(receiver),
+        evil.pipeline_text(receiver),
+    );
+    let config = freshet::config::parse(&text).expect("parses");
+    assert_eq!(config.validate(), vec![], "{text}");
+    config
+}
+
+fn tenant_setup(plugin: &str, name: &str, tenant: &str) -> Setup {
+    let mut setup = Setup::new(plugin);
+    setup.pipeline.name = name.into();
+    setup.pipeline.tenant = Some(tenant.into());
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_is_contained_and_the_other_delivers_every_row() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let good = tenant_setup(plugins::ORDERS_PLUGIN, "shop", "good");
+    let mut evil = tenant_setup(plugins::HOSTILE_PLUGIN, "evil", "evil");
+    evil.pipeline.limits =
+        "fuel_per_row = 100_000_000\nmemory_mib = 24\nlog_bytes_per_row = 4096".into();
+    let base = now_ms() - 60_000;
+    let orders: Vec<Order> = (1..=300)
+        .map(|id| Order::new(id, "confirmed", base + id))
+        .collect();
+    good.insert(&orders);
+    // Hostile rows between harmless ones, twice over.
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        for (i, (behaviour, _)) in HOSTILE.iter().enumerate() {
+            let id = 1000 + round * 100 + 2 * i as i64;
+            rows.push(Order::new(id, behaviour, base + id));
+            rows.push(Order::new(id + 1, "fine", base + id + 1));
+        }
+    }
+    rows.push(Order::new(2000, "probe", base + 2000));
+    evil.insert(&rows);
+
+    let results = freshet::run(
+        &two_tenants(&good, &evil, &receiver),
+        CancellationToken::new(),
+        RunOptions { once: true },
+    )
+    .await
+    .expect("the host survives");
+    let stats: BTreeMap<String, Stats> = results.into_iter().collect();
+
+    let shop = &stats["shop"];
+    assert_eq!((shop.rows, shop.delivered), (300, 300), "{shop:?}");
+    assert_eq!(shop.plugin_errors.total(), 0);
+    assert_exactly_once(received_order_ids(&receiver), 1..=300);
+    let version = hex::encode(Sha256::digest(
+        std::fs::read(plugins::ORDERS_PLUGIN).unwrap(),
+    ));
+    let shop_versions: Vec<_> = receiver
+        .messages()
+        .iter()
+        .filter(|m| m.envelope["body"]["xdmEntity"]["_acme"]["orderId"].is_string())
+        .map(|m| m.envelope["header"]["source"]["pluginVersion"].clone())
+        .collect();
+    assert!(shop_versions.iter().all(|v| *v == version.as_str()));
+
+    let evil_stats = &stats["evil"];
+    let harmless = HOSTILE.len() as u64 * 2 + 1;
+    assert_eq!(evil_stats.delivered, harmless, "{evil_stats:?}");
+    let dead: Vec<_> = good.state().dead_letters(Some("evil")).unwrap();
+    assert_eq!(dead.len(), HOSTILE.len() * 2, "{dead:#?}");
+    for round in 0..2 {
+        for (i, (behaviour, code)) in HOSTILE.iter().enumerate() {
+            let id = 1000 + round * 100 + 2 * i as i64;
+            let letter = dead
+                .iter()
+                .find(|d| d.identity.starts_with(&format!("{id}@")))
+                .unwrap_or_else(|| panic!("no dead letter for {behaviour}"));
+            assert_eq!(letter.code, *code, "{behaviour}: {}", letter.reason);
+        }
+    }
+    for (_, code) in HOSTILE {
+        let expected = 2 * HOSTILE.iter().filter(|(_, c)| c == code).count() as u64;
+        assert_eq!(evil_stats.plugin_errors.get(code), expected, "{code}");
+    }
+    // The probe row: every ambient capability denied inside the sandbox.
+    let probe = receiver
+        .messages()
+        .into_iter()
+        .find(|m| m.envelope["body"]["xdmEntity"]["file"].is_string())
+        .expect("the probe's event");
+    let report = &probe.envelope["body"]["xdmEntity"];
+    for capability in ["file", "dir", "socket"] {
+        let outcome = report[capability].as_str().unwrap();
+        assert!(outcome.starts_with("denied"), "{capability}: {outcome}");
+    }
+    assert_eq!(report["env"], "0 variables");
+    assert_eq!(report["clock_secs"], 0);
+}
+
+/// A pipeline may only read its own tenant's secrets and load plugins from
+/// its tenant's folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let good = tenant_setup(plugins::ORDERS_PLUGIN, "shop", "good");
+    let text = format!(
+        "{}[tenants.good]\nsecrets = [\"GOOD_TOKEN\"]\nplugin_dir = {:?}\n\n[tenants.evil]\nsecrets = [\"FRESHET_TEST_HOOK_KEY\"]\n\n{}",
+        good.pipeline.render_head(),
+        good.path("plugins"),
+        good.pipeline_text(&receiver),
+    );
+    let config = freshet::config::parse(&text).unwrap();
+    let errors: Vec<String> = config.validate().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "pipelines.shop.targets.order-confirmed.headers.x-api-key: `FRESHET_TEST_HOOK_KEY` \
+             is not one of tenant good's secrets (tenants.good.secrets)"
+        ]
+    );
+    // With the secret its own, the plugin outside its folder is refused.
+    std::fs::create_dir(good.path("plugins")).unwrap();
+    let text = text.replace(r#"["GOOD_TOKEN"]"#, r#"["FRESHET_TEST_HOOK_KEY"]"#);
+    let config = freshet::config::parse(&text).unwrap();
+    assert_eq!(config.validate(), vec![]);
+    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pipelines.shop.plugin:") && err.contains("outside tenant good's plugin_dir"),
+        "{err}"
+    );
+    // A symlink inside the folder does not let it out either.
+    std::os::unix::fs::symlink(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
+    let inside = text.replace(
+        &format!(
+            "plugin = {:?}",
+            std::path::Path::new(plugins::ORDERS_PLUGIN)
+        ),
+        &format!("plugin = {:?}", good.path("plugins/orders.wasm")),
+    );
+    let config = freshet::config::parse(&inside).unwrap();
+    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside tenant good's plugin_dir"), "{err}");
+    // A real copy inside runs.
+    std::fs::remove_file(good.path("plugins/orders.wasm")).unwrap();
+    std::fs::copy(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
+    let config = freshet::config::parse(&inside).unwrap();
+    freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .expect("a plugin inside its tenant's folder runs");
+}
+
+/// The orders plugin with a custom section appended: the same behaviour, a
+/// different content hash (a new build of the same code).
+fn new_build_of(path: &str, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let name = b"freshet-build";
+    let payload = tag.as_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128, "one-byte LEB128 sizes");
+    bytes.extend([0u8, size as u8, name.len() as u8]);
+    bytes.extend(name);
+    bytes.extend(payload);
+    bytes
+}
+
+/// Writes `bytes` to `path` the way a deploy does: a new file renamed over
+/// the old one.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn versions_by_order(receiver: &Receiver) -> BTreeMap<i64, Vec<String>> {
+    let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for m in receiver.messages() {
+        let id = m.envelope["body"]["xdmEntity"]["_acme"]["orderId"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let version = m.envelope["header"]["source"]["pluginVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        out.entry(id).or_default().push(version);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_plugin_file_mid_run_swaps_versions_without_losing_a_row() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let plugin = setup.path("plugin.wasm");
+    let v1 = std::fs::read(plugins::ORDERS_PLUGIN).unwrap();
+    std::fs::write(&plugin, &v1).unwrap();
+    setup.pipeline.plugin = plugin.clone();
+    setup.pipeline.engine = "reload_interval_ms = 100".into();
+    let hash = |b: &[u8]| hex::encode(Sha256::digest(b));
+    let running = Running::start(setup.config(&receiver));
+
+    // Rows keep arriving throughout, a few every 20 ms.
+    let base = now_ms() - 60_000;
+    let mut next = 1;
+    let mut insert = |n: i64| {
+        let orders: Vec<Order> = (next..next + n)
+            .map(|id| Order::new(id, "confirmed", base + id))
+            .collect();
+        setup.insert(&orders);
+        next += n;
+        next - 1
+    };
+    insert(100);
+    assert!(wait_for_messages(&receiver, 100, Duration::from_secs(20)).await);
+
+    let v2 = new_build_of(plugins::ORDERS_PLUGIN, "v2");
+    replace_file(&plugin, &v2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !versions_by_order(&receiver)
+        .values()
+        .any(|v| v.contains(&hash(&v2)))
+    {
+        assert!(std::time::Instant::now() < deadline, "v2 never took over");
+        insert(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A broken build: refused, v2 keeps running.
+    replace_file(&plugin, b"\0asm this is not a component");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = insert(100);
+    assert!(wait_for_messages(&receiver, last as u64, Duration::from_secs(20)).await);
+    let stats = running.stop().await;
+
+    assert_exactly_once(received_order_ids(&receiver), 1..=last);
+    let versions = versions_by_order(&receiver);
+    let (old, new) = (hash(&v1), hash(&v2));
+    // Rows in order: v1 up to the swap, v2 from it on, nothing else.
+    let swap = versions
+        .iter()
+        .find(|(_, v)| v[0] == new)
+        .map(|(id, _)| *id)
+        .unwrap();
+    for (id, seen) in &versions {
+        let expected = if *id < swap { &old } else { &new };
+        assert_eq!(&seen[0], expected, "order {id}");
+    }
+    assert!(swap > 100, "the first 100 rows were mapped by v1");
+    assert_eq!((stats.reloads, stats.reload_failures), (1, 1), "{stats:?}");
+}
