@@ -22,4 +22,4 @@ pub mod plugin;
 pub mod source;
 pub mod state;
 
-pub use pipeline::{run, RunOptions, Stats};
+pub use pipeline::{run, run_file, RunOptions, Stats};

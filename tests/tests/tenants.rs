@@ -287,3 +287,66 @@ async fn replacing_the_plugin_file_mid_run_swaps_versions_without_losing_a_row()
     assert!(swap > 100, "the first 100 rows were mapped by v1");
     assert_eq!((stats.reloads, stats.reload_failures), (1, 1), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pointing_the_config_file_at_another_plugin_switches_without_a_restart() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.engine = "reload_interval_ms = 100".into();
+    let v2 = setup.path("orders-v2.wasm");
+    std::fs::write(&v2, new_build_of(plugins::ORDERS_PLUGIN, "v2")).unwrap();
+    let config_path = setup.path("freshet.toml");
+    let text = setup.config_text(&receiver);
+    std::fs::write(&config_path, &text).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (path, shutdown) = (config_path.clone(), shutdown.clone());
+        async move { freshet::run_file(&path, shutdown, RunOptions::default()).await }
+    });
+    let base = now_ms() - 60_000;
+    let orders = |ids: std::ops::RangeInclusive<i64>| -> Vec<Order> {
+        ids.map(|id| Order::new(id, "confirmed", base + id))
+            .collect()
+    };
+    setup.insert(&orders(1..=50));
+    assert!(wait_for_messages(&receiver, 50, Duration::from_secs(20)).await);
+
+    // A config that does not validate changes nothing.
+    std::fs::write(
+        &config_path,
+        text.replace("batch_size = 50", "batch_size = 0"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The config now names the new build.
+    let repointed = text.replace(
+        &format!(
+            "plugin = {:?}",
+            std::path::Path::new(plugins::ORDERS_PLUGIN)
+        ),
+        &format!("plugin = {v2:?}"),
+    );
+    assert_ne!(repointed, text);
+    std::fs::write(&config_path, repointed).unwrap();
+    let new = hex::encode(Sha256::digest(std::fs::read(&v2).unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut next = 51;
+    while !versions_by_order(&receiver)
+        .values()
+        .any(|v| v.contains(&new))
+    {
+        assert!(std::time::Instant::now() < deadline, "v2 never took over");
+        setup.insert(&orders(next..=next));
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    let results = running.await.unwrap().unwrap();
+    assert_exactly_once(received_order_ids(&receiver), 1..next);
+    let old = hex::encode(Sha256::digest(
+        std::fs::read(plugins::ORDERS_PLUGIN).unwrap(),
+    ));
+    let versions = versions_by_order(&receiver);
+    assert!((1..=50).all(|id| versions[&id][0] == old));
+    assert_eq!(results[0].1.reloads, 1, "{:?}", results[0].1);
+}

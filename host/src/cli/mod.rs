@@ -3,7 +3,7 @@
 
 mod plugin_test;
 
-use crate::config::{self, Config, LoadError};
+use crate::config::{self, Config};
 use crate::pipeline::{self, RunOptions};
 use crate::source::{Cursor, Timestamp};
 use crate::state::sqlite::SqliteState;
@@ -129,10 +129,7 @@ enum DlqCommand {
 
 /// Loads a config, printing every problem on failure.
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    config::load(path).map_err(|e| match e {
-        LoadError::Read { .. } => anyhow::anyhow!("{e}"),
-        _ => anyhow::anyhow!("{} is not valid:\n{e}", path.display()),
-    })
+    config::load_explained(path)
 }
 
 fn parse_instant(text: &str) -> anyhow::Result<Timestamp> {
@@ -148,7 +145,6 @@ fn parse_instant(text: &str) -> anyhow::Result<Timestamp> {
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run { config, once } => {
-            let config = load(&config)?;
             let shutdown = CancellationToken::new();
             let on_signal = shutdown.clone();
             tokio::spawn(async move {
@@ -157,7 +153,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                     on_signal.cancel();
                 }
             });
-            let results = pipeline::run(&config, shutdown, RunOptions { once }).await?;
+            let results = pipeline::run_file(&config, shutdown, RunOptions { once }).await?;
             for (name, stats) in results {
                 println!("{}", serde_json::json!({"pipeline": name, "stats": stats}));
             }

@@ -654,6 +654,15 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     Ok(config)
 }
 
+/// [`load`], its failure worded for a person: every problem, under the
+/// file's name.
+pub fn load_explained(path: &Path) -> anyhow::Result<Config> {
+    load(path).map_err(|e| match e {
+        LoadError::Read { .. } => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("{} is not valid:\n{e}", path.display()),
+    })
+}
+
 impl Config {
     /// Makes every relative path in the config relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {

@@ -200,7 +200,7 @@ async fn build(
         name: name.into(),
         tenant: tenant.into(),
         source,
-        sandbox: Arc::new(Sandbox::new(
+        sandbox: Sandbox::new(
             plugin,
             CallContext::new(
                 tenant,
@@ -209,11 +209,11 @@ async fn build(
                 config.plugin_settings.clone(),
                 config.grants,
             ),
-        )),
+        ),
         scheduler: runtime.scheduler().clone(),
         reload: (reload_every > 0).then(|| super::Reload {
             runtime: runtime.clone(),
-            path: config.plugin.clone(),
+            path: tokio::sync::watch::Sender::new(config.plugin.clone()),
             every: Duration::from_millis(reload_every),
             counts: Arc::default(),
         }),

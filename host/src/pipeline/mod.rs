@@ -12,6 +12,7 @@ mod build;
 mod page;
 mod progress;
 mod replay;
+mod watch_config;
 
 pub use build::{build_all, initial_cursor, open_source};
 pub use replay::{replay, Replayed};
@@ -95,7 +96,7 @@ pub struct Pipeline {
     name: Arc<str>,
     tenant: Arc<str>,
     source: Box<dyn Source>,
-    sandbox: Arc<Sandbox>,
+    sandbox: Sandbox,
     scheduler: Arc<Scheduler>,
     reload: Option<Reload>,
     sink: Box<dyn Sink>,
@@ -112,7 +113,9 @@ pub struct Pipeline {
 /// What hot reload of a pipeline's plugin needs.
 struct Reload {
     runtime: Runtime,
-    path: std::path::PathBuf,
+    /// The plugin file; the config watcher sends a new one when the config
+    /// file names another.
+    path: tokio::sync::watch::Sender<std::path::PathBuf>,
     every: Duration,
     counts: Arc<ReloadCounts>,
 }
@@ -162,7 +165,7 @@ impl Pipeline {
             tokio::spawn(crate::plugin::reload::watch(
                 r.runtime.clone(),
                 self.sandbox.clone(),
-                r.path.clone(),
+                r.path.subscribe(),
                 r.every,
                 r.counts.clone(),
                 watching,
@@ -307,6 +310,46 @@ pub async fn run(
     options: RunOptions,
 ) -> anyhow::Result<Vec<(String, Stats)>> {
     let pipelines = build_all(config, &shutdown).await?;
+    run_pipelines(pipelines, shutdown, options).await
+}
+
+/// [`run`] for a config file, which is watched while the pipelines run (every
+/// `engine.reload_interval_ms`): when it names another plugin file for a
+/// pipeline, that pipeline switches to it as when its file is replaced.
+/// Other changes wait for a restart (and are reported as such); a change
+/// that does not load or validate is reported and ignored.
+pub async fn run_file(
+    path: &std::path::Path,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<Vec<(String, Stats)>> {
+    let config = crate::config::load_explained(path)?;
+    let pipelines = build_all(&config, &shutdown).await?;
+    let plugins: Vec<_> = pipelines
+        .iter()
+        .filter_map(|p| Some((p.name.to_string(), p.reload.as_ref()?.path.clone())))
+        .collect();
+    // The watcher stops with the pipelines.
+    let watching = shutdown.child_token();
+    let _stop_watching = watching.clone().drop_guard();
+    if !plugins.is_empty() {
+        let every = Duration::from_millis(config.engine.reload_interval_ms);
+        tokio::spawn(watch_config::watch(
+            path.to_owned(),
+            plugins,
+            every,
+            watching,
+        ));
+    }
+    run_pipelines(pipelines, shutdown, options).await
+}
+
+/// Runs built pipelines side by side; see [`run`].
+async fn run_pipelines(
+    pipelines: Vec<Pipeline>,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<Vec<(String, Stats)>> {
     let mut tasks = tokio::task::JoinSet::new();
     for pipeline in pipelines {
         let shutdown = shutdown.clone();

@@ -2,7 +2,9 @@
 //! loaded off the pipeline's path (on the blocking pool, under the engine's
 //! size and compile-time limits) and swapped in for the next page. The page
 //! in flight finishes on the version it started with; a version that fails
-//! to load leaves the running one in place and says why.
+//! to load leaves the running one in place and says why. The path itself
+//! can change too (the config file now names another plugin): it arrives
+//! through a `watch` channel and is loaded the same way.
 //!
 //! Watching is a cheap `stat` every `engine.reload_interval_ms`: it works
 //! the same for a file rewritten in place, replaced by a rename, or on a
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What the watcher did, for [`crate::Stats`].
@@ -24,23 +27,29 @@ pub struct ReloadCounts {
     pub failures: AtomicU64,
 }
 
-/// Watches `path` until `shutdown`, swapping new versions into `sandbox`.
+/// Watches the plugin file `path` names until `shutdown`, swapping new
+/// versions into `sandbox`.
 pub async fn watch(
     runtime: Runtime,
-    sandbox: Arc<Sandbox>,
-    path: PathBuf,
+    sandbox: Sandbox,
+    mut path: watch::Receiver<PathBuf>,
     every: Duration,
     counts: Arc<ReloadCounts>,
     shutdown: CancellationToken,
 ) {
     let pipeline = sandbox.context().pipeline.clone();
     let tenant = sandbox.context().tenant.clone();
-    let mut seen = stamp(&path);
+    let mut seen = stamp(&path.borrow_and_update());
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
+        if path.has_changed().unwrap_or(false) {
+            // Another file: whatever it holds is worth a load.
+            seen = None;
+        }
+        let path = path.borrow_and_update().clone();
         let now = stamp(&path);
         if now == seen || now.is_none() {
             // Unchanged, or gone for the moment (a replace in progress): the
@@ -74,7 +83,7 @@ pub async fn watch(
 }
 
 /// What tells a changed file apart: size and modification time.
-fn stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
+pub(crate) fn stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
