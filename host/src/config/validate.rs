@@ -162,11 +162,11 @@ impl Config {
             );
             e.range(engine.threads, 0, 256, "threads");
             e.check(
-                engine.heavy_cpu_share > 0.0 && engine.heavy_cpu_share <= 1.0,
-                "heavy_cpu_share",
+                engine.heavy_fuel_share > 0.0 && engine.heavy_fuel_share <= 1.0,
+                "heavy_fuel_share",
                 format!(
                     "must be above 0 and at most 1, not {}",
-                    engine.heavy_cpu_share
+                    engine.heavy_fuel_share
                 ),
             );
             e.check(

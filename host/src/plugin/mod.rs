@@ -69,9 +69,9 @@ pub struct EngineSettings {
     pub compile_timeout_ms: u64,
     /// Plugin threads per priority class; 0 means one per CPU core.
     pub threads: usize,
-    /// The share of one plugin thread's time (0–1, over the last second)
-    /// past which a pipeline's calls run at background priority.
-    pub heavy_cpu_share: f64,
+    /// The share of its fuel budget (0–1, over the last second) past which
+    /// a pipeline's plugin calls run at background priority.
+    pub heavy_fuel_share: f64,
     /// How often each pipeline's plugin file is checked for a new version,
     /// in milliseconds; 0 turns hot reload off.
     pub reload_interval_ms: u64,
@@ -86,7 +86,7 @@ impl Default for EngineSettings {
             max_component_bytes: 64 * 1024 * 1024,
             compile_timeout_ms: 120_000,
             threads: 0,
-            heavy_cpu_share: 0.75,
+            heavy_fuel_share: 0.5,
             reload_interval_ms: 1_000,
         }
     }

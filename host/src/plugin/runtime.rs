@@ -123,7 +123,7 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the component cache {}", dir.display()))?;
         }
-        let scheduler = Scheduler::new(settings.plugin_threads(), settings.heavy_cpu_share)
+        let scheduler = Scheduler::new(settings.plugin_threads(), settings.heavy_fuel_share)
             .context("starting the plugin threads")?;
         Ok(Self {
             inner: Arc::new(Inner {

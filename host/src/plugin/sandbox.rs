@@ -370,9 +370,11 @@ impl Session {
         arm(store, budget, limits, n as u64)?;
         let answer = call(&instance.plugin, store, range);
         store.data().finish_call();
+        let used = budget - store.get_fuel().unwrap_or(0);
+        self.sandbox.inner.cpu.record(used, budget);
         let answer = answer.map_err(|e| classify(e, store, budget, limits))?;
         let usage = Usage {
-            fuel: budget - store.get_fuel().unwrap_or(0),
+            fuel: used,
             peak_memory: store.data().meter.peak_memory,
         };
         if answer.len() != n {

@@ -2,19 +2,21 @@
 //!
 //! Two pools of plugin threads, each fed first come, first served: a
 //! *normal* pool, and a *background* pool whose threads run at the lowest OS
-//! priority (nice 19). Each pipeline has at most one call queued at a time
+//! priority (nice 19). Each pipeline has at most one job queued at a time
 //! (its reader maps one page after another), so a FIFO queue is round robin
-//! between pipelines. A pipeline whose plugin kept a thread busy more than
-//! `engine.heavy_cpu_share` of the last second — or whose last call burnt
-//! its whole instruction budget or deadline — runs in the background pool
-//! until a second passes under the share.
+//! between pipelines. A pipeline whose calls spent more than
+//! `engine.heavy_fuel_share` of their instruction budget over the last
+//! second — or whose call ran out of fuel or time — is *heavy*: its calls
+//! run in the background pool until a second passes under the share.
 //!
-//! This is work-conserving: a heavy plugin still gets every core nobody
-//! else wants, but the kernel gives the light pipelines' threads (and the
-//! host's own I/O threads) the CPU first, so a tenant burning its budget on
-//! every row costs the others little. The share is measured in wall time on
-//! purpose: a demoted plugin that waits for CPU still counts as busy, so it
-//! does not bounce back into the normal pool just because it was starved.
+//! Heaviness is measured against the pipeline's own budget (fuel is
+//! deterministic: the same rows cost the same whatever else runs), not in
+//! CPU time: a light plugin catching up on a backlog keeps a thread busy
+//! all the time yet spends a sliver of its budget per row, and stays normal.
+//! The scheme is work-conserving: a heavy plugin still gets every core
+//! nobody else wants, but the kernel gives the light pipelines' threads (and
+//! the host's own I/O threads) the CPU first, so a tenant burning its
+//! budget on every row costs the others little.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -37,7 +39,8 @@ struct Pool {
 const WINDOW: Duration = Duration::from_secs(1);
 
 impl Scheduler {
-    /// `threads` normal and `threads` background threads.
+    /// `threads` normal and `threads` background threads; pipelines
+    /// spending more than `heavy_share` of their fuel budget are heavy.
     pub fn new(threads: usize, heavy_share: f64) -> std::io::Result<Self> {
         Ok(Self {
             normal: Pool::start("freshet-plugin", threads, false)?,
@@ -46,9 +49,8 @@ impl Scheduler {
         })
     }
 
-    /// Runs `job` (a plugin call) on a plugin thread of the class `cpu`
-    /// says, records how long it took, and returns its answer. A panic in
-    /// `job` is resumed in the caller.
+    /// Runs `job` (plugin calls) on a plugin thread of the class `cpu` says
+    /// and returns its answer. A panic in `job` is resumed in the caller.
     pub async fn run<R: Send + 'static>(
         &self,
         cpu: &Arc<CpuMeter>,
@@ -60,12 +62,8 @@ impl Scheduler {
             &self.normal
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let meter = cpu.clone();
-        let share = self.heavy_share;
         pool.submit(Box::new(move || {
-            let started = Instant::now();
             let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-            meter.record(started.elapsed(), share);
             let _ = tx.send(answer);
         }));
         match rx.await {
@@ -125,7 +123,7 @@ fn lower_priority() {
     }
 }
 
-/// One pipeline's recent use of plugin threads.
+/// One pipeline's recent spending of its fuel budget.
 #[derive(Debug)]
 pub struct CpuMeter {
     window: Mutex<Window>,
@@ -134,7 +132,8 @@ pub struct CpuMeter {
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    busy: Duration,
+    used: u64,
+    budget: u64,
     heavy: bool,
 }
 
@@ -143,7 +142,8 @@ impl Default for CpuMeter {
         Self {
             window: Mutex::new(Window {
                 started: Instant::now(),
-                busy: Duration::ZERO,
+                used: 0,
+                budget: 0,
                 heavy: false,
             }),
         }
@@ -159,11 +159,11 @@ impl CpuMeter {
         w.heavy
     }
 
-    /// Adds one call's time.
-    fn record(&self, took: Duration, share: f64) {
+    /// Adds one call's spending: `used` of `budget` fuel.
+    pub fn record(&self, used: u64, budget: u64) {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        w.busy += took;
-        w.roll(share);
+        w.used = w.used.saturating_add(used);
+        w.budget = w.budget.saturating_add(budget);
     }
 
     /// Marks the pipeline heavy until a whole window passes under the share:
@@ -176,13 +176,17 @@ impl CpuMeter {
 
 impl Window {
     fn roll(&mut self, share: f64) {
-        let elapsed = self.started.elapsed();
-        if elapsed < WINDOW {
+        if self.started.elapsed() < WINDOW {
             return;
         }
-        self.heavy = self.busy.as_secs_f64() > share * elapsed.as_secs_f64();
+        // A window in which no call finished is no evidence either way: a
+        // heavy plugin starved in the background must not look light.
+        if self.budget > 0 {
+            self.heavy = self.used as f64 > share * self.budget as f64;
+        }
         self.started = Instant::now();
-        self.busy = Duration::ZERO;
+        self.used = 0;
+        self.budget = 0;
     }
 }
 
@@ -191,14 +195,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pipeline_busy_past_its_share_is_heavy_until_a_quiet_window() {
+    fn a_pipeline_spending_most_of_its_budget_is_heavy_until_a_light_window() {
         let meter = CpuMeter::default();
         assert!(!meter.is_heavy(0.5));
-        meter.record(Duration::from_millis(900), 0.5);
+        meter.record(900, 1000);
         std::thread::sleep(WINDOW);
-        assert!(meter.is_heavy(0.5), "900 ms busy in ~1 s is over half");
+        assert!(meter.is_heavy(0.5), "900 of 1000 is over half");
         std::thread::sleep(WINDOW);
-        assert!(!meter.is_heavy(0.5), "a quiet second clears it");
+        assert!(
+            meter.is_heavy(0.5),
+            "a second without calls changes nothing"
+        );
+        meter.record(10, 1000);
+        std::thread::sleep(WINDOW);
+        assert!(!meter.is_heavy(0.5), "a light second clears it");
         meter.mark_heavy();
         assert!(meter.is_heavy(0.5));
     }
