@@ -1,8 +1,8 @@
 //! Where plugin calls run, and who goes first when tenants compete for CPU.
 //!
 //! Two pools of plugin threads, each fed first come, first served: a
-//! *normal* pool, and a *background* pool whose threads run at the lowest OS
-//! priority (nice 19). Each pipeline has at most one job queued at a time
+//! *normal* pool, and a *background* pool whose threads are in the kernel's
+//! idle scheduling class (`SCHED_IDLE`). Each pipeline has at most one job queued at a time
 //! (its reader maps one page after another), so a FIFO queue is round robin
 //! between pipelines. A pipeline whose calls spent more than
 //! `engine.heavy_fuel_share` of their instruction budget over the last
@@ -106,19 +106,20 @@ impl Pool {
     }
 }
 
-/// Sets the calling thread to the lowest scheduling priority.
+/// Puts the calling thread in the kernel's idle scheduling class
+/// (`SCHED_IDLE`): it runs only on CPU no normal thread wants, and any
+/// normal thread that wakes up preempts it at once (a nice-19 thread would
+/// keep the CPU until its slice ends, delaying the pipelines' I/O threads).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain syscalls on the calling thread's own id; on Linux
-        // the nice value is per thread.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain syscall on the calling thread (pid 0), with a
+        // valid pointer to a parameter that outlives the call.
         #[allow(unsafe_code)]
-        let result = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-        };
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
         if result != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the background plugin threads' priority");
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot put the background plugin threads in the idle scheduling class");
         }
     }
 }
