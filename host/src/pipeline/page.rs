@@ -175,14 +175,22 @@ impl Pipeline {
         // Every call of the page runs the version current now.
         let session = self.sandbox.session();
         let outcomes = self.run_calls(&session, stop, &batches, MAP).await?;
-        let events: Vec<Event> = outcomes
-            .iter()
-            .flat_map(|o| o.iter().flatten().cloned())
-            .collect();
-        let chunks: Vec<Arc<Vec<Event>>> = events
-            .chunks(self.batch_size)
-            .map(|c| Arc::new(c.to_vec()))
-            .collect();
+        // The events, in batches for `decide` (copied once: the outcomes
+        // keep theirs for delivery).
+        let mut chunks: Vec<Arc<Vec<Event>>> = Vec::new();
+        let mut chunk = Vec::with_capacity(self.batch_size);
+        for event in outcomes.iter().flat_map(|o| o.iter().flatten()) {
+            chunk.push(event.clone());
+            if chunk.len() == self.batch_size {
+                chunks.push(Arc::new(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(self.batch_size),
+                )));
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(Arc::new(chunk));
+        }
         let decisions = self.run_calls(&session, stop, &chunks, DECIDE).await?;
         if let Some(e) = unavailable(&outcomes).or_else(|| unavailable(&decisions)) {
             anyhow::bail!("{e}");
