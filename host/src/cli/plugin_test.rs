@@ -11,7 +11,7 @@
 
 use crate::actions::action_json;
 use crate::plugin::contract::{Row, Value};
-use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
+use crate::plugin::{CallContext, EngineSettings, Limits, Runtime, Sandbox};
 use crate::source::Timestamp;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value as Json};
@@ -115,7 +115,7 @@ fn read_rows(path: &std::path::Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> 
 
 /// Runs the dry run; exit code 1 when any row failed.
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (limits, mut settings, grants) = match (&args.config, &args.pipeline) {
+    let (limits, mut settings, grants, mut engine) = match (&args.config, &args.pipeline) {
         (Some(path), Some(name)) => {
             let config =
                 crate::config::load(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -123,10 +123,27 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 .pipelines
                 .get(name)
                 .ok_or_else(|| anyhow!("the config has no pipeline `{name}`"))?;
-            (p.limits.clone(), p.plugin_settings.clone(), p.grants)
+            let engine = config.engine.clone();
+            (
+                p.limits.clone(),
+                p.plugin_settings.clone(),
+                p.grants,
+                engine,
+            )
         }
-        _ => (Limits::default(), BTreeMap::new(), Default::default()),
+        _ => (
+            Limits::default(),
+            BTreeMap::new(),
+            Default::default(),
+            EngineSettings::default(),
+        ),
     };
+    // Large components (Python, JavaScript) take seconds to compile: try
+    // them again and again from a cache, the config's or the user's.
+    if engine.cache_dir.is_none() {
+        engine.cache_dir = std::env::var_os("HOME")
+            .map(|home| std::path::Path::new(&home).join(".cache/freshet/components"));
+    }
     for setting in &args.settings {
         let Some((k, v)) = setting.split_once('=') else {
             bail!("--setting {setting:?}: expected NAME=VALUE")
@@ -134,7 +151,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         settings.insert(k.to_owned(), v.to_owned());
     }
     let (columns, rows) = read_rows(&args.rows)?;
-    let runtime = Runtime::new(&Default::default())?;
+    let runtime = Runtime::new(&engine)?;
     let plugin = runtime.load(&args.plugin)?;
     let version = plugin.version()[..12].to_owned();
     let ctx = CallContext::new(
