@@ -267,7 +267,10 @@ impl Runtime {
         match rx.recv_timeout(self.inner.compile_timeout) {
             Ok(Ok(component)) => Ok((component, Origin::Compiled)),
             Ok(Err(e)) => Err(LoadError::Invalid(e)),
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(LoadError::Invalid(
+                "the compiler stopped without an answer (it panicked)".into(),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 abandoned.store(true, Ordering::Release);
                 Err(LoadError::CompileTimeout(self.inner.compile_timeout))
             }
