@@ -83,8 +83,15 @@ struct Inner {
     /// One copy of each component in memory, by content hash, for as long
     /// as some pipeline uses it.
     loaded: Mutex<HashMap<String, Weak<Loaded>>>,
+    /// The content hash last read from each file, with the file's size and
+    /// modification time then: many pipelines naming one file (an 18 MB
+    /// Python component, say) read and hash it once, not once each.
+    files: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
     scheduler: Arc<Scheduler>,
 }
+
+/// What tells a changed file apart: size and modification time.
+type FileStamp = (u64, std::time::SystemTime);
 
 impl Runtime {
     /// Builds the engine (component model, fuel, epoch interruption, the
@@ -132,6 +139,7 @@ impl Runtime {
                 max_component_bytes: settings.max_component_bytes,
                 compile_timeout: Duration::from_millis(settings.compile_timeout_ms),
                 loaded: Mutex::new(HashMap::new()),
+                files: Mutex::new(HashMap::new()),
                 scheduler: Arc::new(scheduler),
             }),
         })
@@ -151,14 +159,37 @@ impl Runtime {
         };
         let limit = self.inner.max_component_bytes;
         let file = std::fs::File::open(path).map_err(read)?;
-        let size = file.metadata().map_err(read)?.len();
+        let meta = file.metadata().map_err(read)?;
+        let size = meta.len();
         if size > limit {
             return Err(LoadError::TooLarge { size, limit });
+        }
+        let stamp = meta.modified().ok().map(|modified| (size, modified));
+        if let Some(plugin) = stamp.and_then(|stamp| self.unchanged(path, stamp)) {
+            return Ok(plugin);
         }
         let mut bytes = Vec::with_capacity(size as usize);
         // The file may grow between the check and the read.
         file.take(limit + 1).read_to_end(&mut bytes).map_err(read)?;
-        self.load_bytes(&bytes)
+        let plugin = self.load_bytes(&bytes)?;
+        if let Some(stamp) = stamp {
+            lock(&self.inner.files).insert(path.to_owned(), (stamp, plugin.version().to_owned()));
+        }
+        Ok(plugin)
+    }
+
+    /// The loaded plugin of `path`, if the file is as it was when last read
+    /// and some pipeline still holds its component.
+    fn unchanged(&self, path: &Path, stamp: FileStamp) -> Option<Plugin> {
+        let files = lock(&self.inner.files);
+        let (seen, version) = files.get(path)?;
+        if *seen != stamp {
+            return None;
+        }
+        lock(&self.inner.loaded)
+            .get(version)
+            .and_then(Weak::upgrade)
+            .map(Plugin)
     }
 
     /// [`Runtime::load`] from bytes in memory.
@@ -171,7 +202,7 @@ impl Runtime {
             });
         }
         let version = hex::encode(Sha256::digest(bytes));
-        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = lock(&self.inner.loaded);
         if let Some(plugin) = loaded.get(&version).and_then(Weak::upgrade) {
             return Ok(Plugin(plugin));
         }
@@ -179,11 +210,7 @@ impl Runtime {
         drop(loaded);
         let (component, origin) = self.compile(bytes, &version)?;
         let plugin = Arc::new(self.link(component, version.clone(), origin)?);
-        self.inner
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(version, Arc::downgrade(&plugin));
+        lock(&self.inner.loaded).insert(version, Arc::downgrade(&plugin));
         Ok(Plugin(plugin))
     }
 
@@ -276,6 +303,12 @@ impl Runtime {
             }
         }
     }
+}
+
+/// A lock that a panic elsewhere does not poison for good: the maps it
+/// guards are consistent after every single operation.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn write_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
