@@ -17,6 +17,7 @@ mod error;
 mod limits;
 pub mod logs;
 pub mod reload;
+pub mod rows_file;
 mod runtime;
 mod sandbox;
 pub mod scheduler;

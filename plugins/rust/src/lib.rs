@@ -52,15 +52,32 @@ fn tenant() -> String {
     get_setting("tenant").unwrap_or_else(|| "freshet".to_owned())
 }
 
-/// A cell as text, or a rejection naming the column.
+/// The contract's name for a cell's type, as rejections quote it.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Boolean(_) => "boolean",
+        Value::Integer(_) => "integer",
+        Value::Decimal(_) => "decimal",
+        Value::Float(_) => "float",
+        Value::Text(_) => "text",
+        Value::Timestamp(_) => "timestamp",
+        Value::Date(_) => "date",
+        Value::Json(_) => "json",
+        Value::Binary(_) => "binary",
+    }
+}
+
+/// A cell as text, or a rejection naming the column. Floats are refused:
+/// money and ids are exact, and a float's text differs between languages.
 fn text(row: &Row, index: usize, column: &str) -> Result<String, PluginError> {
     match &row.cells[index] {
         Value::Text(s) | Value::Decimal(s) => Ok(s.clone()),
         Value::Integer(i) => Ok(i.to_string()),
-        Value::Float(f) => Ok(f.to_string()),
         Value::Null => Err(PluginError::Reject(format!("column `{column}` is null"))),
         other => Err(PluginError::Reject(format!(
-            "column `{column}` has unexpected type {other:?}"
+            "column `{column}` has type {}, expected text",
+            type_name(other)
         ))),
     }
 }
@@ -77,7 +94,8 @@ fn map_row(row: &Row, cols: &Columns, tenant: &str) -> Result<Vec<Event>, Plugin
         Value::Timestamp(t) => *t,
         other => {
             return Err(PluginError::Reject(format!(
-                "column `updated_at` is not a timestamp: {other:?}"
+                "column `updated_at` has type {}, expected timestamp",
+                type_name(other)
             )))
         }
     };

@@ -55,6 +55,20 @@ pub fn event_type(status: &str) -> String {
     }
 }
 
+/// `text` as a finite number if it is plain decimal notation: an optional
+/// `-`, digits, and optionally `.` and more digits (`-12.50`; not `+1`, `.5`,
+/// `1e3` or ` 1`). Kept this strict so every language's plugin accepts exactly
+/// the same amounts.
+pub fn decimal(text: &str) -> Option<f64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|a| a.is_finite())
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
@@ -94,12 +108,8 @@ pub fn event_body(order: &Order, tenant: &str) -> Result<String, Rejection> {
     if order.email.is_empty() {
         return Err(Rejection("customer_email is empty".to_owned()));
     }
-    let amount: f64 = order
-        .amount
-        .parse()
-        .ok()
-        .filter(|a: &f64| a.is_finite())
-        .ok_or_else(|| Rejection(format!("amount {:?} is not a decimal number", order.amount)))?;
+    let amount = decimal(&order.amount)
+        .ok_or_else(|| Rejection(format!("amount `{}` is not a decimal number", order.amount)))?;
     let mut out = String::with_capacity(320 + order.email.len() + order.id.len() * 2);
     out.push_str("{\"eventType\":");
     push_str(&mut out, &event_type(&order.status));
@@ -289,6 +299,16 @@ mod tests {
         assert_eq!(v["identityMap"]["Email"][0]["id"], "ada\"q@example.com");
         assert_eq!(v["commerce"]["order"]["priceTotal"], 12.5);
         assert_eq!(v["_acme"]["amount"], "12.50");
+    }
+
+    #[test]
+    fn amounts_are_plain_decimals() {
+        assert_eq!(decimal("-12.50"), Some(-12.5));
+        assert_eq!(decimal("7"), Some(7.0));
+        for bad in ["", "-", "+1", ".5", "5.", "1e3", " 1", "1 ", "inf", "NaN", "1.2.3"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
+        assert_eq!(decimal(&format!("1{}", "0".repeat(400))), None);
     }
 
     #[test]

@@ -1,0 +1,529 @@
+/*
+ * The helper behind freshet.h: turns the generated bindings' batch calls into
+ * one freshet_map_row / freshet_decide call per input, owns every allocation
+ * that crosses the boundary, and writes and reads the little JSON a plugin
+ * needs.
+ */
+#include "freshet.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Out of memory inside a sandboxed call: trap; the host reports the call as
+ * failed and discards the instance. */
+static void *grow(void *ptr, size_t size) {
+  void *out = realloc(ptr, size ? size : 1);
+  if (!out) abort();
+  return out;
+}
+
+freshet_str freshet_cstr(const char *s) { return (freshet_str){s, strlen(s)}; }
+
+bool freshet_str_eq(freshet_str a, const char *literal) {
+  size_t len = strlen(literal);
+  return a.len == len && memcmp(a.ptr, literal, len) == 0;
+}
+
+/* --- buffers ------------------------------------------------------------ */
+
+void freshet_buf_put(freshet_buf *b, const char *bytes, size_t len) {
+  if (b->len + len > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 64;
+    while (cap < b->len + len) cap *= 2;
+    b->ptr = grow(b->ptr, cap);
+    b->cap = cap;
+  }
+  if (len) memcpy(b->ptr + b->len, bytes, len);
+  b->len += len;
+}
+
+void freshet_buf_puts(freshet_buf *b, const char *s) { freshet_buf_put(b, s, strlen(s)); }
+
+void freshet_buf_str(freshet_buf *b, freshet_str s) { freshet_buf_put(b, s.ptr, s.len); }
+
+static void buf_vprintf(freshet_buf *b, const char *format, va_list args) {
+  va_list again;
+  va_copy(again, args);
+  int len = vsnprintf(NULL, 0, format, args);
+  if (len > 0) {
+    if (b->len + (size_t)len + 1 > b->cap) {
+      b->cap = b->len + (size_t)len + 1;
+      b->ptr = grow(b->ptr, b->cap);
+    }
+    vsnprintf(b->ptr + b->len, (size_t)len + 1, format, again);
+    b->len += (size_t)len;
+  }
+  va_end(again);
+}
+
+void freshet_buf_printf(freshet_buf *b, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  buf_vprintf(b, format, args);
+  va_end(args);
+}
+
+freshet_str freshet_buf_view(const freshet_buf *b) { return (freshet_str){b->ptr, b->len}; }
+
+void freshet_buf_free(freshet_buf *b) {
+  free(b->ptr);
+  *b = (freshet_buf){0};
+}
+
+/* A buffer's bytes as a string the host takes over (the bindings free it
+ * after the call returns); the buffer is left empty. */
+static pipeline_plugin_string_t take(freshet_buf *b) {
+  pipeline_plugin_string_t s = {(uint8_t *)b->ptr, b->len};
+  if (!b->len) {
+    free(b->ptr);
+    s.ptr = NULL;
+  }
+  *b = (freshet_buf){0};
+  return s;
+}
+
+static pipeline_plugin_string_t take_copy(freshet_str s) {
+  freshet_buf b = {0};
+  freshet_buf_str(&b, s);
+  return take(&b);
+}
+
+/* --- JSON writing ------------------------------------------------------- */
+
+void freshet_json_string(freshet_buf *b, freshet_str s) {
+  static const char hex[] = "0123456789abcdef";
+  freshet_buf_put(b, "\"", 1);
+  size_t plain = 0; /* start of the run of bytes that need no escape */
+  for (size_t i = 0; i < s.len; i++) {
+    unsigned char c = (unsigned char)s.ptr[i];
+    const char *escape = NULL;
+    char unicode[7];
+    if (c == '"') escape = "\\\"";
+    else if (c == '\\') escape = "\\\\";
+    else if (c == '\n') escape = "\\n";
+    else if (c == '\r') escape = "\\r";
+    else if (c == '\t') escape = "\\t";
+    else if (c < 0x20) {
+      memcpy(unicode, "\\u00", 4);
+      unicode[4] = hex[c >> 4];
+      unicode[5] = hex[c & 0xf];
+      unicode[6] = 0;
+      escape = unicode;
+    }
+    if (escape) {
+      freshet_buf_put(b, s.ptr + plain, i - plain);
+      freshet_buf_puts(b, escape);
+      plain = i + 1;
+    }
+  }
+  freshet_buf_put(b, s.ptr + plain, s.len - plain);
+  freshet_buf_put(b, "\"", 1);
+}
+
+void freshet_json_number(freshet_buf *b, double n) {
+  /* The fewest digits that read back as the same double, as JSON writers in
+   * other languages do. */
+  char text[32];
+  for (int precision = 1; precision <= 17; precision++) {
+    snprintf(text, sizeof text, "%.*g", precision, n);
+    if (strtod(text, NULL) == n) break;
+  }
+  freshet_buf_puts(b, text);
+}
+
+/* --- JSON reading ------------------------------------------------------- */
+
+/* Deeper nesting than this is refused rather than risking the guest stack. */
+#define JSON_MAX_DEPTH 128
+
+static const char *skip_space(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+  return p;
+}
+
+/* Past the string starting at p (a quote), or NULL. */
+static const char *skip_string(const char *p, const char *end) {
+  if (p >= end || *p != '"') return NULL;
+  for (p++; p < end; p++) {
+    if (*p == '"') return p + 1;
+    if ((unsigned char)*p < 0x20) return NULL;
+    if (*p == '\\' && ++p == end) return NULL;
+  }
+  return NULL;
+}
+
+static bool is_number_char(char c) {
+  return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+}
+
+/* Past the value starting at p, or NULL if it is not valid JSON. */
+static const char *skip_value(const char *p, const char *end, int depth) {
+  if (p >= end || depth > JSON_MAX_DEPTH) return NULL;
+  switch (*p) {
+  case '"':
+    return skip_string(p, end);
+  case '{':
+  case '[': {
+    char close = *p == '{' ? '}' : ']';
+    p = skip_space(p + 1, end);
+    if (p < end && *p == close) return p + 1;
+    for (;;) {
+      if (close == '}') {
+        p = skip_string(p, end);
+        if (!p) return NULL;
+        p = skip_space(p, end);
+        if (p >= end || *p != ':') return NULL;
+        p = skip_space(p + 1, end);
+      }
+      p = skip_value(p, end, depth + 1);
+      if (!p) return NULL;
+      p = skip_space(p, end);
+      if (p < end && *p == close) return p + 1;
+      if (p >= end || *p != ',') return NULL;
+      p = skip_space(p + 1, end);
+    }
+  }
+  case 't':
+    return (size_t)(end - p) >= 4 && !memcmp(p, "true", 4) ? p + 4 : NULL;
+  case 'f':
+    return (size_t)(end - p) >= 5 && !memcmp(p, "false", 5) ? p + 5 : NULL;
+  case 'n':
+    return (size_t)(end - p) >= 4 && !memcmp(p, "null", 4) ? p + 4 : NULL;
+  default: {
+    const char *start = p;
+    while (p < end && is_number_char(*p)) p++;
+    return p > start ? p : NULL;
+  }
+  }
+}
+
+freshet_json freshet_json_of(freshet_str text) { return (freshet_json){text.ptr, text.len}; }
+
+bool freshet_json_is_object(freshet_json value) {
+  const char *end = value.ptr + value.len, *p = skip_space(value.ptr, end);
+  if (p >= end || *p != '{') return false;
+  p = skip_value(p, end, 0);
+  return p && skip_space(p, end) == end;
+}
+
+static void put_utf8(freshet_buf *out, uint32_t c) {
+  char bytes[4];
+  size_t n;
+  if (c < 0x80) bytes[0] = (char)c, n = 1;
+  else if (c < 0x800) bytes[0] = (char)(0xc0 | c >> 6), bytes[1] = (char)(0x80 | (c & 0x3f)), n = 2;
+  else if (c < 0x10000) {
+    bytes[0] = (char)(0xe0 | c >> 12), bytes[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+    bytes[2] = (char)(0x80 | (c & 0x3f)), n = 3;
+  } else {
+    bytes[0] = (char)(0xf0 | c >> 18), bytes[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+    bytes[2] = (char)(0x80 | ((c >> 6) & 0x3f)), bytes[3] = (char)(0x80 | (c & 0x3f)), n = 4;
+  }
+  freshet_buf_put(out, bytes, n);
+}
+
+static bool hex4(const char *p, const char *end, uint32_t *out) {
+  if (end - p < 4) return false;
+  uint32_t v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p[i];
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+    else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+    else return false;
+  }
+  *out = v;
+  return true;
+}
+
+/* Unescapes the string at p into out; false if it is not a valid string. */
+static bool read_string(const char *p, const char *end, freshet_buf *out) {
+  const char *close = skip_string(p, end);
+  if (!close) return false;
+  for (p++, end = close - 1; p < end; p++) {
+    if (*p != '\\') {
+      const char *run = p;
+      while (p < end && *p != '\\') p++;
+      freshet_buf_put(out, run, (size_t)(p - run));
+      p--;
+      continue;
+    }
+    char c = *++p, simple = 0;
+    switch (c) {
+    case '"': case '\\': case '/': simple = c; break;
+    case 'b': simple = '\b'; break;
+    case 'f': simple = '\f'; break;
+    case 'n': simple = '\n'; break;
+    case 'r': simple = '\r'; break;
+    case 't': simple = '\t'; break;
+    case 'u': {
+      uint32_t unit, low;
+      if (!hex4(p + 1, end, &unit)) return false;
+      p += 4;
+      if (unit >= 0xd800 && unit < 0xdc00) {
+        if (end - p < 7 || p[1] != '\\' || p[2] != 'u' || !hex4(p + 3, end, &low) ||
+            low < 0xdc00 || low >= 0xe000)
+          return false;
+        unit = 0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00);
+        p += 6;
+      } else if (unit >= 0xdc00 && unit < 0xe000) {
+        return false;
+      }
+      put_utf8(out, unit);
+      continue;
+    }
+    default:
+      return false;
+    }
+    freshet_buf_put(out, &simple, 1);
+  }
+  return true;
+}
+
+bool freshet_json_member(freshet_json object, const char *key, freshet_json *out) {
+  const char *end = object.ptr + object.len, *p = skip_space(object.ptr, end);
+  if (p >= end || *p != '{') return false;
+  bool found = false;
+  freshet_buf name = {0};
+  p = skip_space(p + 1, end);
+  if (p < end && *p == '}') return false;
+  while (p) {
+    name.len = 0;
+    if (!read_string(p, end, &name)) break;
+    p = skip_space(skip_string(p, end), end);
+    if (p >= end || *p != ':') break;
+    const char *value = skip_space(p + 1, end);
+    p = skip_value(value, end, 1);
+    if (!p) break;
+    if (freshet_str_eq(freshet_buf_view(&name), key)) {
+      *out = (freshet_json){value, (size_t)(p - value)};
+      found = true;
+    }
+    p = skip_space(p, end);
+    if (p < end && *p == '}') {
+      freshet_buf_free(&name);
+      return found;
+    }
+    if (p >= end || *p != ',') break;
+    p = skip_space(p + 1, end);
+  }
+  freshet_buf_free(&name);
+  return false;
+}
+
+bool freshet_json_element(freshet_json array, size_t index, freshet_json *out) {
+  const char *end = array.ptr + array.len, *p = skip_space(array.ptr, end);
+  if (p >= end || *p != '[') return false;
+  p = skip_space(p + 1, end);
+  for (size_t i = 0; p < end && *p != ']'; i++) {
+    const char *value = p;
+    p = skip_value(value, end, 1);
+    if (!p) return false;
+    if (i == index) {
+      *out = (freshet_json){value, (size_t)(p - value)};
+      return true;
+    }
+    p = skip_space(p, end);
+    if (p < end && *p == ',') p = skip_space(p + 1, end);
+    else break;
+  }
+  return false;
+}
+
+bool freshet_json_text(freshet_json value, freshet_buf *out) {
+  const char *end = value.ptr + value.len, *p = skip_space(value.ptr, end);
+  return read_string(p, end, out);
+}
+
+/* --- cells and rows ----------------------------------------------------- */
+
+const char *freshet_type_name(const freshet_value *cell) {
+  static const char *const names[] = {"null", "boolean", "integer", "decimal", "float",
+                                      "text", "timestamp", "date",    "json",  "binary"};
+  return cell->tag < sizeof names / sizeof *names ? names[cell->tag] : "unknown";
+}
+
+freshet_str freshet_value_str(const freshet_value *cell) {
+  const pipeline_plugin_string_t *s;
+  switch (cell->tag) {
+  case FRESHET_PLUGIN_TYPES_VALUE_TEXT: s = &cell->val.text; break;
+  case FRESHET_PLUGIN_TYPES_VALUE_DECIMAL: s = &cell->val.decimal; break;
+  case FRESHET_PLUGIN_TYPES_VALUE_JSON: s = &cell->val.json; break;
+  default: return (freshet_str){"", 0};
+  }
+  return (freshet_str){(const char *)s->ptr, s->len};
+}
+
+struct freshet_row {
+  const pipeline_plugin_list_string_t *columns;
+  const freshet_plugin_types_row_t *raw;
+};
+
+freshet_str freshet_row_identity(const freshet_row *row) {
+  return (freshet_str){(const char *)row->raw->identity.ptr, row->raw->identity.len};
+}
+
+const freshet_value *freshet_row_cell(const freshet_row *row, const char *column) {
+  size_t len = strlen(column);
+  for (size_t i = 0; i < row->columns->len && i < row->raw->cells.len; i++) {
+    const pipeline_plugin_string_t *name = &row->columns->ptr[i];
+    if (name->len == len && memcmp(name->ptr, column, len) == 0) return &row->raw->cells.ptr[i];
+  }
+  return NULL;
+}
+
+/* --- answers ------------------------------------------------------------ */
+
+struct freshet_events {
+  pipeline_plugin_event_t *ptr;
+  size_t len, cap;
+};
+
+struct freshet_actions {
+  pipeline_plugin_action_t *ptr;
+  size_t len, cap;
+};
+
+struct freshet_error {
+  bool set;
+  uint8_t tag;
+  freshet_buf message;
+};
+
+#define PUSH(list, item)                                                     \
+  do {                                                                       \
+    if ((list)->len == (list)->cap) {                                        \
+      (list)->cap = (list)->cap ? (list)->cap * 2 : 2;                       \
+      (list)->ptr = grow((list)->ptr, (list)->cap * sizeof *(list)->ptr);    \
+    }                                                                        \
+    (list)->ptr[(list)->len++] = (item);                                     \
+  } while (0)
+
+void freshet_emit_event(freshet_events *out, freshet_buf *id, freshet_instant timestamp,
+                        freshet_buf *body) {
+  pipeline_plugin_event_t event = {take(id), timestamp, take(body)};
+  PUSH(out, event);
+}
+
+static pipeline_plugin_string_t literal(const char *s) { return take_copy(freshet_cstr(s)); }
+
+void freshet_emit_email(freshet_actions *out, const char *target, freshet_str to,
+                        const char *template_name, freshet_buf *variables) {
+  pipeline_plugin_action_t action = {.tag = FRESHET_PLUGIN_TYPES_ACTION_EMAIL};
+  action.val.email = (freshet_plugin_types_email_request_t){
+      literal(target), take_copy(to), literal(template_name), take(variables)};
+  PUSH(out, action);
+}
+
+void freshet_emit_webhook(freshet_actions *out, const char *target, freshet_buf *body) {
+  pipeline_plugin_action_t action = {.tag = FRESHET_PLUGIN_TYPES_ACTION_WEBHOOK};
+  action.val.webhook = (freshet_plugin_types_webhook_request_t){literal(target), take(body)};
+  PUSH(out, action);
+}
+
+void freshet_emit_crm_update(freshet_actions *out, const char *target, const char *object,
+                             freshet_str external_id, freshet_buf *fields) {
+  pipeline_plugin_action_t action = {.tag = FRESHET_PLUGIN_TYPES_ACTION_CRM_UPDATE};
+  action.val.crm_update = (freshet_plugin_types_crm_update_request_t){
+      literal(target), literal(object), take_copy(external_id), take(fields)};
+  PUSH(out, action);
+}
+
+static freshet_buf *fail(freshet_error *error, uint8_t tag) {
+  error->set = true;
+  error->tag = tag;
+  error->message.len = 0;
+  return &error->message;
+}
+
+freshet_buf *freshet_reject(freshet_error *error) {
+  return fail(error, FRESHET_PLUGIN_TYPES_PLUGIN_ERROR_REJECT);
+}
+
+freshet_buf *freshet_internal(freshet_error *error) {
+  return fail(error, FRESHET_PLUGIN_TYPES_PLUGIN_ERROR_INTERNAL);
+}
+
+bool freshet_rejectf(freshet_error *error, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  buf_vprintf(freshet_reject(error), format, args);
+  va_end(args);
+  return false;
+}
+
+/* The contract's error for a failed input; a plugin that failed without
+ * saying why is reported as an internal error. */
+static pipeline_plugin_plugin_error_t into_error(freshet_error *error) {
+  if (!error->set) freshet_buf_puts(freshet_internal(error), "the plugin failed without a message");
+  pipeline_plugin_plugin_error_t out = {.tag = error->tag};
+  out.val.reject = take(&error->message); /* both variants hold a string */
+  return out;
+}
+
+bool freshet_setting(const char *name, freshet_buf *out) {
+  pipeline_plugin_string_t key = {(uint8_t *)name, strlen(name)}, value;
+  if (!freshet_plugin_host_get_setting(&key, &value)) return false;
+  freshet_buf_put(out, (const char *)value.ptr, value.len);
+  pipeline_plugin_string_free(&value);
+  return true;
+}
+
+void freshet_log(freshet_level level, freshet_str message) {
+  pipeline_plugin_string_t text = {(uint8_t *)message.ptr, message.len};
+  freshet_plugin_host_log((freshet_plugin_host_level_t)level, &text);
+}
+
+/* --- the exports -------------------------------------------------------- */
+
+void exports_pipeline_plugin_map_rows(pipeline_plugin_row_batch_t *batch,
+                                      pipeline_plugin_list_result_list_event_plugin_error_t *ret) {
+  size_t n = batch->rows.len;
+  ret->len = n;
+  ret->ptr = n ? grow(NULL, n * sizeof *ret->ptr) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    freshet_row row = {&batch->columns, &batch->rows.ptr[i]};
+    freshet_events events = {0};
+    freshet_error error = {0};
+    pipeline_plugin_result_list_event_plugin_error_t *entry = &ret->ptr[i];
+    if (freshet_map_row(&row, &events, &error)) {
+      entry->is_err = false;
+      entry->val.ok = (pipeline_plugin_list_event_t){events.ptr, events.len};
+    } else {
+      pipeline_plugin_list_event_t partial = {events.ptr, events.len};
+      pipeline_plugin_list_event_free(&partial);
+      entry->is_err = true;
+      entry->val.err = into_error(&error);
+    }
+    freshet_buf_free(&error.message);
+  }
+  pipeline_plugin_row_batch_free(batch);
+}
+
+void exports_pipeline_plugin_decide(pipeline_plugin_list_event_t *events,
+                                    pipeline_plugin_list_result_list_action_plugin_error_t *ret) {
+  size_t n = events->len;
+  ret->len = n;
+  ret->ptr = n ? grow(NULL, n * sizeof *ret->ptr) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    const pipeline_plugin_event_t *raw = &events->ptr[i];
+    freshet_event event = {{(const char *)raw->id.ptr, raw->id.len},
+                           raw->timestamp,
+                           {(const char *)raw->body.ptr, raw->body.len}};
+    freshet_actions actions = {0};
+    freshet_error error = {0};
+    pipeline_plugin_result_list_action_plugin_error_t *entry = &ret->ptr[i];
+    if (freshet_decide(&event, &actions, &error)) {
+      entry->is_err = false;
+      entry->val.ok = (pipeline_plugin_list_action_t){actions.ptr, actions.len};
+    } else {
+      pipeline_plugin_list_action_t partial = {actions.ptr, actions.len};
+      pipeline_plugin_list_action_free(&partial);
+      entry->is_err = true;
+      entry->val.err = into_error(&error);
+    }
+    freshet_buf_free(&error.message);
+  }
+  pipeline_plugin_list_event_free(events);
+}

@@ -1,0 +1,264 @@
+/*
+ * The example orders plugin in C: the same behaviour as plugins/rust.
+ *
+ * Reads an `orders` row (id, customer_email, status, amount, currency,
+ * updated_at), maps it to an XDM ExperienceEvent and decides: confirmed →
+ * e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
+ * update of the contact. Setting `tenant` (default `freshet`) names the
+ * `_{tenant}` field group.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "freshet.h"
+#include "sha256.h"
+
+static const char *const COLUMNS[] = {"id", "customer_email", "status",
+                                      "amount", "currency", "updated_at"};
+enum { ID, EMAIL, STATUS, AMOUNT, CURRENCY, UPDATED_AT, NCOLUMNS };
+
+/* "_" and the tenant setting: the key of the tenant's own field group. */
+static void tenant_key(freshet_buf *out) {
+  freshet_buf_puts(out, "_");
+  if (!freshet_setting("tenant", out)) freshet_buf_puts(out, "freshet");
+}
+
+/* A cell as text into `out`, or a rejection naming the column. Floats are
+ * refused: money and ids are exact. */
+static bool text(const char *column, const freshet_value *cell, freshet_buf *out,
+                 freshet_error *error) {
+  switch (cell->tag) {
+  case FRESHET_PLUGIN_TYPES_VALUE_TEXT:
+  case FRESHET_PLUGIN_TYPES_VALUE_DECIMAL:
+    freshet_buf_str(out, freshet_value_str(cell));
+    return true;
+  case FRESHET_PLUGIN_TYPES_VALUE_INTEGER:
+    freshet_buf_printf(out, "%" PRId64, cell->val.integer);
+    return true;
+  case FRESHET_PLUGIN_TYPES_VALUE_NULL:
+    return freshet_rejectf(error, "column `%s` is null", column);
+  default:
+    return freshet_rejectf(error, "column `%s` has type %s, expected text", column,
+                           freshet_type_name(cell));
+  }
+}
+
+/* Plain decimal notation only (`-12.50`; not `+1`, `.5`, `1e3`), as every
+ * language's orders plugin accepts exactly the same amounts. */
+static bool plain_decimal(freshet_str s) {
+  size_t i = s.len && s.ptr[0] == '-' ? 1 : 0, digits = 0;
+  while (i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9') i++, digits++;
+  if (!digits) return false;
+  if (i == s.len) return true;
+  if (s.ptr[i++] != '.') return false;
+  for (digits = 0; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++) digits++;
+  return digits && i == s.len;
+}
+
+static bool amount(freshet_buf *total, double *out, freshet_error *error) {
+  if (plain_decimal(freshet_buf_view(total))) {
+    freshet_buf_put(total, "", 1); /* NUL-terminated for strtod, not counted */
+    total->len--;
+    *out = strtod(total->ptr, NULL);
+    if (isfinite(*out)) return true;
+  }
+  freshet_buf *message = freshet_reject(error);
+  freshet_buf_puts(message, "amount `");
+  freshet_buf_str(message, freshet_buf_view(total));
+  freshet_buf_puts(message, "` is not a decimal number");
+  return false;
+}
+
+/* Appends `"key":"value"` to an object being written. */
+static void member(freshet_buf *out, const char *key, freshet_str value, bool first) {
+  if (!first) freshet_buf_puts(out, ",");
+  freshet_json_string(out, freshet_cstr(key));
+  freshet_buf_puts(out, ":");
+  freshet_json_string(out, value);
+}
+
+static void free_all(freshet_buf *bufs, size_t n) {
+  for (size_t i = 0; i < n; i++) freshet_buf_free(&bufs[i]);
+}
+
+static bool map_fields(const freshet_row *row, freshet_buf field[5], freshet_events *out,
+                       freshet_error *error) {
+  const freshet_value *cells[NCOLUMNS];
+  /* Every column is looked up before any is checked, as the other languages do. */
+  for (int c = 0; c < NCOLUMNS; c++) {
+    cells[c] = freshet_row_cell(row, COLUMNS[c]);
+    if (!cells[c]) return freshet_rejectf(error, "the source has no column `%s`", COLUMNS[c]);
+  }
+  for (int c = ID; c <= CURRENCY; c++)
+    if (!text(COLUMNS[c], cells[c], &field[c], error)) return false;
+  if (cells[UPDATED_AT]->tag != FRESHET_PLUGIN_TYPES_VALUE_TIMESTAMP)
+    return freshet_rejectf(error, "column `updated_at` has type %s, expected timestamp",
+                           freshet_type_name(cells[UPDATED_AT]));
+  if (!field[EMAIL].len) return freshet_rejectf(error, "customer_email is empty");
+  double price;
+  if (!amount(&field[AMOUNT], &price, error)) return false;
+
+  freshet_str id = freshet_buf_view(&field[ID]), status = freshet_buf_view(&field[STATUS]);
+  bool confirmed = freshet_str_eq(status, "confirmed");
+  freshet_buf body = {0}, type = {0}, key = {0};
+  freshet_buf_puts(&type, confirmed ? "commerce.purchases" : "commerce.order.");
+  if (!confirmed) freshet_buf_str(&type, status);
+  freshet_buf_puts(&body, "{\"eventType\":");
+  freshet_json_string(&body, freshet_buf_view(&type));
+  freshet_buf_puts(&body, ",\"identityMap\":{\"Email\":[{\"id\":");
+  freshet_json_string(&body, freshet_buf_view(&field[EMAIL]));
+  freshet_buf_puts(&body, ",\"primary\":true,\"authenticatedState\":\"authenticated\"}]}"
+                          ",\"commerce\":{\"order\":{\"purchaseID\":");
+  freshet_json_string(&body, id);
+  freshet_buf_puts(&body, ",\"priceTotal\":");
+  freshet_json_number(&body, price);
+  freshet_buf_puts(&body, ",\"currencyCode\":");
+  freshet_json_string(&body, freshet_buf_view(&field[CURRENCY]));
+  freshet_buf_puts(&body, confirmed ? "},\"purchases\":{\"value\":1}}," : "},\"purchases\":{\"value\":0}},");
+  tenant_key(&key);
+  freshet_json_string(&body, freshet_buf_view(&key));
+  freshet_buf_puts(&body, ":{");
+  member(&body, "orderId", id, true);
+  member(&body, "orderStatus", status, false);
+  member(&body, "amount", freshet_buf_view(&field[AMOUNT]), false);
+  freshet_buf_puts(&body, "}}");
+
+  /* The event _id: SHA-256 of the row's identity, so a replay repeats it. */
+  static const char hex[] = "0123456789abcdef";
+  uint8_t digest[32];
+  freshet_str identity = freshet_row_identity(row);
+  sha256(identity.ptr, identity.len, digest);
+  freshet_buf event_id = {0};
+  for (int i = 0; i < 32; i++) {
+    char pair[2] = {hex[digest[i] >> 4], hex[digest[i] & 0xf]};
+    freshet_buf_put(&event_id, pair, 2);
+  }
+  freshet_emit_event(out, &event_id, cells[UPDATED_AT]->val.timestamp, &body);
+  freshet_buf_free(&type);
+  freshet_buf_free(&key);
+  return true;
+}
+
+bool freshet_map_row(const freshet_row *row, freshet_events *out, freshet_error *error) {
+  freshet_buf field[5] = {{0}};
+  bool ok = map_fields(row, field, out, error);
+  free_all(field, 5);
+  return ok;
+}
+
+/* The member `name` of the body, or a rejection saying the event lacks it. */
+static bool field(const freshet_event *event, freshet_json body, freshet_str name,
+                  freshet_json *out, freshet_error *error) {
+  freshet_buf key = {0};
+  freshet_buf_str(&key, name);
+  freshet_buf_put(&key, "", 1);
+  bool found = freshet_json_member(body, key.ptr, out);
+  freshet_buf_free(&key);
+  if (found) return true;
+  freshet_buf *message = freshet_reject(error);
+  freshet_buf_puts(message, "event ");
+  freshet_buf_str(message, event->id);
+  freshet_buf_puts(message, " has no `");
+  freshet_buf_str(message, name);
+  freshet_buf_puts(message, "`");
+  return false;
+}
+
+/* A rejection for a body of another shape than map_row writes. */
+static bool malformed(const freshet_event *event, const char *what, freshet_error *error) {
+  freshet_buf *message = freshet_reject(error);
+  freshet_buf_puts(message, "event ");
+  freshet_buf_str(message, event->id);
+  freshet_buf_printf(message, ": body: %s", what);
+  return false;
+}
+
+/* The text at `path` (members, then for "[0]" the first element) under `from`. */
+static bool text_at(freshet_json from, const char *const *path, freshet_buf *out) {
+  freshet_json at = from;
+  for (; *path; path++) {
+    if (!strcmp(*path, "[0]") ? !freshet_json_element(at, 0, &at)
+                              : !freshet_json_member(at, *path, &at))
+      return false;
+  }
+  return freshet_json_text(at, out);
+}
+
+enum { ORDER_ID, ORDER_STATUS, ORDER_AMOUNT, CURRENCY_CODE, CUSTOMER, NFIELDS };
+
+static bool decide_fields(const freshet_event *event, freshet_buf f[NFIELDS],
+                          freshet_actions *out, freshet_error *error) {
+  freshet_json body = freshet_json_of(event->body), own, identities, commerce, emails;
+  if (!freshet_json_is_object(body)) return malformed(event, "not a JSON object", error);
+  freshet_buf key = {0};
+  tenant_key(&key);
+  bool found = field(event, body, freshet_buf_view(&key), &own, error);
+  freshet_buf_free(&key);
+  if (!found || !field(event, body, freshet_cstr("identityMap"), &identities, error) ||
+      !field(event, body, freshet_cstr("commerce"), &commerce, error))
+    return false;
+  static const char *const order_id[] = {"orderId", NULL}, *const status[] = {"orderStatus", NULL},
+                           *const total[] = {"amount", NULL},
+                           *const currency[] = {"order", "currencyCode", NULL},
+                           *const first_id[] = {"[0]", "id", NULL};
+  if (!text_at(own, order_id, &f[ORDER_ID]) || !text_at(own, status, &f[ORDER_STATUS]) ||
+      !text_at(own, total, &f[ORDER_AMOUNT]))
+    return malformed(event, "the tenant's fields are not orderId, orderStatus and amount", error);
+  if (!text_at(commerce, currency, &f[CURRENCY_CODE]))
+    return malformed(event, "no commerce.order.currencyCode", error);
+  /* No Email identity, or an empty list, means no e-mail address. */
+  if (freshet_json_member(identities, "Email", &emails) && freshet_json_element(emails, 0, &emails) &&
+      !text_at(emails, first_id + 1, &f[CUSTOMER]))
+    return malformed(event, "an Email identity has no id", error);
+  if (!f[CUSTOMER].len || !f[ORDER_ID].len) {
+    freshet_buf *message = freshet_reject(error);
+    freshet_buf_puts(message, "event ");
+    freshet_buf_str(message, event->id);
+    freshet_buf_puts(message, " has no order id or e-mail");
+    return false;
+  }
+  freshet_str customer = freshet_buf_view(&f[CUSTOMER]), id = freshet_buf_view(&f[ORDER_ID]);
+  freshet_str amount_text = freshet_buf_view(&f[ORDER_AMOUNT]),
+              currency_code = freshet_buf_view(&f[CURRENCY_CODE]);
+  if (freshet_str_eq(freshet_buf_view(&f[ORDER_STATUS]), "confirmed")) {
+    freshet_buf variables = {0}, hook = {0};
+    freshet_buf_puts(&variables, "{");
+    member(&variables, "orderId", id, true);
+    member(&variables, "amount", amount_text, false);
+    member(&variables, "currency", currency_code, false);
+    freshet_buf_puts(&variables, "}");
+    freshet_emit_email(out, "order-confirmation", customer, "order-confirmation", &variables);
+    freshet_buf_puts(&hook, "{");
+    member(&hook, "eventId", event->id, true);
+    member(&hook, "orderId", id, false);
+    member(&hook, "email", customer, false);
+    member(&hook, "amount", amount_text, false);
+    member(&hook, "currency", currency_code, false);
+    freshet_buf_puts(&hook, "}");
+    freshet_emit_webhook(out, "order-confirmed", &hook);
+  } else if (freshet_str_eq(freshet_buf_view(&f[ORDER_STATUS]), "cancelled")) {
+    freshet_buf fields = {0};
+    freshet_buf_puts(&fields, "{");
+    member(&fields, "last_order_id", id, true);
+    member(&fields, "last_order_status", freshet_cstr("cancelled"), false);
+    freshet_buf_puts(&fields, "}");
+    freshet_emit_crm_update(out, "crm", "Contact", customer, &fields);
+  } else {
+    freshet_buf line = {0};
+    freshet_buf_puts(&line, "event ");
+    freshet_buf_str(&line, event->id);
+    freshet_buf_puts(&line, ": no action");
+    freshet_log(FRESHET_DEBUG, freshet_buf_view(&line));
+    freshet_buf_free(&line);
+  }
+  return true;
+}
+
+bool freshet_decide(const freshet_event *event, freshet_actions *out, freshet_error *error) {
+  freshet_buf fields[NFIELDS] = {{0}};
+  bool ok = decide_fields(event, fields, out, error);
+  free_all(fields, NFIELDS);
+  return ok;
+}

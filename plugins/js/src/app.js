@@ -1,0 +1,110 @@
+// The example orders plugin in JavaScript: the same behaviour as plugins/rust.
+//
+// Reads an `orders` row (id, customer_email, status, amount, currency,
+// updated_at), maps it to an XDM ExperienceEvent and decides: confirmed →
+// e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
+// update of the contact. Setting `tenant` (default `freshet`) names the
+// `_{tenant}` field group.
+
+import { sha256 } from '@noble/hashes/sha2.js';
+import { bytesToHex, utf8ToBytes } from '@noble/hashes/utils.js';
+import {
+  Instant, Reject, crmUpdate, email, event, log, plugin, setting, typeName, webhook,
+} from './freshet.js';
+
+const COLUMNS = ['id', 'customer_email', 'status', 'amount', 'currency', 'updated_at'];
+
+// Plain decimal notation only (`-12.50`; not `+1`, `.5`, `1e3`), as every
+// language's orders plugin accepts exactly the same amounts.
+const PLAIN_DECIMAL = /^-?[0-9]+(\.[0-9]+)?$/;
+
+const tenant = () => setting('tenant', 'freshet');
+
+/** A cell as text, or a rejection naming the column. Floats are refused: money and ids are exact. */
+function text(column, value) {
+  if (value === null) throw new Reject(`column \`${column}\` is null`);
+  const kind = typeName(value);
+  if (kind === 'text' || kind === 'decimal' || kind === 'integer') return value.toString();
+  throw new Reject(`column \`${column}\` has type ${kind}, expected text`);
+}
+
+function amount(value) {
+  const number = PLAIN_DECIMAL.test(value) ? Number(value) : NaN;
+  if (!Number.isFinite(number)) throw new Reject(`amount \`${value}\` is not a decimal number`);
+  return number;
+}
+
+function mapRow(row) {
+  // Every column is looked up before any is checked, as the other languages do.
+  const cells = COLUMNS.map((column) => row.get(column));
+  const [orderId, customer, status, total, currency] = COLUMNS.slice(0, 5).map((column, i) =>
+    text(column, cells[i]));
+  const updatedAt = cells[5];
+  if (!(updatedAt instanceof Instant)) {
+    throw new Reject(`column \`updated_at\` has type ${typeName(updatedAt)}, expected timestamp`);
+  }
+  if (customer === '') throw new Reject('customer_email is empty');
+  const price = amount(total);
+  const confirmed = status === 'confirmed';
+  const body = {
+    eventType: confirmed ? 'commerce.purchases' : `commerce.order.${status}`,
+    identityMap: { Email: [{ id: customer, primary: true, authenticatedState: 'authenticated' }] },
+    commerce: {
+      order: { purchaseID: orderId, priceTotal: price, currencyCode: currency },
+      purchases: { value: confirmed ? 1 : 0 },
+    },
+    [`_${tenant()}`]: { orderId, orderStatus: status, amount: total },
+  };
+  const id = bytesToHex(sha256(utf8ToBytes(row.identity)));
+  return [event({ id, timestamp: updatedAt, body })];
+}
+
+function field(body, eventId, name) {
+  if (!Object.hasOwn(body, name)) throw new Reject(`event ${eventId} has no \`${name}\``);
+  return body[name];
+}
+
+function decideOne({ id, body: text }) {
+  let own, to, currency;
+  try {
+    const body = JSON.parse(text);
+    own = field(body, id, `_${tenant()}`);
+    to = (field(body, id, 'identityMap').Email ?? [])[0]?.id ?? '';
+    currency = field(body, id, 'commerce').order.currencyCode;
+  } catch (error) {
+    if (error instanceof Reject) throw error;
+    // A body of another shape is the event's fault, as in the other languages.
+    throw new Reject(`event ${id}: body: ${error}`);
+  }
+  const { orderId, orderStatus, amount: total } = own;
+  if (!to || !orderId) throw new Reject(`event ${id} has no order id or e-mail`);
+  switch (orderStatus) {
+    case 'confirmed':
+      return [
+        email({
+          target: 'order-confirmation',
+          to,
+          template: 'order-confirmation',
+          variables: { orderId, amount: total, currency },
+        }),
+        webhook({
+          target: 'order-confirmed',
+          body: { eventId: id, orderId, email: to, amount: total, currency },
+        }),
+      ];
+    case 'cancelled':
+      return [
+        crmUpdate({
+          target: 'crm',
+          object: 'Contact',
+          externalId: to,
+          fields: { last_order_id: orderId, last_order_status: 'cancelled' },
+        }),
+      ];
+    default:
+      log.debug(`event ${id}: no action`);
+      return [];
+  }
+}
+
+export const { mapRows, decide } = plugin({ mapRow, decide: decideOne });

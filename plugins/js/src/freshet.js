@@ -1,0 +1,162 @@
+// The freshet plugin contract, the JavaScript way.
+//
+// The bindings componentize-js generates speak in `{tag, val}` variants and
+// `{tag: 'ok' | 'err'}` results; this module hides them. A plugin writes two
+// plain functions and exports what `plugin` makes of them:
+//
+//   import { plugin } from './freshet.js';
+//   export const { mapRows, decide } = plugin({ mapRow, decide: decideOne });
+//
+// - Cells arrive as JavaScript values: null, boolean, bigint (integer),
+//   Decimal (the exact decimal's text), number (float), string, Instant,
+//   Day (a DATE), Json, Uint8Array (binary); typeName() gives the contract's
+//   name for each.
+// - Throw Reject to refuse one row or event (the host dead-letters it with your
+//   message); any other exception becomes the contract's `internal` error,
+//   with its stack in the host's log.
+// - Event bodies and action payloads may be objects; they are written as JSON.
+// - log.debug/info/warn/error write to the host's log (tagged with the tenant
+//   and pipeline); setting(name, fallback) reads the pipeline's plugin settings.
+
+import { getSetting, log as hostLog } from 'freshet:plugin/host@0.1.0';
+
+/** Thrown by a plugin to refuse one input: the contract's `reject` error. */
+export class Reject extends Error {}
+
+/** An exact decimal, as the text the source gave (e.g. "-12.50"). */
+export class Decimal {
+  constructor(text) { this.text = text; }
+  toString() { return this.text; }
+}
+
+/** A JSON cell (VARIANT, OBJECT, ARRAY), as text; parse() reads it. */
+export class Json {
+  constructor(text) { this.text = text; }
+  parse() { return JSON.parse(this.text); }
+}
+
+/** An instant in UTC: `seconds` (a bigint, < 0 before 1970) and `nanos`. */
+export class Instant {
+  constructor({ seconds, nanos }) { this.seconds = seconds; this.nanos = nanos; }
+  /** As a Date (milliseconds: finer digits are dropped). */
+  toDate() { return new Date(Number(this.seconds) * 1000 + Math.floor(this.nanos / 1e6)); }
+}
+
+/** A DATE: `days` since 1970-01-01. */
+export class Day {
+  constructor(days) { this.days = days; }
+  /** As a Date at midnight UTC. */
+  toDate() { return new Date(this.days * 86400000); }
+}
+
+const NATIVE = {
+  null: () => null,
+  boolean: (v) => v,
+  integer: (v) => v,
+  decimal: (v) => new Decimal(v),
+  float: (v) => v,
+  text: (v) => v,
+  timestamp: (v) => new Instant(v),
+  date: (v) => new Day(v),
+  json: (v) => new Json(v),
+  binary: (v) => v,
+};
+
+/** The contract's name for a cell's type: "null", "text", "float", ... */
+export function typeName(value) {
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'boolean': return 'boolean';
+    case 'bigint': return 'integer';
+    case 'number': return 'float';
+    case 'string': return 'text';
+  }
+  if (value instanceof Decimal) return 'decimal';
+  if (value instanceof Instant) return 'timestamp';
+  if (value instanceof Day) return 'date';
+  if (value instanceof Json) return 'json';
+  if (value instanceof Uint8Array) return 'binary';
+  throw new TypeError(`${value} is not a cell type`);
+}
+
+/** One source row: row.get('column') is the cell as a JavaScript value. */
+export class Row {
+  constructor(raw, index) {
+    /** The row's key and timestamp as text, stable across replays. */
+    this.identity = raw.identity;
+    this.cells = raw.cells;
+    this.index = index;
+  }
+
+  get(column) {
+    const position = this.index.get(column);
+    if (position === undefined) throw new Reject(`the source has no column \`${column}\``);
+    const cell = this.cells[position];
+    return NATIVE[cell.tag](cell.val);
+  }
+
+  has(column) { return this.index.has(column); }
+}
+
+const json = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
+
+/** An XDM ExperienceEvent: `body` is the xdmEntity without `_id` and `timestamp`. */
+export const event = ({ id, timestamp, body }) => ({
+  id,
+  timestamp: { seconds: timestamp.seconds, nanos: timestamp.nanos },
+  body: json(body),
+});
+
+/** Send e-mail `template` to `to` through the `target` the operator configured. */
+export const email = ({ target, to, template, variables }) => ({
+  tag: 'email', val: { target, to, template, variables: json(variables) },
+});
+
+/** POST `body` (JSON) to the webhook `target`. */
+export const webhook = ({ target, body }) => ({ tag: 'webhook', val: { target, body: json(body) } });
+
+/** Upsert the `object` keyed by `externalId` with `fields` through `target`. */
+export const crmUpdate = ({ target, object, externalId, fields }) => ({
+  tag: 'crm-update', val: { target, object, externalId, fields: json(fields) },
+});
+
+/** The pipeline's plugin setting `name` (`plugin_settings` in its config). */
+export function setting(name, fallback) {
+  const value = getSetting(name);
+  return value === undefined || value === null ? fallback : value;
+}
+
+/** Lines in the host's log, tagged with the tenant and pipeline. */
+export const log = {
+  debug: (message) => hostLog('debug', message),
+  info: (message) => hostLog('info', message),
+  warn: (message) => hostLog('warn', message),
+  error: (message) => hostLog('error', message),
+};
+
+/** One entry of an answer: the function's outputs, or its error. */
+function answer(fn, input) {
+  try {
+    return { tag: 'ok', val: fn(input) };
+  } catch (error) {
+    if (error instanceof Reject) return { tag: 'err', val: { tag: 'reject', val: error.message } };
+    log.error(`${fn.name} failed: ${error && error.stack ? error.stack : error}`);
+    return { tag: 'err', val: { tag: 'internal', val: String(error) } };
+  }
+}
+
+/**
+ * The component's exports, built from two per-input functions. Each row and
+ * event is answered on its own, so one that throws fails alone.
+ */
+export function plugin({ mapRow, decide }) {
+  return {
+    mapRows(batch) {
+      const index = new Map(batch.columns.map((name, position) => [name, position]));
+      return batch.rows.map((raw) => answer(mapRow, new Row(raw, index)));
+    },
+    decide(events) {
+      return events.map((e) => answer(decide, e));
+    },
+  };
+}

@@ -1,0 +1,126 @@
+"""The example orders plugin in Python: the same behaviour as plugins/rust.
+
+Reads an ``orders`` row (``id``, ``customer_email``, ``status``, ``amount``,
+``currency``, ``updated_at``), maps it to an XDM ExperienceEvent and decides:
+confirmed → e-mail ``order-confirmation`` + webhook ``order-confirmed``;
+cancelled → CRM update of the contact. Setting ``tenant`` (default
+``freshet``) names the ``_{tenant}`` field group.
+"""
+
+import hashlib
+import json
+import logging
+import re
+
+import freshet
+
+COLUMNS = ("id", "customer_email", "status", "amount", "currency", "updated_at")
+
+# Plain decimal notation only (`-12.50`; not `+1`, `.5`, `1e3`), as every
+# language's orders plugin accepts exactly the same amounts.
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+
+log = logging.getLogger("orders")
+
+
+def tenant() -> str:
+    return freshet.setting("tenant", "freshet")
+
+
+def text(column: str, value) -> str:
+    """A cell as text, or a rejection naming the column. Floats are refused:
+    money and ids are exact."""
+    if value is None:
+        raise freshet.Reject(f"column `{column}` is null")
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    raise freshet.Reject(f"column `{column}` has type {freshet.type_name(value)}, expected text")
+
+
+def amount(value: str) -> float:
+    number = float(value) if PLAIN_DECIMAL.fullmatch(value) else float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise freshet.Reject(f"amount `{value}` is not a decimal number")
+    return number
+
+
+def map_row(row: freshet.Row) -> list[freshet.Event]:
+    # Every column is looked up before any is checked, as the other languages do.
+    cells = {column: row[column] for column in COLUMNS}
+    order_id, email, status, total, currency = (
+        text(column, cells[column]) for column in COLUMNS[:5]
+    )
+    updated_at = cells["updated_at"]
+    if not isinstance(updated_at, freshet.Instant):
+        kind = freshet.type_name(updated_at)
+        raise freshet.Reject(f"column `updated_at` has type {kind}, expected timestamp")
+    if not email:
+        raise freshet.Reject("customer_email is empty")
+    price = amount(total)
+    confirmed = status == "confirmed"
+    body = {
+        "eventType": "commerce.purchases" if confirmed else f"commerce.order.{status}",
+        "identityMap": {
+            "Email": [{"id": email, "primary": True, "authenticatedState": "authenticated"}]
+        },
+        "commerce": {
+            "order": {"purchaseID": order_id, "priceTotal": price, "currencyCode": currency},
+            "purchases": {"value": 1 if confirmed else 0},
+        },
+        f"_{tenant()}": {"orderId": order_id, "orderStatus": status, "amount": total},
+    }
+    event_id = hashlib.sha256(row.identity.encode()).hexdigest()
+    return [freshet.Event(id=event_id, timestamp=updated_at, body=body)]
+
+
+def field(body: dict, event_id: str, name: str):
+    if name not in body:
+        raise freshet.Reject(f"event {event_id} has no `{name}`")
+    return body[name]
+
+
+def decide(event: freshet.EventIn) -> list[freshet.Action]:
+    try:
+        body = json.loads(event.body)
+        own = field(body, event.id, f"_{tenant()}")
+        emails = field(body, event.id, "identityMap").get("Email") or [{}]
+        currency = field(body, event.id, "commerce")["order"]["currencyCode"]
+        email, order_id, total = emails[0].get("id", ""), own["orderId"], own["amount"]
+    except (ValueError, LookupError, TypeError, AttributeError) as error:
+        # A body of another shape is the event's fault, as in the other languages.
+        raise freshet.Reject(f"event {event.id}: body: {error!r}") from None
+    if not email or not order_id:
+        raise freshet.Reject(f"event {event.id} has no order id or e-mail")
+    if own["orderStatus"] == "confirmed":
+        return [
+            freshet.Email(
+                target="order-confirmation",
+                to=email,
+                template="order-confirmation",
+                variables={"orderId": order_id, "amount": total, "currency": currency},
+            ),
+            freshet.Webhook(
+                target="order-confirmed",
+                body={
+                    "eventId": event.id,
+                    "orderId": order_id,
+                    "email": email,
+                    "amount": total,
+                    "currency": currency,
+                },
+            ),
+        ]
+    if own["orderStatus"] == "cancelled":
+        return [
+            freshet.CrmUpdate(
+                target="crm",
+                object="Contact",
+                external_id=email,
+                fields={"last_order_id": order_id, "last_order_status": "cancelled"},
+            )
+        ]
+    log.debug("event %s: no action", event.id)
+    return []
+
+
+WitWorld = freshet.plugin(map_row=map_row, decide=decide)

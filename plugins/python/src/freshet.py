@@ -1,0 +1,247 @@
+"""The freshet plugin contract, the Python way.
+
+The generated bindings (``wit_world``) speak in variants and ``Ok``/``Err``
+wrappers; this module hides them. A plugin writes two plain functions and
+hands them to :func:`plugin`::
+
+    import freshet
+
+    def map_row(row: freshet.Row) -> list[freshet.Event]: ...
+    def decide(event: freshet.EventIn) -> list[freshet.Action]: ...
+
+    WitWorld = freshet.plugin(map_row=map_row, decide=decide)
+
+- Cells arrive as Python values: ``None``, ``bool``, ``int``, :class:`Decimal`
+  (the exact decimal's text), ``float``, ``str``, :class:`Instant`,
+  ``datetime.date``, :class:`Json`, ``bytes``; :func:`type_name` gives the
+  contract's name for each.
+- Raise :class:`Reject` to refuse one row or event (the host dead-letters it
+  with your message); any other exception becomes the contract's ``internal``
+  error, with its traceback in the host's log.
+- Event bodies and action payloads may be dicts; they are written as JSON.
+- The standard :mod:`logging` module writes to the host's log (tagged with the
+  tenant and pipeline); :func:`setting` reads the pipeline's plugin settings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from componentize_py_types import Err, Ok
+from wit_world.imports import host, types
+
+__all__ = [
+    "Action", "CrmUpdate", "Decimal", "Email", "Event", "EventIn", "Instant", "Json",
+    "Reject", "Row", "Webhook", "plugin", "setting", "type_name",
+]
+
+Instant = types.Instant
+"""An instant in UTC: ``seconds`` and ``nanos`` since 1970 (``seconds`` < 0 before)."""
+
+EventIn = types.Event
+"""An event as ``decide`` receives it: ``id``, ``timestamp`` and ``body`` (JSON text)."""
+
+
+class Reject(Exception):
+    """Raised by a plugin to refuse one input: the contract's ``reject`` error."""
+
+
+class Decimal(str):
+    """An exact decimal, as the text the source gave (e.g. ``"-12.50"``).
+
+    A ``str``, so it keeps every digit; ``decimal.Decimal(value)`` for arithmetic.
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Json:
+    """A JSON cell (VARIANT, OBJECT, ARRAY), as text; :meth:`parse` reads it."""
+
+    text: str
+
+    def parse(self) -> Any:
+        return json.loads(self.text)
+
+
+_EPOCH = datetime.date(1970, 1, 1)
+
+# The contract's variant → (its name, the Python value).
+_NATIVE: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    types.Value_Null: ("null", lambda v: None),
+    types.Value_Boolean: ("boolean", lambda v: v.value),
+    types.Value_Integer: ("integer", lambda v: v.value),
+    types.Value_Decimal: ("decimal", lambda v: Decimal(v.value)),
+    types.Value_Float: ("float", lambda v: v.value),
+    types.Value_Text: ("text", lambda v: v.value),
+    types.Value_Timestamp: ("timestamp", lambda v: v.value),
+    types.Value_Date: ("date", lambda v: _EPOCH + datetime.timedelta(days=v.value)),
+    types.Value_Json: ("json", lambda v: Json(v.value)),
+    types.Value_Binary: ("binary", lambda v: bytes(v.value)),
+}
+
+
+def type_name(value: Any) -> str:
+    """The contract's name for a cell's type: ``"null"``, ``"text"``, ``"float"``, ..."""
+    if value is None:
+        return "null"
+    # bool before int: a bool is an int in Python.
+    for kind, name in (
+        (bool, "boolean"), (int, "integer"), (Decimal, "decimal"), (float, "float"),
+        (str, "text"), (Instant, "timestamp"), (datetime.date, "date"), (Json, "json"),
+        (bytes, "binary"),
+    ):
+        if isinstance(value, kind):
+            return name
+    raise TypeError(f"{type(value).__name__} is not a cell type")
+
+
+class Row:
+    """One source row: ``row["column"]`` is the cell as a Python value."""
+
+    __slots__ = ("identity", "_cells", "_index")
+
+    def __init__(self, raw: types.Row, index: dict[str, int]):
+        self.identity: str = raw.identity
+        """The row's key and timestamp as text, stable across replays."""
+        self._cells = raw.cells
+        self._index = index
+
+    def __getitem__(self, column: str) -> Any:
+        try:
+            position = self._index[column]
+        except KeyError:
+            raise Reject(f"the source has no column `{column}`") from None
+        cell = self._cells[position]
+        return _NATIVE[type(cell)][1](cell)
+
+    def __contains__(self, column: str) -> bool:
+        return column in self._index
+
+
+def _json(value: Union[str, dict, list]) -> str:
+    """A payload as JSON text: text is passed as is, anything else is written."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class Event:
+    """An XDM ExperienceEvent: ``body`` is the ``xdmEntity`` without ``_id`` and ``timestamp``."""
+
+    id: str
+    timestamp: Instant
+    body: Union[str, dict]
+
+    def _raw(self) -> types.Event:
+        return types.Event(self.id, self.timestamp, _json(self.body))
+
+
+@dataclass
+class Email:
+    """Send e-mail ``template`` to ``to`` through the ``target`` the operator configured."""
+
+    target: str
+    to: str
+    template: str
+    variables: Union[str, dict]
+
+    def _raw(self) -> types.Action:
+        return types.Action_Email(
+            types.EmailRequest(self.target, self.to, self.template, _json(self.variables))
+        )
+
+
+@dataclass
+class Webhook:
+    """POST ``body`` (JSON) to the webhook ``target``."""
+
+    target: str
+    body: Union[str, dict, list]
+
+    def _raw(self) -> types.Action:
+        return types.Action_Webhook(types.WebhookRequest(self.target, _json(self.body)))
+
+
+@dataclass
+class CrmUpdate:
+    """Upsert the ``object`` keyed by ``external_id`` with ``fields`` through ``target``."""
+
+    target: str
+    object: str
+    external_id: str
+    fields: Union[str, dict]
+
+    def _raw(self) -> types.Action:
+        return types.Action_CrmUpdate(
+            types.CrmUpdateRequest(self.target, self.object, self.external_id, _json(self.fields))
+        )
+
+
+Action = Union[Email, Webhook, CrmUpdate]
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """The pipeline's plugin setting ``name`` (``plugin_settings`` in its config)."""
+    value = host.get_setting(name)
+    return default if value is None else value
+
+
+class _HostLog(logging.Handler):
+    """Forwards :mod:`logging` records to the host's log."""
+
+    _LEVELS = (
+        (logging.ERROR, host.Level.ERROR),
+        (logging.WARNING, host.Level.WARN),
+        (logging.INFO, host.Level.INFO),
+        (logging.DEBUG, host.Level.DEBUG),
+    )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = next((l for floor, l in self._LEVELS if record.levelno >= floor), host.Level.TRACE)
+        host.log(level, self.format(record))
+
+
+# Every logger reaches the host; the host drops lines below its own level.
+logging.root.handlers[:] = [_HostLog()]
+logging.root.setLevel(logging.DEBUG)
+_log = logging.getLogger("freshet")
+
+
+def _answer(function: Callable[[Any], list], argument: Any):
+    """One entry of an answer: the function's outputs, or its error."""
+    try:
+        return Ok([output._raw() for output in function(argument)])
+    except Reject as rejection:
+        return Err(types.PluginError_Reject(str(rejection)))
+    except Exception as error:  # noqa: BLE001 - every failure is the row's, not the batch's
+        _log.error("%s failed:\n%s", function.__name__, traceback.format_exc())
+        return Err(types.PluginError_Internal(f"{type(error).__name__}: {error}"))
+
+
+def plugin(
+    *, map_row: Callable[[Row], list[Event]], decide: Callable[[EventIn], list[Action]]
+) -> type:
+    """The component's exports, built from two per-input functions.
+
+    Assign the result to ``WitWorld`` in the module componentize-py packs
+    (``app``). Each row and event is answered on its own, so one that raises
+    fails alone.
+    """
+
+    class WitWorld:
+        def map_rows(self, batch: types.RowBatch) -> list:
+            index = {name: position for position, name in enumerate(batch.columns)}
+            return [_answer(map_row, Row(raw, index)) for raw in batch.rows]
+
+        def decide(self, events: list[types.Event]) -> list:
+            return [_answer(decide, event) for event in events]
+
+    return WitWorld
