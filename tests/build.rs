@@ -1,10 +1,12 @@
-//! Builds the guest plugins the tests run (a nested `cargo build --target
-//! wasm32-wasip2` per guest) and writes their paths as constants into
-//! `$OUT_DIR/plugins.rs`.
+//! Builds the guest plugins the tests run and writes their paths as
+//! constants into `$OUT_DIR/plugins.rs`: the Rust guests with a nested `cargo
+//! build --target wasm32-wasip2` each, the Python, JavaScript and C orders
+//! plugins with their own `plugins/<lang>/build` scripts (side by side).
 //!
 //! Guests build into `<target>/wasm-guests`, shared by every profile, so a
-//! guest compiles once per change. A missing wasm target is reported with the
-//! command that installs it.
+//! guest compiles once per change. A missing toolchain is reported with the
+//! command that installs it: the scripts run with `FRESHET_NO_INSTALL=1`, so
+//! nothing is downloaded in the middle of a build (`.ci/setup` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +19,13 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "tests/plugins/hostile",
         "freshet_hostile_plugin",
     ),
+];
+
+/// (constant, language folder under `plugins/`, what its build watches)
+const POLYGLOT: &[(&str, &str, &[&str])] = &[
+    ("PYTHON_PLUGIN", "python", &["src", "build"]),
+    ("JS_PLUGIN", "js", &["src", "build", "package-lock.json"]),
+    ("C_PLUGIN", "c", &["src", "build"]),
 ];
 
 fn main() {
@@ -38,7 +47,38 @@ fn main() {
         });
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-env-changed=FRESHET_WASM_TARGET_DIR");
+    println!("cargo:rerun-if-env-changed=FRESHET_CACHE");
     let mut consts = String::new();
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("plugins/toolchain.sh").display()
+    );
+    let polyglot = std::thread::scope(|scope| {
+        let builds: Vec<_> = POLYGLOT
+            .iter()
+            .map(|(name, lang, watched)| {
+                let dir = root.join("plugins").join(lang);
+                for w in *watched {
+                    println!("cargo:rerun-if-changed={}", dir.join(w).display());
+                }
+                let out = target.join("polyglot").join(lang).join("orders.wasm");
+                scope.spawn(move || (*name, *lang, build_script(&dir, &out), out))
+            })
+            .collect();
+        builds
+            .into_iter()
+            .map(|b| b.join().expect("a build thread panicked"))
+            .collect::<Vec<_>>()
+    });
+    for (name, lang, result, out) in polyglot {
+        if let Err(message) = result {
+            panic!("building the {lang} orders plugin failed:\n{message}");
+        }
+        consts.push_str(&format!(
+            "/// The orders plugin in {lang}.\npub const {name}: &str = {:?};\n",
+            out.display()
+        ));
+    }
     for (name, dir, artifact) in GUESTS {
         let dir = root.join(dir);
         for watched in ["src", "Cargo.toml", "Cargo.lock"] {
@@ -92,4 +132,28 @@ fn build(dir: &Path, target: &Path, artifact: &str) -> PathBuf {
     target
         .join("wasm32-wasip2/release")
         .join(format!("{artifact}.wasm"))
+}
+
+/// Runs `plugins/<lang>/build -o OUT` without installing anything; the
+/// script's own "toolchain missing: ...; install with: ..." is the error.
+fn build_script(dir: &Path, out: &Path) -> Result<(), String> {
+    let output = Command::new("bash")
+        .arg(dir.join("build"))
+        .arg("-o")
+        .arg(out)
+        .env("FRESHET_NO_INSTALL", "1")
+        // The host build's target folder is not the toolchains' business.
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .map_err(|e| format!("running {}: {e}", dir.join("build").display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match stderr.lines().find(|l| l.starts_with("toolchain missing")) {
+        Some(line) => Err(format!(
+            "{line} (or run .ci/setup, which installs every toolchain)"
+        )),
+        None => Err(stderr.into_owned()),
+    }
 }

@@ -67,7 +67,8 @@ pub fn read(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
 
 /// Parses rows-file text into columns and rows.
 pub fn parse(text: &str) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
-    let objects: Vec<serde_json::Map<String, Json>> = serde_json::from_str(text).context("expected a JSON array of objects")?;
+    let objects: Vec<serde_json::Map<String, Json>> =
+        serde_json::from_str(text).context("expected a JSON array of objects")?;
     let mut columns: Vec<String> = Vec::new();
     for object in &objects {
         for key in object.keys().filter(|k| *k != "_identity") {

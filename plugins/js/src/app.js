@@ -65,18 +65,23 @@ function field(body, eventId, name) {
 }
 
 function decideOne({ id, body: text }) {
-  let own, to, currency;
+  let to, orderId, orderStatus, total, currency;
   try {
     const body = JSON.parse(text);
-    own = field(body, id, `_${tenant()}`);
-    to = (field(body, id, 'identityMap').Email ?? [])[0]?.id ?? '';
-    currency = field(body, id, 'commerce').order.currencyCode;
+    const own = field(body, id, `_${tenant()}`);
+    const identities = field(body, id, 'identityMap');
+    const commerce = field(body, id, 'commerce');
+    to = (identities.Email ?? [])[0]?.id ?? '';
+    ({ orderId, orderStatus, amount: total } = own);
+    currency = commerce.order.currencyCode;
   } catch (error) {
     if (error instanceof Reject) throw error;
     // A body of another shape is the event's fault, as in the other languages.
     throw new Reject(`event ${id}: body: ${error}`);
   }
-  const { orderId, orderStatus, amount: total } = own;
+  if (![to, orderId, orderStatus, total, currency].every((v) => typeof v === 'string')) {
+    throw new Reject(`event ${id}: body: a field is not text`);
+  }
   if (!to || !orderId) throw new Reject(`event ${id} has no order id or e-mail`);
   switch (orderStatus) {
     case 'confirmed':

@@ -59,7 +59,7 @@ const NATIVE = {
   timestamp: (v) => new Instant(v),
   date: (v) => new Day(v),
   json: (v) => new Json(v),
-  binary: (v) => v,
+  binary: (v) => (v instanceof Uint8Array ? v : Uint8Array.from(v)),
 };
 
 /** The contract's name for a cell's type: "null", "text", "float", ... */

@@ -83,15 +83,19 @@ def decide(event: freshet.EventIn) -> list[freshet.Action]:
     try:
         body = json.loads(event.body)
         own = field(body, event.id, f"_{tenant()}")
-        emails = field(body, event.id, "identityMap").get("Email") or [{}]
-        currency = field(body, event.id, "commerce")["order"]["currencyCode"]
-        email, order_id, total = emails[0].get("id", ""), own["orderId"], own["amount"]
+        identities = field(body, event.id, "identityMap")
+        commerce = field(body, event.id, "commerce")
+        email = (identities.get("Email") or [{}])[0].get("id", "")
+        order_id, status, total = own["orderId"], own["orderStatus"], own["amount"]
+        currency = commerce["order"]["currencyCode"]
     except (ValueError, LookupError, TypeError, AttributeError) as error:
         # A body of another shape is the event's fault, as in the other languages.
         raise freshet.Reject(f"event {event.id}: body: {error!r}") from None
+    if not all(isinstance(v, str) for v in (email, order_id, status, total, currency)):
+        raise freshet.Reject(f"event {event.id}: body: a field is not text")
     if not email or not order_id:
         raise freshet.Reject(f"event {event.id} has no order id or e-mail")
-    if own["orderStatus"] == "confirmed":
+    if status == "confirmed":
         return [
             freshet.Email(
                 target="order-confirmation",
@@ -110,7 +114,7 @@ def decide(event: freshet.EventIn) -> list[freshet.Action]:
                 },
             ),
         ]
-    if own["orderStatus"] == "cancelled":
+    if status == "cancelled":
         return [
             freshet.CrmUpdate(
                 target="crm",

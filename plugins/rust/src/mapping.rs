@@ -305,7 +305,9 @@ mod tests {
     fn amounts_are_plain_decimals() {
         assert_eq!(decimal("-12.50"), Some(-12.5));
         assert_eq!(decimal("7"), Some(7.0));
-        for bad in ["", "-", "+1", ".5", "5.", "1e3", " 1", "1 ", "inf", "NaN", "1.2.3"] {
+        for bad in [
+            "", "-", "+1", ".5", "5.", "1e3", " 1", "1 ", "inf", "NaN", "1.2.3",
+        ] {
             assert_eq!(decimal(bad), None, "{bad:?}");
         }
         assert_eq!(decimal(&format!("1{}", "0".repeat(400))), None);

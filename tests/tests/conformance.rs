@@ -1,0 +1,335 @@
+//! Conformance: the orders plugin in Python, JavaScript and C gives the Rust
+//! plugin's answers, input for input.
+//!
+//! The fixture rows (`tests/conformance/*.json`, the `freshet plugin test`
+//! format) go through each plugin in one batch, and every event the batch
+//! produced through `decide` in one call. Each row's transcript, its events
+//! (id, instant, body) and each event's actions, or its typed error with the
+//! message, must equal the Rust plugin's byte for byte once JSON texts are in
+//! canonical form (RFC 8785: sorted keys, one spelling per number and
+//! string). The fuel budget is raised: the fixture's very long texts are about
+//! answers, not budgets.
+
+use freshet::plugin::contract::{Action, Event, RowBatch};
+use freshet::plugin::{rows_file, CallContext, EngineSettings, Limits, Runtime, Sandbox};
+use freshet_tests::plugins;
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The plugins compared with Rust's.
+const LANGUAGES: &[(&str, &str)] = &[
+    ("python", plugins::PYTHON_PLUGIN),
+    ("javascript", plugins::JS_PLUGIN),
+    ("c", plugins::C_PLUGIN),
+];
+
+/// One engine for the whole file, caching compiled components where every
+/// test run finds them (Python and JavaScript take seconds to compile).
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(&EngineSettings {
+            cache_dir: Some(plugins::COMPONENT_CACHE.into()),
+            ..Default::default()
+        })
+        .expect("engine")
+    })
+}
+
+fn sandbox(plugin: &str, settings: &[(&str, &str)]) -> Sandbox {
+    let limits = Limits {
+        fuel_per_row: 4_000_000_000,
+        timeout_ms: 60_000,
+        ..Limits::default()
+    };
+    let settings: BTreeMap<String, String> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let ctx = CallContext::new(
+        "conformance",
+        "orders",
+        limits,
+        settings,
+        Default::default(),
+    );
+    Sandbox::new(runtime().load(Path::new(plugin)).expect("load plugin"), ctx)
+}
+
+/// JSON text in canonical form; text that is not JSON is kept, marked.
+fn canonical(text: &str) -> Json {
+    match serde_json::from_str::<Json>(text) {
+        Ok(value) => Json::String(serde_json_canonicalizer::to_string(&value).expect("canonical")),
+        Err(_) => json!({ "not JSON": text }),
+    }
+}
+
+fn event_json(event: &Event) -> Json {
+    json!({
+        "id": event.id,
+        "timestamp": [event.timestamp.seconds, event.timestamp.nanos],
+        "body": canonical(&event.body),
+    })
+}
+
+fn action_json(action: &Action) -> Json {
+    match action {
+        Action::Email(e) => json!({"email": {
+            "target": e.target, "to": e.to, "template": e.template,
+            "variables": canonical(&e.variables),
+        }}),
+        Action::Webhook(w) => json!({"webhook": {"target": w.target, "body": canonical(&w.body)}}),
+        Action::CrmUpdate(c) => json!({"crm-update": {
+            "target": c.target, "object": c.object, "external_id": c.external_id,
+            "fields": canonical(&c.fields),
+        }}),
+    }
+}
+
+fn error_json(e: &freshet::plugin::PluginError) -> Json {
+    json!({"error": {"code": e.code(), "message": e.to_string()}})
+}
+
+/// Each row's answer: its error, or its events with each one's actions.
+fn transcript(plugin: &str, fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
+    let (columns, rows) = rows_file::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture))
+        .expect("fixture parses");
+    let batch = RowBatch { columns, rows };
+    let sandbox = sandbox(plugin, settings);
+    let session = sandbox.session();
+    let mapped = session.map_rows(&batch);
+    assert_eq!(mapped.len(), batch.rows.len(), "one answer per row");
+    let events: Vec<Event> = mapped.iter().flatten().flatten().cloned().collect();
+    let mut decided = session.decide(&events).into_iter();
+    batch
+        .rows
+        .iter()
+        .zip(&mapped)
+        .map(|(row, answer)| {
+            let answer = match answer {
+                Err(e) => error_json(e),
+                Ok(events) => Json::Array(
+                    events
+                        .iter()
+                        .map(|event| {
+                            let actions = match decided.next().expect("one decision per event") {
+                                Ok(actions) => {
+                                    Json::Array(actions.iter().map(action_json).collect())
+                                }
+                                Err(e) => error_json(&e),
+                            };
+                            json!({"event": event_json(event), "actions": actions})
+                        })
+                        .collect(),
+                ),
+            };
+            json!({"identity": row.identity, "answer": answer})
+        })
+        .collect()
+}
+
+/// Where two texts first differ, with some context, so a failure is
+/// readable even when a row holds 100 KB of text.
+fn first_difference(expected: &str, got: &str) -> String {
+    let at = expected
+        .char_indices()
+        .zip(got.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(expected.len().min(got.len()), |((i, _), _)| i);
+    let from = at.saturating_sub(120);
+    let window = |s: &str| -> String { s.get(from..).unwrap_or("").chars().take(240).collect() };
+    format!(
+        "at byte {at}:\n  rust: …{}\n  this: …{}",
+        window(expected),
+        window(got)
+    )
+}
+
+fn assert_conforms(fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
+    let reference = transcript(plugins::ORDERS_PLUGIN, fixture, settings);
+    for (language, plugin) in LANGUAGES {
+        let got = transcript(plugin, fixture, settings);
+        assert_eq!(got.len(), reference.len());
+        for (expected, got) in reference.iter().zip(&got) {
+            let (expected, got) = (expected.to_string(), got.to_string());
+            assert!(
+                expected == got,
+                "{language} differs from Rust on {fixture} with settings {settings:?}, row {}\n{}",
+                serde_json::from_str::<Json>(&expected).unwrap()["identity"],
+                first_difference(&expected, &got)
+            );
+        }
+    }
+    reference
+}
+
+/// The answers of rows whose identity starts with `prefix`.
+fn answers<'a>(transcript: &'a [Json], note: &str) -> &'a Json {
+    &transcript
+        .iter()
+        .find(|row| {
+            row["identity"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("@{note}"))
+        })
+        .unwrap_or_else(|| panic!("the fixture has a row `{note}`"))["answer"]
+}
+
+#[test]
+fn every_language_answers_the_fixture_as_rust_does() {
+    let reference = assert_conforms("conformance/orders.json", &[("tenant", "acme")]);
+
+    // The fixture is only worth something if it reaches every path: check the
+    // reference answers cover what the rows claim.
+    let rejected = |note: &str| answers(&reference, note)["error"]["code"] == "reject";
+    let rows = reference.len();
+    let failed = reference
+        .iter()
+        .filter(|r| r["answer"]["error"].is_object())
+        .count();
+    assert!(
+        rows >= 60 && failed >= 30 && rows - failed >= 25,
+        "{rows} rows, {failed} failed"
+    );
+    for note in [
+        "amount as float",
+        "amount '1e3'",
+        "id null",
+        "updated_at as text",
+        "email empty",
+    ] {
+        assert!(rejected(note), "{note}: {}", answers(&reference, note));
+    }
+    assert!(rejected("400 digits: not finite"));
+    let event = |note: &str| answers(&reference, note)[0].clone();
+    assert_eq!(
+        event("before 1970 with microseconds")["event"]["timestamp"],
+        json!([-14182940, 123456000])
+    );
+    assert_eq!(
+        event("one microsecond before 1970")["event"]["timestamp"],
+        json!([-1, 999999000])
+    );
+    assert_eq!(
+        event("plain confirmed")["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        event("cancelled")["actions"][0]["crm-update"]["object"],
+        "Contact"
+    );
+    assert_eq!(event("pending: no action")["actions"], json!([]));
+    let decide_rejects = &event("empty id: decide rejects")["actions"]["error"];
+    assert_eq!(decide_rejects["code"], "reject", "{decide_rejects}");
+    let body = event("control characters and NUL")["event"]["body"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(body.contains(r"\u0000nul"), "{body}");
+    let long = event("very long text")["event"]["body"]
+        .as_str()
+        .unwrap()
+        .len();
+    assert!(long > 150_000, "{long}");
+}
+
+#[test]
+fn the_default_tenant_and_a_missing_column_conform_too() {
+    let reference = assert_conforms("conformance/orders.json", &[]);
+    let body: Json = serde_json::from_str(
+        answers(&reference, "plain confirmed")[0]["event"]["body"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["_freshet"]["orderId"], "1", "{body}");
+
+    let missing = assert_conforms("conformance/orders-missing-columns.json", &[]);
+    for row in &missing {
+        assert_eq!(
+            row["answer"]["error"]["message"],
+            "plugin rejected the input: the source has no column `currency`"
+        );
+    }
+}
+
+/// Events `decide` gets from elsewhere than `map-rows` (a replay of an older
+/// plugin's events, a bug): bodies of the wrong shape are rejected in every
+/// language; a well-formed one written differently gets the same actions.
+#[test]
+fn events_of_another_shape_are_rejected_everywhere() {
+    let event = |body: &str| Event {
+        id: "e1".into(),
+        timestamp: freshet::plugin::contract::Instant {
+            seconds: 0,
+            nanos: 0,
+        },
+        body: body.into(),
+    };
+    let order = r#""commerce": {"order": {"currencyCode": "EUR"}}"#;
+    let malformed = [
+        "{}".to_owned(),
+        "[]".to_owned(),
+        "null".to_owned(),
+        "not json".to_owned(),
+        format!(r#"{{"_acme": null, "identityMap": {{}}, {order}}}"#),
+        format!(
+            r#"{{"_acme": {{"orderId": 5, "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": "a@b"}}]}}, {order}}}"#
+        ),
+        format!(
+            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": 7}}]}}, {order}}}"#
+        ),
+        format!(
+            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": "a@b"}}]}}, "commerce": {{"order": {{"currencyCode": 1}}}}}}"#
+        ),
+        format!(
+            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": []}}, {order}}}"#
+        ),
+        format!(
+            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": "a@b"}}]}}}}"#
+        ),
+    ];
+    let well_formed = event(
+        "{ \"_acme\" : {\"orderId\":\"caf\\u00e9 \\ud83c\\udf89\", \"orderStatus\":\"confirmed\",\n \"amount\":\"1.00\"},\
+         \"identityMap\":{\"Email\":[{\"id\":\"a\\/b@example.com\",\"primary\":true}, {\"id\":\"second\"}]},\
+         \"commerce\":{\"order\":{\"currencyCode\":\"EUR\",\"priceTotal\":1}}, \"extra\": [1, {\"x\": \"}\"}] }",
+    );
+    let events: Vec<Event> = malformed
+        .iter()
+        .map(|b| event(b))
+        .chain([well_formed])
+        .collect();
+    let decide = |plugin: &str| {
+        sandbox(plugin, &[("tenant", "acme")])
+            .decide(&events)
+            .iter()
+            .map(|answer| match answer {
+                Ok(actions) => Json::Array(actions.iter().map(action_json).collect()),
+                Err(e) => json!({ "error": e.code() }),
+            })
+            .collect::<Vec<_>>()
+    };
+    let reference = decide(plugins::ORDERS_PLUGIN);
+    let (last, bad) = reference.split_last().unwrap();
+    assert!(
+        bad.iter().all(|a| a == &json!({"error": "reject"})),
+        "{bad:?}"
+    );
+    assert_eq!(
+        last[0]["email"]["variables"],
+        canonical(r#"{"orderId":"café 🎉","amount":"1.00","currency":"EUR"}"#)
+    );
+    assert_eq!(last[0]["email"]["to"], "a/b@example.com");
+    for (language, plugin) in LANGUAGES {
+        let got = decide(plugin);
+        for (n, (expected, got)) in reference.iter().zip(&got).enumerate() {
+            assert_eq!(got, expected, "{language}, event {n}: {}", events[n].body);
+        }
+    }
+}
