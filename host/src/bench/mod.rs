@@ -3,6 +3,7 @@
 //! speed; it fails only if rows went missing.
 
 pub mod emulator;
+mod languages;
 mod latency;
 mod native;
 mod orders_config;
@@ -46,6 +47,8 @@ enum BenchCommand {
     Noisy(tenants::NoisyArgs),
     /// Host memory per idle pipeline and start-up time of many pipelines.
     Density(tenants::DensityArgs),
+    /// The orders plugin in each language: size, compile, load, instantiate, µs per row, rows/s.
+    Languages(languages::LanguagesArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -71,15 +74,10 @@ fn emit(line: serde_json::Value) {
 
 /// The config of an end-to-end run: `source` → plugin → loopback AEP, the
 /// actions recorded to files (their own executors are measured elsewhere).
-fn bench_config(
-    dir: &Path,
-    source: OrdersSource,
-    plugin: &Path,
-    aep: &str,
-    page: usize,
-    batch: usize,
-) -> String {
-    let mut config = OrdersPipeline::new(dir, plugin.to_owned(), source, aep.to_owned());
+fn bench_config(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>, aep: &str) -> String {
+    let mut config = OrdersPipeline::new(dir, run.plugin.to_owned(), source, aep.to_owned());
+    config.cache_dir = run.cache.to_owned();
+    let (page, batch) = (run.page, run.batch);
     config.page_size = page;
     config.batch_size = batch;
     for name in ["order-confirmation", "order-confirmed", "crm"] {
@@ -90,22 +88,30 @@ fn bench_config(
     config.render()
 }
 
-/// One end-to-end run over `rows` rows, offsets committed; prints its line.
-async fn end_to_end(
-    dir: &Path,
-    source: OrdersSource,
-    plugin: &Path,
+/// What an end-to-end run reads and runs with.
+struct EndToEnd<'a> {
+    plugin: &'a Path,
+    /// The component cache: a run that shares it with an earlier load
+    /// measures rows, not compilation.
+    cache: &'a Path,
     rows: usize,
     page: usize,
     batch: usize,
-) -> anyhow::Result<()> {
+}
+
+/// One end-to-end run over `run.rows` rows, offsets committed; prints its
+/// line and returns its rows/s.
+async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> anyhow::Result<f64> {
+    let EndToEnd {
+        rows, page, batch, ..
+    } = *run;
     let kind = match &source {
         OrdersSource::Sqlite(_) => "sqlite",
         OrdersSource::Snowflake(_) => "snowflake",
     };
     std::fs::create_dir_all(dir)?;
     let receiver = receiver::Receiver::start(false).await?;
-    let text = bench_config(dir, source, plugin, &receiver.url(), page, batch);
+    let text = bench_config(dir, source, run, &receiver.url());
     let config = crate::config::parse(&text)?;
     let start = Instant::now();
     let results = crate::run(
@@ -121,13 +127,14 @@ async fn end_to_end(
         "the receiver got {} of {rows} events",
         receiver.message_count(),
     );
+    let rows_per_s = per_s(rows, took);
     emit(json!({
         "bench": "end_to_end", "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
-        "rows_per_s": per_s(rows, took), "aep_requests": receiver.request_count(),
+        "rows_per_s": rows_per_s, "aep_requests": receiver.request_count(),
         "actions": stats.actions, "batch": batch, "page": page,
         "page_queries": stats.page_queries, "probes": stats.probes,
     }));
-    Ok(())
+    Ok(rows_per_s)
 }
 
 /// Runs the chosen benchmark.
@@ -137,6 +144,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Snowflake(args)) => snowflake::run(args).await,
         Some(BenchCommand::Noisy(args)) => tenants::noisy(args).await,
         Some(BenchCommand::Density(args)) => tenants::density(args).await,
+        Some(BenchCommand::Languages(args)) => languages::run(args).await,
         None => throughput(args.throughput).await,
     }
 }
@@ -182,35 +190,11 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         } else {
             &rows.1[..]
         };
-        let (mut map_time, mut decide_time) = (Duration::ZERO, Duration::ZERO);
-        let mut events = 0;
-        for chunk in sample.chunks(batch) {
-            let batch = RowBatch {
-                columns: rows.0.clone(),
-                rows: chunk.to_vec(),
-            };
-            let start = Instant::now();
-            let mapped: Vec<_> = sandbox
-                .map_rows(&batch)
-                .into_iter()
-                .flat_map(|o| o.unwrap_or_default())
-                .collect();
-            map_time += start.elapsed();
-            events += mapped.len();
-            let start = Instant::now();
-            sandbox.decide(&mapped);
-            decide_time += start.elapsed();
-        }
-        let took = map_time + decide_time;
-        ensure!(
-            events == sample.len(),
-            "the plugin mapped {events} of {} rows",
-            sample.len()
-        );
+        let rate = plugin_rate(&sandbox, &rows.0, sample, batch)?;
         emit(json!({
-            "bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": us_per(took, sample.len()),
-            "map_us_per_row": us_per(map_time, sample.len()), "decide_us_per_row": us_per(decide_time, sample.len()),
-            "rows_per_s": per_s(sample.len(), took),
+            "bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": rate.us_per_row,
+            "map_us_per_row": rate.map_us_per_row, "decide_us_per_row": rate.decide_us_per_row,
+            "rows_per_s": rate.rows_per_s,
         }));
     }
 
@@ -234,15 +218,69 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     );
 
     // End to end, offsets committed.
+    let run = EndToEnd {
+        plugin: &plugin_path,
+        cache: &dir.path().join("cache"),
+        rows: args.rows,
+        page: args.page,
+        batch: args.batch,
+    };
     end_to_end(
         &dir.path().join("end-to-end"),
         OrdersSource::Sqlite(db),
-        &plugin_path,
-        args.rows,
-        args.page,
-        args.batch,
+        &run,
     )
-    .await
+    .await?;
+    Ok(())
+}
+
+/// The plugin's own speed: µs per row mapping and deciding, in a warm instance.
+struct PluginRate {
+    us_per_row: f64,
+    map_us_per_row: f64,
+    decide_us_per_row: f64,
+    rows_per_s: f64,
+}
+
+/// Maps `rows` `batch` at a time and decides each batch's events in one
+/// call, as a pipeline does; fails if a row was not mapped.
+fn plugin_rate(
+    sandbox: &Sandbox,
+    columns: &[String],
+    rows: &[Row],
+    batch: usize,
+) -> anyhow::Result<PluginRate> {
+    let (mut map_time, mut decide_time) = (Duration::ZERO, Duration::ZERO);
+    let mut events = 0;
+    for chunk in rows.chunks(batch) {
+        let batch = RowBatch {
+            columns: columns.to_vec(),
+            rows: chunk.to_vec(),
+        };
+        let start = Instant::now();
+        let mapped: Vec<_> = sandbox
+            .map_rows(&batch)
+            .into_iter()
+            .flat_map(|o| o.unwrap_or_default())
+            .collect();
+        map_time += start.elapsed();
+        events += mapped.len();
+        let start = Instant::now();
+        sandbox.decide(&mapped);
+        decide_time += start.elapsed();
+    }
+    ensure!(
+        events == rows.len(),
+        "the plugin mapped {events} of {} rows",
+        rows.len()
+    );
+    let took = map_time + decide_time;
+    Ok(PluginRate {
+        us_per_row: us_per(took, rows.len()),
+        map_us_per_row: us_per(map_time, rows.len()),
+        decide_us_per_row: us_per(decide_time, rows.len()),
+        rows_per_s: per_s(rows.len(), took),
+    })
 }
 
 /// Every row of the sample table, as the SQLite source reads them.

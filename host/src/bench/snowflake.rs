@@ -4,7 +4,9 @@
 //! is this host's and the protocol's cost, not a warehouse's.
 
 use super::emulator::Emulator;
-use super::{emit, end_to_end, per_s, sample, OrdersPipeline, OrdersSource, SnowflakeOrders};
+use super::{
+    emit, end_to_end, per_s, sample, EndToEnd, OrdersPipeline, OrdersSource, SnowflakeOrders,
+};
 use crate::source::{Cursor, Timestamp};
 use anyhow::ensure;
 use serde_json::json;
@@ -51,19 +53,18 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
     let orders = SnowflakeOrders::new(&emulator.url(), "BENCH");
     read_only(&dir.path().join("read-only"), &orders, &args).await?;
     let snowflake = OrdersSource::Snowflake(orders);
+    let run = EndToEnd {
+        plugin: &args.plugin,
+        cache: &dir.path().join("cache"),
+        rows: args.rows,
+        page: args.page,
+        batch: args.batch,
+    };
     for (name, source) in [
         ("snowflake", snowflake),
         ("sqlite", OrdersSource::Sqlite(db)),
     ] {
-        end_to_end(
-            &dir.path().join(name),
-            source,
-            &args.plugin,
-            args.rows,
-            args.page,
-            args.batch,
-        )
-        .await?;
+        end_to_end(&dir.path().join(name), source, &run).await?;
     }
     Ok(())
 }

@@ -135,6 +135,13 @@ impl Sandbox {
         }
     }
 
+    /// Makes the warm instance now rather than at the first call, so that
+    /// call costs only itself (and a plugin whose start-up fails says so
+    /// before any row reaches it).
+    pub fn warm_up(&self) -> Result<(), PluginError> {
+        self.session().warm_up()
+    }
+
     /// Maps rows to events with the current plugin, retrying a stopped
     /// batch row by row.
     pub fn map_rows(&self, batch: &RowBatch) -> Vec<Outcome<Event>> {
@@ -210,6 +217,20 @@ impl Session {
             Attempt::Done(outcomes) => outcomes,
             Attempt::Stopped(_) => events.iter().map(|e| self.decide_one(e)).collect(),
         }
+    }
+
+    /// Makes the warm instance of this session's plugin, if there is none.
+    pub fn warm_up(&self) -> Result<(), PluginError> {
+        let mut slot = self
+            .sandbox
+            .inner
+            .warm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !matches!(&*slot, Some(instance) if instance.from.same(&self.plugin)) {
+            *slot = Some(self.instantiate()?);
+        }
+        Ok(())
     }
 
     /// Maps a batch in one call in the warm instance. Rows over the input

@@ -1,0 +1,156 @@
+//! `freshet bench languages`: the same orders plugin built in several
+//! languages, side by side — component size, cold compile, cached load,
+//! instantiation, µs per row in batches of 1 and 100, and end-to-end rows/s.
+//! One JSON line per language, then one comparing each to the first.
+
+use super::{emit, end_to_end, ms, plugin_rate, read_all, sample, EndToEnd, OrdersSource};
+use crate::plugin::{CallContext, EngineSettings, Limits, Origin, Runtime, Sandbox};
+use crate::source::Timestamp;
+use anyhow::{ensure, Context as _};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Arguments of `freshet bench languages`.
+#[derive(Debug, clap::Args)]
+pub struct LanguagesArgs {
+    /// `NAME=PATH` of one language's orders plugin; repeat for each. The
+    /// first is the one the others are compared with (Rust, usually).
+    #[arg(long = "plugin", required = true, value_parser = named_path)]
+    plugins: Vec<(String, PathBuf)>,
+    /// Rows in each end-to-end run.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Rows per plugin call in the end-to-end runs.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Rows per page query in the end-to-end runs.
+    #[arg(long, default_value_t = 5_000)]
+    page: usize,
+}
+
+fn named_path(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), path.into()))
+        }
+        _ => Err(format!(
+            "`{arg}` is not NAME=PATH (e.g. python=plugins/python/target/orders.wasm)"
+        )),
+    }
+}
+
+/// Rows called one at a time, and in batches of 100: enough for a steady
+/// figure from the slowest engine in a few seconds.
+const SINGLE_ROWS: usize = 5_000;
+const BATCHED_ROWS: usize = 20_000;
+/// Repeats of the short measurements (cached load, instantiate); the median counts.
+const REPEATS: usize = 15;
+
+/// Runs the figures for every plugin named.
+pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("orders.db");
+    let now = Timestamp::now();
+    let day_ago = now.minus(Duration::from_secs(86_400));
+    sample::create_orders(&db, args.rows, day_ago, now.minus(Duration::from_secs(60)))?;
+    let (columns, rows) = read_all(&db).await?;
+    ensure!(
+        rows.len() >= BATCHED_ROWS.min(args.rows),
+        "the sample table is short"
+    );
+
+    let mut rates = Vec::new();
+    for (name, plugin) in &args.plugins {
+        let cache = dir.path().join(format!("cache-{name}"));
+        let size = std::fs::metadata(plugin)
+            .with_context(|| format!("{name}: reading {}", plugin.display()))?
+            .len();
+
+        // Cold: a new engine and an empty cache, so Cranelift compiles it.
+        let (compile, loaded) = load(plugin, &cache)?;
+        ensure!(
+            loaded.origin() == Origin::Compiled,
+            "{name}: expected a cold compile"
+        );
+        // Cached: a new engine each time (a restarted host), the precompiled
+        // artifact from disk.
+        let mut cached = Vec::with_capacity(REPEATS);
+        for _ in 0..REPEATS {
+            let (took, again) = load(plugin, &cache)?;
+            ensure!(
+                again.origin() == Origin::DiskCache,
+                "{name}: expected the disk cache"
+            );
+            cached.push(took);
+        }
+
+        let ctx = CallContext::new(
+            "bench",
+            "bench",
+            Limits::default(),
+            [("tenant".to_owned(), "acme".to_owned())].into(),
+            Default::default(),
+        );
+        let sandbox = Sandbox::new(loaded, ctx);
+        let mut instantiate = Vec::with_capacity(REPEATS);
+        for _ in 0..REPEATS {
+            sandbox.release();
+            let start = Instant::now();
+            sandbox.warm_up()?;
+            instantiate.push(start.elapsed());
+        }
+        let single = plugin_rate(&sandbox, &columns, &rows[..SINGLE_ROWS.min(rows.len())], 1)?;
+        let batched = plugin_rate(
+            &sandbox,
+            &columns,
+            &rows[..BATCHED_ROWS.min(rows.len())],
+            100,
+        )?;
+        drop(sandbox);
+
+        let run = EndToEnd {
+            plugin,
+            cache: &cache,
+            rows: args.rows,
+            page: args.page,
+            batch: args.batch,
+        };
+        let end_to_end_dir = dir.path().join(format!("end-to-end-{name}"));
+        let rows_per_s =
+            end_to_end(&end_to_end_dir, OrdersSource::Sqlite(db.clone()), &run).await?;
+        emit(json!({
+            "bench": "language", "language": name, "component_bytes": size,
+            "compile_ms": ms(compile), "cached_load_ms": ms(median(&mut cached)),
+            "instantiate_us": ms(median(&mut instantiate)) * 1e3,
+            "us_per_row_batch_1": single.us_per_row, "us_per_row_batch_100": batched.us_per_row,
+            "end_to_end_rows_per_s": rows_per_s,
+        }));
+        rates.push((name, rows_per_s));
+    }
+    let (reference, reference_rate) = rates[0];
+    for (name, rate) in &rates[1..] {
+        emit(json!({
+            "bench": "language_ratio", "language": name, "compared_with": reference,
+            "end_to_end_ratio": (rate / reference_rate * 100.0).round() / 100.0,
+        }));
+    }
+    Ok(())
+}
+
+/// Loads `plugin` into a new engine caching compiled components in
+/// `cache`; the time is the load's alone, not the engine's set-up.
+fn load(plugin: &Path, cache: &Path) -> anyhow::Result<(Duration, crate::plugin::Plugin)> {
+    let runtime = Runtime::new(&EngineSettings {
+        cache_dir: Some(cache.to_owned()),
+        ..Default::default()
+    })?;
+    let start = Instant::now();
+    let loaded = runtime.load(plugin)?;
+    Ok((start.elapsed(), loaded))
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
