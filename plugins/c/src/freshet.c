@@ -64,6 +64,16 @@ void freshet_buf_printf(freshet_buf *b, const char *format, ...) {
   va_end(args);
 }
 
+void freshet_buf_int(freshet_buf *b, int64_t n) {
+  char digits[20];
+  size_t i = sizeof digits;
+  /* Negated as unsigned, so INT64_MIN has its digits too. */
+  uint64_t u = n < 0 ? 0 - (uint64_t)n : (uint64_t)n;
+  do digits[--i] = (char)('0' + u % 10); while (u /= 10);
+  if (n < 0) freshet_buf_put(b, "-", 1);
+  freshet_buf_put(b, digits + i, sizeof digits - i);
+}
+
 freshet_str freshet_buf_view(const freshet_buf *b) { return (freshet_str){b->ptr, b->len}; }
 
 void freshet_buf_free(freshet_buf *b) {
@@ -123,9 +133,13 @@ void freshet_json_string(freshet_buf *b, freshet_str s) {
 
 void freshet_json_number(freshet_buf *b, double n) {
   /* The fewest digits that read back as the same double, as JSON writers in
-   * other languages do. */
+   * other languages do. A double whose shortest form has at most 15 digits
+   * prints as exactly that form at precision 15 (%g drops the trailing
+   * zeros); the nearest 16-digit form round-trips whenever any does; 17
+   * always does. Each try is a printf of a long double in software, so
+   * start where most numbers end. */
   char text[32];
-  for (int precision = 1; precision <= 17; precision++) {
+  for (int precision = 15; precision <= 17; precision++) {
     snprintf(text, sizeof text, "%.*g", precision, n);
     if (strtod(text, NULL) == n) break;
   }
@@ -289,14 +303,19 @@ bool freshet_json_member(freshet_json object, const char *key, freshet_json *out
   p = skip_space(p + 1, end);
   if (p < end && *p == '}') return false;
   while (p) {
+    const char *close = skip_string(p, end);
+    if (!close) break;
+    /* Most names have no escapes: compare their bytes where they stand. */
+    freshet_str raw = {p + 1, (size_t)(close - p - 2)};
+    bool escaped = memchr(raw.ptr, '\\', raw.len) != NULL;
     name.len = 0;
-    if (!read_string(p, end, &name)) break;
-    p = skip_space(skip_string(p, end), end);
+    if (escaped && !read_string(p, end, &name)) break;
+    p = skip_space(close, end);
     if (p >= end || *p != ':') break;
     const char *value = skip_space(p + 1, end);
     p = skip_value(value, end, 1);
     if (!p) break;
-    if (freshet_str_eq(freshet_buf_view(&name), key)) {
+    if (freshet_str_eq(escaped ? freshet_buf_view(&name) : raw, key)) {
       *out = (freshet_json){value, (size_t)(p - value)};
       found = true;
     }

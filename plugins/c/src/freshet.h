@@ -51,6 +51,8 @@ void freshet_buf_puts(freshet_buf *b, const char *s);
 void freshet_buf_str(freshet_buf *b, freshet_str s);
 void freshet_buf_printf(freshet_buf *b, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+/* An integer in decimal, without printf's machinery. */
+void freshet_buf_int(freshet_buf *b, int64_t n);
 freshet_str freshet_buf_view(const freshet_buf *b);
 void freshet_buf_free(freshet_buf *b);
 

@@ -7,7 +7,6 @@
  * update of the contact. Setting `tenant` (default `freshet`) names the
  * `_{tenant}` field group.
  */
-#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +34,7 @@ static bool text(const char *column, const freshet_value *cell, freshet_buf *out
     freshet_buf_str(out, freshet_value_str(cell));
     return true;
   case FRESHET_PLUGIN_TYPES_VALUE_INTEGER:
-    freshet_buf_printf(out, "%" PRId64, cell->val.integer);
+    freshet_buf_int(out, cell->val.integer);
     return true;
   case FRESHET_PLUGIN_TYPES_VALUE_NULL:
     return freshet_rejectf(error, "column `%s` is null", column);

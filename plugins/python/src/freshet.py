@@ -125,11 +125,15 @@ class Row:
         return column in self._index
 
 
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _json(value: Union[str, dict, list]) -> str:
     """A payload as JSON text: text is passed as is, anything else is written."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _encode(value)
 
 
 @dataclass
@@ -188,9 +192,17 @@ class CrmUpdate:
 Action = Union[Email, Webhook, CrmUpdate]
 
 
+# Settings read during the current call: asking the host crosses the
+# sandbox boundary, and a plugin asks for the same one for every row.
+_settings: dict[str, str | None] = {}
+
+
 def setting(name: str, default: str | None = None) -> str | None:
     """The pipeline's plugin setting ``name`` (``plugin_settings`` in its config)."""
-    value = host.get_setting(name)
+    try:
+        value = _settings[name]
+    except KeyError:
+        value = _settings[name] = host.get_setting(name)
     return default if value is None else value
 
 
@@ -209,9 +221,11 @@ class _HostLog(logging.Handler):
         host.log(level, self.format(record))
 
 
-# Every logger reaches the host; the host drops lines below its own level.
+# Every logger reaches the host, from INFO up: a record costs microseconds
+# to make inside the sandbox even when the host then drops it, so DEBUG is
+# opt-in (``logging.getLogger().setLevel(logging.DEBUG)``).
 logging.root.handlers[:] = [_HostLog()]
-logging.root.setLevel(logging.DEBUG)
+logging.root.setLevel(logging.INFO)
 _log = logging.getLogger("freshet")
 
 
@@ -238,10 +252,12 @@ def plugin(
 
     class WitWorld:
         def map_rows(self, batch: types.RowBatch) -> list:
+            _settings.clear()
             index = {name: position for position, name in enumerate(batch.columns)}
             return [_answer(map_row, Row(raw, index)) for raw in batch.rows]
 
         def decide(self, events: list[types.Event]) -> list:
+            _settings.clear()
             return [_answer(decide, event) for event in events]
 
     return WitWorld
