@@ -184,6 +184,48 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
     );
 }
 
+/// A plugin that panics (Rust writes the message to stderr) or prints is
+/// one row's problem: `plugin test` reports the trap and goes on.
+#[test]
+fn plugin_test_reports_a_panic_as_a_trap_and_survives_printing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.json");
+    let row = |status: &str| {
+        format!(
+            r#"{{"id": 1, "customer_email": "a@example.com", "status": "{status}", "amount": "1.00",
+                "currency": "EUR", "updated_at": {{"timestamp": "2023-11-14T22:13:20Z"}}}}"#
+        )
+    };
+    std::fs::write(
+        &rows,
+        format!("[{}, {}, {}]", row("trap"), row("print"), row("fine")),
+    )
+    .unwrap();
+    let (out, stdout, stderr) = run(freshet()
+        .args([
+            "plugin",
+            "test",
+            "--plugin",
+            plugins::HOSTILE_PLUGIN,
+            "--rows",
+        ])
+        .arg(&rows));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 rows, 1 failed"), "{stderr}");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reports[0]["error"]["code"], "trap", "{}", reports[0]);
+    for report in &reports[1..] {
+        assert_eq!(report["events"].as_array().unwrap().len(), 1, "{report}");
+    }
+    assert!(
+        !stdout.contains("to stdout"),
+        "the plugin's stdout reaches nobody"
+    );
+}
+
 #[test]
 fn bench_latency_reports_percentiles_for_every_row() {
     let (out, stdout, stderr) = run(freshet().args([

@@ -3,12 +3,17 @@
 //! instantiation, µs per row in batches of 1 and 100, and end-to-end rows/s.
 //! One JSON line per language, then one comparing each to the first.
 
-use super::{emit, end_to_end, ms, plugin_rate, read_all, sample, EndToEnd, OrdersSource};
-use crate::plugin::{CallContext, EngineSettings, Limits, Origin, Runtime, Sandbox};
+use super::{
+    bench_context, blocking, emit, end_to_end, ms, plugin_rate, read_all, sample, EndToEnd,
+    OrdersSource, PluginRate,
+};
+use crate::plugin::contract::Row;
+use crate::plugin::{EngineSettings, Origin, Runtime, Sandbox};
 use crate::source::Timestamp;
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Arguments of `freshet bench languages`.
@@ -54,11 +59,7 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let day_ago = now.minus(Duration::from_secs(86_400));
     sample::create_orders(&db, args.rows, day_ago, now.minus(Duration::from_secs(60)))?;
-    let (columns, rows) = read_all(&db).await?;
-    ensure!(
-        rows.len() >= BATCHED_ROWS.min(args.rows),
-        "the sample table is short"
-    );
+    let rows = Arc::new(read_all(&db).await?);
 
     let mut rates = Vec::new();
     for (name, plugin) in &args.plugins {
@@ -67,48 +68,12 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{name}: reading {}", plugin.display()))?
             .len();
 
-        // Cold: a new engine and an empty cache, so Cranelift compiles it.
-        let (compile, loaded) = load(plugin, &cache)?;
-        ensure!(
-            loaded.origin() == Origin::Compiled,
-            "{name}: expected a cold compile"
-        );
-        // Cached: a new engine each time (a restarted host), the precompiled
-        // artifact from disk.
-        let mut cached = Vec::with_capacity(REPEATS);
-        for _ in 0..REPEATS {
-            let (took, again) = load(plugin, &cache)?;
-            ensure!(
-                again.origin() == Origin::DiskCache,
-                "{name}: expected the disk cache"
-            );
-            cached.push(took);
-        }
-
-        let ctx = CallContext::new(
-            "bench",
-            "bench",
-            Limits::default(),
-            [("tenant".to_owned(), "acme".to_owned())].into(),
-            Default::default(),
-        );
-        let sandbox = Sandbox::new(loaded, ctx);
-        let mut instantiate = Vec::with_capacity(REPEATS);
-        for _ in 0..REPEATS {
-            sandbox.release();
-            let start = Instant::now();
-            sandbox.warm_up()?;
-            instantiate.push(start.elapsed());
-        }
-        let single = plugin_rate(&sandbox, &columns, &rows[..SINGLE_ROWS.min(rows.len())], 1)?;
-        let batched = plugin_rate(
-            &sandbox,
-            &columns,
-            &rows[..BATCHED_ROWS.min(rows.len())],
-            100,
-        )?;
-        drop(sandbox);
-
+        let figures = blocking({
+            let (name, plugin, cache, rows) =
+                (name.clone(), plugin.clone(), cache.clone(), rows.clone());
+            move || measure(&name, &plugin, &cache, &rows)
+        })
+        .await?;
         let run = EndToEnd {
             plugin,
             cache: &cache,
@@ -121,9 +86,10 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
             end_to_end(&end_to_end_dir, OrdersSource::Sqlite(db.clone()), &run).await?;
         emit(json!({
             "bench": "language", "language": name, "component_bytes": size,
-            "compile_ms": ms(compile), "cached_load_ms": ms(median(&mut cached)),
-            "instantiate_us": ms(median(&mut instantiate)) * 1e3,
-            "us_per_row_batch_1": single.us_per_row, "us_per_row_batch_100": batched.us_per_row,
+            "compile_ms": ms(figures.compile), "cached_load_ms": ms(figures.cached_load),
+            "instantiate_us": ms(figures.instantiate) * 1e3,
+            "us_per_row_batch_1": figures.single.us_per_row,
+            "us_per_row_batch_100": figures.batched.us_per_row,
             "end_to_end_rows_per_s": rows_per_s,
         }));
         rates.push((name, rows_per_s));
@@ -136,6 +102,62 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
         }));
     }
     Ok(())
+}
+
+/// One plugin's figures apart from the end-to-end run.
+struct Figures {
+    compile: Duration,
+    /// Medians of [`REPEATS`].
+    cached_load: Duration,
+    instantiate: Duration,
+    single: PluginRate,
+    batched: PluginRate,
+}
+
+/// Compile, cached load, instantiation and µs per row of one plugin.
+fn measure(
+    name: &str,
+    plugin: &Path,
+    cache: &Path,
+    (columns, rows): &(Vec<String>, Vec<Row>),
+) -> anyhow::Result<Figures> {
+    // Cold: a new engine and an empty cache, so Cranelift compiles it.
+    let (compile, loaded) = load(plugin, cache)?;
+    ensure!(
+        loaded.origin() == Origin::Compiled,
+        "{name}: expected a cold compile"
+    );
+    // Cached: a new engine each time (a restarted host), the precompiled
+    // artifact from disk.
+    let mut cached = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let (took, again) = load(plugin, cache)?;
+        ensure!(
+            again.origin() == Origin::DiskCache,
+            "{name}: expected the disk cache"
+        );
+        cached.push(took);
+    }
+    let sandbox = Sandbox::new(loaded, bench_context());
+    let mut instantiate = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        sandbox.release();
+        let start = Instant::now();
+        sandbox.warm_up()?;
+        instantiate.push(start.elapsed());
+    }
+    Ok(Figures {
+        compile,
+        cached_load: median(&mut cached),
+        instantiate: median(&mut instantiate),
+        single: plugin_rate(&sandbox, columns, &rows[..SINGLE_ROWS.min(rows.len())], 1)?,
+        batched: plugin_rate(
+            &sandbox,
+            columns,
+            &rows[..BATCHED_ROWS.min(rows.len())],
+            100,
+        )?,
+    })
 }
 
 /// Loads `plugin` into a new engine caching compiled components in

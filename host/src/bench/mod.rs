@@ -166,37 +166,13 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     // Plugin only: the sandbox boundary and the guest's work, no I/O. The
     // compiled component lands in the cache the end-to-end run loads from,
     // so that run measures rows, not compilation.
-    let runtime = Runtime::new(&crate::plugin::EngineSettings {
-        cache_dir: Some(dir.path().join("cache")),
-        ..Default::default()
-    })?;
-    let compile_start = Instant::now();
-    let plugin = runtime.load(&plugin_path)?;
-    let compile = compile_start.elapsed();
-    let ctx = CallContext::new(
-        "bench",
-        "bench",
-        Limits::default(),
-        [("tenant".to_owned(), "acme".to_owned())].into(),
-        Default::default(),
-    );
-    let sandbox = Sandbox::new(plugin, ctx);
-    emit(
-        json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(&plugin_path)?.len(), "compile_ms": ms(compile)}),
-    );
-    for batch in [1, args.batch] {
-        let sample = if batch == 1 {
-            &rows.1[..rows.1.len().min(20_000)]
-        } else {
-            &rows.1[..]
-        };
-        let rate = plugin_rate(&sandbox, &rows.0, sample, batch)?;
-        emit(json!({
-            "bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": rate.us_per_row,
-            "map_us_per_row": rate.map_us_per_row, "decide_us_per_row": rate.decide_us_per_row,
-            "rows_per_s": rate.rows_per_s,
-        }));
-    }
+    let rows = Arc::new(rows);
+    let cache = dir.path().join("cache");
+    blocking({
+        let (plugin, cache, rows) = (plugin_path.clone(), cache.clone(), rows.clone());
+        move || plugin_only(&plugin, &cache, &rows, args.batch)
+    })
+    .await?;
 
     // The same mapping natively.
     let cols = native::OrderColumns::resolve(&rows.0).context("the sample table lacks a column")?;
@@ -220,7 +196,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     // End to end, offsets committed.
     let run = EndToEnd {
         plugin: &plugin_path,
-        cache: &dir.path().join("cache"),
+        cache: &cache,
         rows: args.rows,
         page: args.page,
         batch: args.batch,
@@ -232,6 +208,60 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Runs `work` (plugin calls, which block) on the blocking pool: a guest
+/// writing to stdout or stderr makes wasmtime-wasi block on the runtime,
+/// which it must never do from a thread driving async tasks.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// The compile figure and the plugin-only figures, in calls of 1 and of `batch` rows.
+fn plugin_only(
+    plugin_path: &Path,
+    cache: &Path,
+    rows: &(Vec<String>, Vec<Row>),
+    batch: usize,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::new(&crate::plugin::EngineSettings {
+        cache_dir: Some(cache.to_owned()),
+        ..Default::default()
+    })?;
+    let compile_start = Instant::now();
+    let plugin = runtime.load(plugin_path)?;
+    let compile = compile_start.elapsed();
+    let sandbox = Sandbox::new(plugin, bench_context());
+    emit(
+        json!({"bench": "plugin_load", "component_bytes": std::fs::metadata(plugin_path)?.len(), "compile_ms": ms(compile)}),
+    );
+    for batch in [1, batch] {
+        let sample = if batch == 1 {
+            &rows.1[..rows.1.len().min(20_000)]
+        } else {
+            &rows.1[..]
+        };
+        let rate = plugin_rate(&sandbox, &rows.0, sample, batch)?;
+        emit(json!({
+            "bench": "plugin", "rows": sample.len(), "batch": batch, "us_per_row": rate.us_per_row,
+            "map_us_per_row": rate.map_us_per_row, "decide_us_per_row": rate.decide_us_per_row,
+            "rows_per_s": rate.rows_per_s,
+        }));
+    }
+    Ok(())
+}
+
+/// What the plugin-only figures call with: default limits, tenant `acme`.
+fn bench_context() -> CallContext {
+    CallContext::new(
+        "bench",
+        "bench",
+        Limits::default(),
+        [("tenant".to_owned(), "acme".to_owned())].into(),
+        Default::default(),
+    )
 }
 
 /// The plugin's own speed: µs per row mapping and deciding, in a warm instance.

@@ -167,7 +167,13 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
         Command::Plugin {
             command: PluginCommand::Test(args),
-        } => return plugin_test::run(args),
+        } => {
+            // Plugin calls block, and a guest that writes to stdout or
+            // stderr (a Rust panic message, a Python print) makes
+            // wasmtime-wasi block on the runtime: never from a thread that
+            // drives async tasks. The pipeline calls from its plugin threads.
+            return tokio::task::spawn_blocking(move || plugin_test::run(args)).await?;
+        }
         Command::Offsets { command } => match command {
             OffsetsCommand::Show { config } => {
                 let config = load(&config)?;

@@ -122,6 +122,11 @@ impl Guest for Hostile {
                         body: format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20)),
                     }]),
                     other => {
+                        if other == "print" {
+                            // stdout and stderr lead nowhere; writing must not hurt the host.
+                            println!("row {} to stdout", row.identity);
+                            eprintln!("row {} to stderr", row.identity);
+                        }
                         if other == "chatty" {
                             for i in 0..10 {
                                 log(Level::Info, &format!("row {} says {i}", row.identity));
