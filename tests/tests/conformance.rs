@@ -285,15 +285,11 @@ fn events_of_another_shape_are_rejected_everywhere() {
         format!(
             r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": 7}}]}}, {order}}}"#
         ),
-        format!(
-            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": "a@b"}}]}}, "commerce": {{"order": {{"currencyCode": 1}}}}}}"#
-        ),
+        r#"{"_acme": {"orderId": "5", "orderStatus": "confirmed", "amount": "1"}, "identityMap": {"Email": [{"id": "a@b"}]}, "commerce": {"order": {"currencyCode": 1}}}"#.to_string(),
         format!(
             r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": []}}, {order}}}"#
         ),
-        format!(
-            r#"{{"_acme": {{"orderId": "5", "orderStatus": "confirmed", "amount": "1"}}, "identityMap": {{"Email": [{{"id": "a@b"}}]}}}}"#
-        ),
+        r#"{"_acme": {"orderId": "5", "orderStatus": "confirmed", "amount": "1"}, "identityMap": {"Email": [{"id": "a@b"}]}}"#.to_string(),
     ];
     let well_formed = event(
         "{ \"_acme\" : {\"orderId\":\"caf\\u00e9 \\ud83c\\udf89\", \"orderStatus\":\"confirmed\",\n \"amount\":\"1.00\"},\
