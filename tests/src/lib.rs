@@ -41,6 +41,32 @@ pub fn freshet() -> std::process::Command {
     command
 }
 
+/// `freshet plugin test` of `plugin` over the rows file `rows`, with the
+/// setting `tenant=acme` the orders plugins name their field group by.
+pub fn plugin_test(plugin: &str, rows: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = freshet();
+    command
+        .args([
+            "plugin",
+            "test",
+            "--setting",
+            "tenant=acme",
+            "--plugin",
+            plugin,
+            "--rows",
+        ])
+        .arg(rows);
+    command
+}
+
+/// The JSON reports `freshet plugin test` prints, one per row.
+pub fn plugin_test_reports(stdout: &[u8]) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_slice(stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("plugin test prints JSON reports")
+}
+
 /// Paths of the guest plugins and the shared component cache.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));

@@ -131,28 +131,15 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
         ]"#,
     )
     .unwrap();
-    let (out, stdout, stderr) = run(freshet()
-        .current_dir(dir.path())
-        .args([
-            "plugin",
-            "test",
-            "--setting",
-            "tenant=acme",
-            "--plugin",
-            plugins::ORDERS_PLUGIN,
-            "--rows",
-        ])
-        .arg(&rows));
+    let (out, stdout, stderr) =
+        run(plugin_test(plugins::ORDERS_PLUGIN, &rows).current_dir(dir.path()));
     assert_eq!(
         out.status.code(),
         Some(1),
         "a rejected row fails the run: {stderr}"
     );
     assert!(stderr.contains("2 rows, 1 failed"), "{stderr}");
-    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let reports = plugin_test_reports(stdout.as_bytes());
     assert_eq!(reports.len(), 2);
     let first = &reports[0];
     assert_eq!(first["events"][0]["body"]["_acme"]["orderId"], "42");
@@ -201,21 +188,10 @@ fn plugin_test_reports_a_panic_as_a_trap_and_survives_printing() {
         format!("[{}, {}, {}]", row("trap"), row("print"), row("fine")),
     )
     .unwrap();
-    let (out, stdout, stderr) = run(freshet()
-        .args([
-            "plugin",
-            "test",
-            "--plugin",
-            plugins::HOSTILE_PLUGIN,
-            "--rows",
-        ])
-        .arg(&rows));
+    let (out, stdout, stderr) = run(&mut plugin_test(plugins::HOSTILE_PLUGIN, &rows));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("3 rows, 1 failed"), "{stderr}");
-    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let reports = plugin_test_reports(stdout.as_bytes());
     assert_eq!(reports[0]["error"]["code"], "trap", "{}", reports[0]);
     for report in &reports[1..] {
         assert_eq!(report["events"].as_array().unwrap().len(), 1, "{report}");

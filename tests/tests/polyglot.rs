@@ -191,18 +191,8 @@ fn plugin_test_answers_alike_in_every_language() {
     // the tests' own cache, so a rerun skips the seconds-long compiles.
     let home = std::path::Path::new(plugins::COMPONENT_CACHE).with_file_name("plugin-test-home");
     let answers = |plugin: &str| {
-        let out = freshet()
+        let out = plugin_test(plugin, rows)
             .env("HOME", &home)
-            .args([
-                "plugin",
-                "test",
-                "--setting",
-                "tenant=acme",
-                "--plugin",
-                plugin,
-                "--rows",
-                rows,
-            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -212,10 +202,9 @@ fn plugin_test_answers_alike_in_every_language() {
             "{plugin}: one row is rejected: {stderr}"
         );
         assert!(stderr.contains("4 rows, 1 failed"), "{plugin}: {stderr}");
-        serde_json::Deserializer::from_slice(&out.stdout)
-            .into_iter::<Json>()
-            .map(|report| {
-                let mut report = report.unwrap();
+        plugin_test_reports(&out.stdout)
+            .into_iter()
+            .map(|mut report| {
                 // What a call costs differs by language; what it answers may
                 // not, up to JSON's own spelling (`99` and `99.0` are one number).
                 report.as_object_mut().unwrap().remove("usage");
