@@ -329,3 +329,24 @@ fn events_of_another_shape_are_rejected_everywhere() {
         }
     }
 }
+
+/// The host treats every language alike but links only what a component
+/// imports: Python's CPython, SpiderMonkey and Rust's std import WASI (and
+/// get it with nothing granted); the C plugin imports none and gets none.
+#[test]
+fn each_language_gets_wasi_only_if_it_imports_it() {
+    let uses_wasi = |plugin: &str| {
+        runtime()
+            .load(Path::new(plugin))
+            .expect("load plugin")
+            .uses_wasi()
+    };
+    for (language, plugin, expected) in [
+        ("rust", plugins::ORDERS_PLUGIN, true),
+        ("python", plugins::PYTHON_PLUGIN, true),
+        ("javascript", plugins::JS_PLUGIN, true),
+        ("c", plugins::C_PLUGIN, false),
+    ] {
+        assert_eq!(uses_wasi(plugin), expected, "{language}");
+    }
+}

@@ -93,8 +93,11 @@ impl HostMonotonicClock for FixedClock {
     fn resolution(&self) -> u64 {
         1_000_000_000
     }
+    /// One second past the monotonic clock's arbitrary origin, not zero:
+    /// Go's runtime refuses to start on a monotonic clock that reads zero
+    /// ("nanotime returning zero").
     fn now(&self) -> u64 {
-        0
+        1_000_000_000
     }
 }
 
