@@ -11,7 +11,7 @@
 //! answers, not budgets.
 
 use freshet::plugin::contract::{Action, Event, RowBatch};
-use freshet::plugin::{rows_file, CallContext, EngineSettings, Limits, Runtime, Sandbox};
+use freshet::plugin::{rows_file, CallContext, EngineSettings, Limits, Origin, Runtime, Sandbox};
 use freshet_tests::plugins;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -348,5 +348,24 @@ fn each_language_gets_wasi_only_if_it_imports_it() {
         ("c", plugins::C_PLUGIN, false),
     ] {
         assert_eq!(uses_wasi(plugin), expected, "{language}");
+    }
+}
+
+/// The large components (CPython, SpiderMonkey) compile once: a restarted
+/// host (a new engine on the same cache folder) deserializes them instead.
+#[test]
+fn large_components_load_from_the_disk_cache_after_a_restart() {
+    for plugin in [plugins::PYTHON_PLUGIN, plugins::JS_PLUGIN] {
+        let engine = || {
+            Runtime::new(&EngineSettings {
+                cache_dir: Some(plugins::COMPONENT_CACHE.into()),
+                ..Default::default()
+            })
+            .expect("engine")
+        };
+        // The first engine compiles it, or finds it from an earlier run.
+        engine().load(Path::new(plugin)).expect("load plugin");
+        let restarted = engine().load(Path::new(plugin)).expect("load plugin");
+        assert_eq!(restarted.origin(), Origin::DiskCache, "{plugin}");
     }
 }

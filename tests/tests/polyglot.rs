@@ -230,3 +230,33 @@ fn plugin_test_answers_alike_in_every_language() {
         assert_eq!(answers(plugin), reference, "{language}");
     }
 }
+
+/// Each language's build script, with no toolchain installed and installing
+/// forbidden (as the tests' build script runs them), names what is missing
+/// and the command that installs it.
+#[test]
+fn a_missing_toolchain_is_named_with_its_install_command() {
+    let empty = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (language, missing) in [
+        ("python", "componentize-py 0.25.1"),
+        ("js", "componentize-js and esbuild (npm)"),
+        ("c", "wit-bindgen-cli 0.61.0 (crates.io)"),
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg(root.join("plugins").join(language).join("build"))
+            .arg("-o")
+            .arg(empty.path().join("out.wasm"))
+            .env("FRESHET_CACHE", empty.path())
+            .env("FRESHET_NO_INSTALL", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{language}: {stderr}");
+        let expected = format!(
+            "toolchain missing: {missing}; install with: plugins/{language}/build --install-only"
+        );
+        assert_eq!(stderr.trim_end(), expected, "{language}");
+    }
+    assert!(!empty.path().join("out.wasm").exists());
+}
