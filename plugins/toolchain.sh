@@ -44,3 +44,20 @@ parse_args() {
   mkdir -p "$(dirname "$out")"
   out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
 }
+
+# cargo_tool CRATE VERSION FEATURES BINARY LANG: a pinned `cargo install`
+# with only the features the builds use (each compiles for minutes on two
+# cores); prints the binary's path. LANG names the build script to suggest.
+cargo_tool() {
+  local dir="$toolchains/$1-$2-${3//,/-}"
+  if [[ ! -x "$dir/bin/$4" ]]; then
+    missing "$1 $2 (crates.io)" "plugins/$5/build --install-only"
+    # Its own target folder, not the project's: nothing of it is shared.
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked "$1" --version "$2" \
+      --no-default-features --features "$3" --root "$dir"
+  fi
+  echo "$dir/bin/$4"
+}
+
+# wit_bindgen_cli LANG: the one wit-bindgen the C and Go builds share.
+wit_bindgen_cli() { cargo_tool wit-bindgen-cli 0.61.0 c,go wit-bindgen "$1"; }

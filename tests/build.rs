@@ -1,7 +1,8 @@
 //! Builds the guest plugins the tests run and writes their paths as
 //! constants into `$OUT_DIR/plugins.rs`: the Rust guests with a nested `cargo
-//! build --target wasm32-wasip2` each, the Python, JavaScript and C orders
-//! plugins with their own `plugins/<lang>/build` scripts (side by side).
+//! build --target wasm32-wasip2` each, the Python, JavaScript, C and Go
+//! orders plugins with their own `plugins/<lang>/build` scripts (side by
+//! side).
 //!
 //! Guests build into `<target>/wasm-guests`, shared by every profile, so a
 //! guest compiles once per change. A missing toolchain is reported with the
@@ -26,6 +27,7 @@ const POLYGLOT: &[(&str, &str, &[&str])] = &[
     ("PYTHON_PLUGIN", "python", &["src", "build"]),
     ("JS_PLUGIN", "js", &["src", "build", "package-lock.json"]),
     ("C_PLUGIN", "c", &["src", "build"]),
+    ("GO_PLUGIN", "go", &["src", "build"]),
 ];
 
 fn main() {

@@ -1,5 +1,5 @@
-//! Conformance: the orders plugin in Python, JavaScript and C gives the Rust
-//! plugin's answers, input for input.
+//! Conformance: the orders plugin in Python, JavaScript, C and Go gives the
+//! Rust plugin's answers, input for input.
 //!
 //! The fixture rows (`tests/conformance/*.json`, the `freshet plugin test`
 //! format) go through each plugin in one batch, and every event the batch
@@ -23,6 +23,7 @@ const LANGUAGES: &[(&str, &str)] = &[
     ("python", plugins::PYTHON_PLUGIN),
     ("javascript", plugins::JS_PLUGIN),
     ("c", plugins::C_PLUGIN),
+    ("go", plugins::GO_PLUGIN),
 ];
 
 /// One engine for the whole file, caching compiled components where every
@@ -331,8 +332,9 @@ fn events_of_another_shape_are_rejected_everywhere() {
 }
 
 /// The host treats every language alike but links only what a component
-/// imports: Python's CPython, SpiderMonkey and Rust's std import WASI (and
-/// get it with nothing granted); the C plugin imports none and gets none.
+/// imports: Python's CPython, SpiderMonkey, Go's runtime and Rust's std
+/// import WASI (and get it with nothing granted); the C plugin imports none
+/// and gets none.
 #[test]
 fn each_language_gets_wasi_only_if_it_imports_it() {
     let uses_wasi = |plugin: &str| {
@@ -346,6 +348,7 @@ fn each_language_gets_wasi_only_if_it_imports_it() {
         ("python", plugins::PYTHON_PLUGIN, true),
         ("javascript", plugins::JS_PLUGIN, true),
         ("c", plugins::C_PLUGIN, false),
+        ("go", plugins::GO_PLUGIN, true),
     ] {
         assert_eq!(uses_wasi(plugin), expected, "{language}");
     }

