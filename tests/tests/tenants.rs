@@ -53,8 +53,12 @@ async fn a_hostile_tenant_is_contained_and_the_other_delivers_every_row() {
     let receiver = Receiver::start(true).await.unwrap();
     let good = tenant_setup(plugins::ORDERS_PLUGIN, "shop", "good");
     let mut evil = tenant_setup(plugins::HOSTILE_PLUGIN, "evil", "evil");
+    // A generous deadline: the evil pipeline is soon demoted to the idle
+    // class, where a busy machine can hold a call for seconds of wall time,
+    // and each hostile row must fail by its own breach, not the clock.
     evil.pipeline.limits =
-        "fuel_per_row = 100_000_000\nmemory_mib = 24\nlog_bytes_per_row = 4096".into();
+        "fuel_per_row = 100_000_000\nmemory_mib = 24\nlog_bytes_per_row = 4096\ntimeout_ms = 10_000"
+            .into();
     let base = now_ms() - 60_000;
     let orders: Vec<Order> = (1..=300)
         .map(|id| Order::new(id, "confirmed", base + id))

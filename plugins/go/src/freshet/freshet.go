@@ -16,14 +16,14 @@
 //     dead-letters it with your message); any other error becomes the
 //     contract's `internal` error, and so does a panic, with its message in
 //     the host's log.
-//   - Event bodies and action payloads may be any value encoding/json
-//     writes, or a RawJSON.
+//   - Event bodies and action payloads may be any value encoding/json/v2
+//     writes (map keys sorted), or a RawJSON.
 //   - Log writes to the host's log (tagged with the tenant and pipeline);
 //     Setting reads the pipeline's plugin settings.
 package freshet
 
 import (
-	"encoding/json"
+	"encoding/json/v2"
 	"errors"
 	"fmt"
 	"runtime"
@@ -180,12 +180,13 @@ func (c CrmUpdate) raw() (types.Action, error) {
 	}), err
 }
 
-// encode writes a payload as JSON text; a RawJSON is passed as it is.
+// encode writes a payload as JSON text, map keys sorted so the same input
+// always gives the same bytes; a RawJSON is passed as it is.
 func encode(value any) (string, error) {
 	if raw, ok := value.(RawJSON); ok {
 		return string(raw), nil
 	}
-	text, err := json.Marshal(value)
+	text, err := json.Marshal(value, json.Deterministic(true))
 	return string(text), err
 }
 

@@ -9,9 +9,11 @@
 package orders
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
+	"encoding/json/jsontext"
+	"encoding/json/v2"
 	"fmt"
 	"math"
 	"strconv"
@@ -108,118 +110,143 @@ func mapRow(row freshet.Row) ([]freshet.Event, error) {
 	if confirmed {
 		eventType, purchases = "commerce.purchases", 1
 	}
-	body := map[string]any{
-		"eventType": eventType,
-		"identityMap": map[string]any{"Email": []any{map[string]any{
-			"id": email, "primary": true, "authenticatedState": "authenticated",
-		}}},
-		"commerce": map[string]any{
-			"order":     map[string]any{"purchaseID": id, "priceTotal": price, "currencyCode": currency},
-			"purchases": map[string]any{"value": purchases},
-		},
-		tenantKey(): map[string]string{"orderId": id, "orderStatus": status, "amount": amount},
+	body := eventBody{EventType: eventType}
+	body.IdentityMap.Email = []emailIdentity{{ID: email, Primary: true, AuthenticatedState: "authenticated"}}
+	body.Commerce.Order = purchase{PurchaseID: id, PriceTotal: price, CurrencyCode: currency}
+	body.Commerce.Purchases.Value = purchases
+	common, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
 	}
+	// The tenant's field group has the tenant's name: added by hand, as
+	// struct tags are fixed.
+	own, err := json.Marshal(map[string]string{"orderId": id, "orderStatus": status, "amount": amount}, json.Deterministic(true))
+	if err != nil {
+		return nil, err
+	}
+	key, err := json.Marshal(tenantKey())
+	if err != nil {
+		return nil, err
+	}
+	text := make([]byte, 0, len(common)+len(key)+len(own)+2)
+	text = append(append(append(append(text, common[:len(common)-1]...), ','), key...), ':')
+	text = append(append(text, own...), '}')
 	digest := sha256.Sum256([]byte(row.Identity))
-	return []freshet.Event{{ID: hex.EncodeToString(digest[:]), Timestamp: updatedAt, Body: body}}, nil
+	return []freshet.Event{{ID: hex.EncodeToString(digest[:]), Timestamp: updatedAt, Body: freshet.RawJSON(text)}}, nil
 }
 
-// object reads a JSON object's members, or says it is not one.
-func object(raw json.RawMessage) (map[string]json.RawMessage, error) {
+// eventBody is the xdmEntity map_row writes, but for the tenant's field group.
+type eventBody struct {
+	EventType   string `json:"eventType"`
+	IdentityMap struct {
+		Email []emailIdentity `json:"Email"`
+	} `json:"identityMap"`
+	Commerce struct {
+		Order     purchase `json:"order"`
+		Purchases struct {
+			Value int `json:"value"`
+		} `json:"purchases"`
+	} `json:"commerce"`
+}
+
+type emailIdentity struct {
+	ID                 string `json:"id"`
+	Primary            bool   `json:"primary"`
+	AuthenticatedState string `json:"authenticatedState"`
+}
+
+type purchase struct {
+	PurchaseID   string  `json:"purchaseID"`
+	PriceTotal   float64 `json:"priceTotal"`
+	CurrencyCode string  `json:"currencyCode"`
+}
+
+// What decide reads back from a body map_row wrote. Pointers tell a
+// missing or null member from an empty one: both are refused, as serde
+// refuses them in the Rust plugin.
+type tenantFields struct {
+	OrderID *string `json:"orderId"`
+	Status  *string `json:"orderStatus"`
+	Amount  *string `json:"amount"`
+}
+
+type identities struct {
+	Email []struct {
+		ID *string `json:"id"`
+	} `json:"Email"`
+}
+
+type commerce struct {
+	Order *struct {
+		CurrencyCode *string `json:"currencyCode"`
+	} `json:"order"`
+}
+
+// strict is how decide reads JSON: names matched exactly (encoding/json/v2's
+// default) and, as serde_json does, a repeated name's last value wins.
+var strict = jsontext.AllowDuplicateNames(true)
+
+// decode reads one JSON value into `into`, which must be an object.
+func decode(raw []byte, into any) error {
+	raw = bytes.TrimLeft(raw, " \t\r\n")
 	if len(raw) == 0 || raw[0] != '{' {
-		return nil, fmt.Errorf("not an object")
+		return fmt.Errorf("not an object")
 	}
-	var members map[string]json.RawMessage
-	err := json.Unmarshal(raw, &members)
-	return members, err
+	return json.Unmarshal(raw, into, strict)
 }
 
-// member reads the string member `name` of an object, which must be there.
-func member(members map[string]json.RawMessage, name string) (string, error) {
-	raw, ok := members[name]
-	if !ok || len(raw) == 0 || raw[0] != '"' {
-		return "", fmt.Errorf("`%s` is not text", name)
-	}
-	var value string
-	err := json.Unmarshal(raw, &value)
-	return value, err
-}
-
-// order is what decide reads back from a body map_row wrote.
+// order is what decide needs of an event.
 type order struct{ id, status, amount, currency, email string }
 
-func read(body map[string]json.RawMessage, eventID, tenant string) (order, error) {
+func read(body map[string]jsontext.Value, eventID, tenant string) (order, error) {
 	var o order
-	field := func(name string) (json.RawMessage, error) {
+	field := func(name string, into any) error {
 		raw, ok := body[name]
 		if !ok {
-			return nil, freshet.Rejectf("event %s has no `%s`", eventID, name)
+			return freshet.Rejectf("event %s has no `%s`", eventID, name)
 		}
-		return raw, nil
+		if err := decode(raw, into); err != nil {
+			return freshet.Rejectf("event %s: %s: %v", eventID, name, err)
+		}
+		return nil
 	}
-	bad := func(what string, err error) error {
-		return freshet.Rejectf("event %s: %s: %v", eventID, what, err)
+	missing := func(what string) error {
+		return freshet.Rejectf("event %s: %s: missing or not text", eventID, what)
 	}
-	raw, err := field(tenant)
-	if err != nil {
+	var own tenantFields
+	if err := field(tenant, &own); err != nil {
 		return o, err
 	}
-	own, err := object(raw)
-	if err != nil {
-		return o, bad(tenant, err)
+	if own.OrderID == nil || own.Status == nil || own.Amount == nil {
+		return o, missing(tenant)
 	}
-	for _, f := range []struct {
-		name string
-		to   *string
-	}{{"orderId", &o.id}, {"orderStatus", &o.status}, {"amount", &o.amount}} {
-		if *f.to, err = member(own, f.name); err != nil {
-			return o, bad(tenant, err)
-		}
-	}
-	if raw, err = field("identityMap"); err != nil {
+	o.id, o.status, o.amount = *own.OrderID, *own.Status, *own.Amount
+	var ids identities
+	if err := field("identityMap", &ids); err != nil {
 		return o, err
 	}
-	identities, err := object(raw)
-	if err != nil {
-		return o, bad("identityMap", err)
-	}
-	if list, ok := identities["Email"]; ok {
-		var emails []json.RawMessage
-		if len(list) == 0 || list[0] != '[' || json.Unmarshal(list, &emails) != nil {
-			return o, bad("identityMap", fmt.Errorf("`Email` is not a list"))
+	for i, identity := range ids.Email {
+		if identity.ID == nil {
+			return o, missing("identityMap.Email.id")
 		}
-		for i, raw := range emails {
-			identity, err := object(raw)
-			if err != nil {
-				return o, bad("identityMap", err)
-			}
-			id, err := member(identity, "id")
-			if err != nil {
-				return o, bad("identityMap", err)
-			}
-			if i == 0 {
-				o.email = id
-			}
+		if i == 0 {
+			o.email = *identity.ID
 		}
 	}
-	if raw, err = field("commerce"); err != nil {
+	var c commerce
+	if err := field("commerce", &c); err != nil {
 		return o, err
 	}
-	commerce, err := object(raw)
-	if err == nil {
-		var purchase map[string]json.RawMessage
-		if purchase, err = object(commerce["order"]); err == nil {
-			o.currency, err = member(purchase, "currencyCode")
-		}
+	if c.Order == nil || c.Order.CurrencyCode == nil {
+		return o, missing("commerce.order.currencyCode")
 	}
-	if err != nil {
-		return o, bad("commerce", err)
-	}
+	o.currency = *c.Order.CurrencyCode
 	return o, nil
 }
 
 func decide(event freshet.EventIn) ([]freshet.Action, error) {
-	body, err := object(json.RawMessage(event.Body))
-	if err != nil {
+	var body map[string]jsontext.Value
+	if err := decode([]byte(event.Body), &body); err != nil {
 		return nil, freshet.Rejectf("event %s: body: %v", event.Id, err)
 	}
 	o, err := read(body, event.Id, tenantKey())
