@@ -77,9 +77,8 @@ fn emit(line: serde_json::Value) {
 fn bench_config(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>, aep: &str) -> String {
     let mut config = OrdersPipeline::new(dir, run.plugin.to_owned(), source, aep.to_owned());
     config.cache_dir = run.cache.to_owned();
-    let (page, batch) = (run.page, run.batch);
-    config.page_size = page;
-    config.batch_size = batch;
+    config.page_size = run.page;
+    config.batch_size = run.batch;
     for name in ["order-confirmation", "order-confirmed", "crm"] {
         config
             .targets
