@@ -236,75 +236,57 @@ type Plugin struct {
 	Decide func(EventIn) ([]Action, error)
 }
 
-type (
-	eventsResult  = witTypes.Result[[]types.Event, types.PluginError]
-	actionsResult = witTypes.Result[[]types.Action, types.PluginError]
-)
-
 // ExportMapRows answers `map-rows`: each row on its own, so one that fails fails alone.
-func (p Plugin) ExportMapRows(batch types.RowBatch) []eventsResult {
-	begin()
+func (p Plugin) ExportMapRows(batch types.RowBatch) []witTypes.Result[[]types.Event, types.PluginError] {
 	index := make(map[string]int, len(batch.Columns))
 	for position, name := range batch.Columns {
 		index[name] = position
 	}
-	out := make([]eventsResult, len(batch.Rows))
-	for i, raw := range batch.Rows {
-		events, err := call("map_row", func() ([]Event, error) {
-			return p.MapRow(Row{raw.Identity, raw.Cells, index})
-		})
-		if err == nil {
-			var raws []types.Event
-			if raws, err = rawEvents(events); err == nil {
-				out[i] = witTypes.Ok[[]types.Event, types.PluginError](raws)
-				continue
-			}
-		}
-		out[i] = witTypes.Err[[]types.Event](contractError(err))
-	}
-	return out
+	return answer("map_row", batch.Rows, func(raw types.Row) ([]Event, error) {
+		return p.MapRow(Row{raw.Identity, raw.Cells, index})
+	}, rawEvent)
 }
 
 // ExportDecide answers `decide`: each event on its own.
-func (p Plugin) ExportDecide(events []types.Event) []actionsResult {
+func (p Plugin) ExportDecide(events []types.Event) []witTypes.Result[[]types.Action, types.PluginError] {
+	return answer("decide", events, p.Decide, Action.raw)
+}
+
+// answer runs `f` over each input and turns its outputs into the
+// contract's (`raw`), or its failure into the input's error.
+func answer[In, Out, Raw any](
+	name string, inputs []In, f func(In) ([]Out, error), raw func(Out) (Raw, error),
+) []witTypes.Result[[]Raw, types.PluginError] {
 	begin()
-	out := make([]actionsResult, len(events))
-	for i, event := range events {
-		actions, err := call("decide", func() ([]Action, error) { return p.Decide(event) })
-		if err == nil {
-			var raws []types.Action
-			if raws, err = rawActions(actions); err == nil {
-				out[i] = witTypes.Ok[[]types.Action, types.PluginError](raws)
-				continue
+	out := make([]witTypes.Result[[]Raw, types.PluginError], len(inputs))
+	for i, input := range inputs {
+		raws, err := call(name, func() ([]Raw, error) {
+			outputs, err := f(input)
+			if err != nil {
+				return nil, err
 			}
+			raws := make([]Raw, 0, len(outputs))
+			for _, output := range outputs {
+				r, err := raw(output)
+				if err != nil {
+					return nil, err
+				}
+				raws = append(raws, r)
+			}
+			return raws, nil
+		})
+		if err != nil {
+			out[i] = witTypes.Err[[]Raw](contractError(err))
+		} else {
+			out[i] = witTypes.Ok[[]Raw, types.PluginError](raws)
 		}
-		out[i] = witTypes.Err[[]types.Action](contractError(err))
 	}
 	return out
 }
 
-func rawEvents(events []Event) ([]types.Event, error) {
-	raws := make([]types.Event, 0, len(events))
-	for _, e := range events {
-		body, err := encode(e.Body)
-		if err != nil {
-			return nil, err
-		}
-		raws = append(raws, types.Event{Id: e.ID, Timestamp: e.Timestamp, Body: body})
-	}
-	return raws, nil
-}
-
-func rawActions(actions []Action) ([]types.Action, error) {
-	raws := make([]types.Action, 0, len(actions))
-	for _, a := range actions {
-		raw, err := a.raw()
-		if err != nil {
-			return nil, err
-		}
-		raws = append(raws, raw)
-	}
-	return raws, nil
+func rawEvent(e Event) (types.Event, error) {
+	body, err := encode(e.Body)
+	return types.Event{Id: e.ID, Timestamp: e.Timestamp, Body: body}, err
 }
 
 // call runs one input's function, turning a panic into that input's error.
