@@ -171,8 +171,9 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
     );
 }
 
-/// A plugin that panics (Rust writes the message to stderr) or prints is
-/// one row's problem: `plugin test` reports the trap and goes on.
+/// A plugin that panics (Rust writes the message to stderr), spins or
+/// prints is one row's problem: `plugin test` reports each failure, with
+/// what the call used before the sandbox stopped it, and goes on.
 #[test]
 fn plugin_test_reports_a_panic_as_a_trap_and_survives_printing() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,15 +186,25 @@ fn plugin_test_reports_a_panic_as_a_trap_and_survives_printing() {
     };
     std::fs::write(
         &rows,
-        format!("[{}, {}, {}]", row("trap"), row("print"), row("fine")),
+        format!(
+            "[{}, {}, {}, {}]",
+            row("trap"),
+            row("loop"),
+            row("print"),
+            row("fine")
+        ),
     )
     .unwrap();
     let (out, stdout, stderr) = run(&mut plugin_test(plugins::HOSTILE_PLUGIN, &rows));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("3 rows, 1 failed"), "{stderr}");
+    assert!(stderr.contains("4 rows, 2 failed"), "{stderr}");
     let reports = plugin_test_reports(stdout.as_bytes());
-    assert_eq!(reports[0]["error"]["code"], "trap", "{}", reports[0]);
-    for report in &reports[1..] {
+    let (trap, spin) = (&reports[0], &reports[1]);
+    assert_eq!(trap["error"]["code"], "trap", "{trap}");
+    assert!(trap["usage"]["fuel"].as_u64().unwrap() > 0, "{trap}");
+    assert_eq!(spin["error"]["code"], "out_of_fuel", "{spin}");
+    assert_eq!(spin["usage"]["fuel"], spin["usage"]["fuel_limit"], "{spin}");
+    for report in &reports[2..] {
         assert_eq!(report["events"].as_array().unwrap().len(), 1, "{report}");
     }
     assert!(

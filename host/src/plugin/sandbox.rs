@@ -161,13 +161,11 @@ impl Sandbox {
             columns: columns.to_vec(),
             rows: vec![row.clone()],
         };
-        let fresh_call = |call: &Call<'_, Event>| {
-            let mut instance = session.instantiate()?;
-            session.call(&mut instance, 0..1, call, check_event)
-        };
-        let (mut outcomes, mut usage) = match fresh_call(&|p, s, _| p.call_map_rows(s, &batch)) {
-            Ok(ok) => ok,
-            Err(e) => return (Err(e), Usage::default()),
+        let (mapped, mut usage) =
+            session.fresh(0..1, &|p, s, _| p.call_map_rows(s, &batch), check_event);
+        let mut outcomes = match mapped {
+            Ok(outcomes) => outcomes,
+            Err(e) => return (Err(e), usage),
         };
         let events = match outcomes.pop() {
             Some(Ok(events)) => events,
@@ -177,17 +175,14 @@ impl Sandbox {
         let mut actions = Vec::with_capacity(events.len());
         for event in &events {
             let one = std::slice::from_ref(event);
-            let decided = session.instantiate().and_then(|mut i| {
-                session.call(&mut i, 0..1, &|p, s, _| p.call_decide(s, one), check_action)
+            let (decided, used) =
+                session.fresh(0..1, &|p, s, _| p.call_decide(s, one), check_action);
+            usage.fuel += used.fuel;
+            usage.peak_memory = usage.peak_memory.max(used.peak_memory);
+            actions.push(match decided {
+                Ok(mut out) => out.pop().unwrap_or_else(|| Ok(Vec::new())),
+                Err(e) => Err(e),
             });
-            match decided {
-                Ok((mut out, used)) => {
-                    usage.fuel += used.fuel;
-                    usage.peak_memory = usage.peak_memory.max(used.peak_memory);
-                    actions.push(out.pop().unwrap_or_else(|| Ok(Vec::new())));
-                }
-                Err(e) => actions.push(Err(e)),
-            }
         }
         (Ok((events, actions)), usage)
     }
@@ -334,8 +329,8 @@ impl Session {
             _ => self.instantiate(),
         };
         let error = match warm {
-            Ok(mut instance) => match self.call(&mut instance, 0..n, call, check) {
-                Ok((outcomes, _)) => {
+            Ok(mut instance) => match self.call(&mut instance, 0..n, call, check).0 {
+                Ok(outcomes) => {
                     *slot = Some(instance);
                     return Attempt::Done(outcomes);
                 }
@@ -359,10 +354,10 @@ impl Session {
         call: &Call<'_, T>,
         check: fn(&T) -> Result<usize, String>,
     ) -> Outcome<T> {
-        let result = self.instantiate().and_then(|mut fresh| {
-            let (mut one, _) = self.call(&mut fresh, i..i + 1, call, check)?;
-            Ok(one.pop().unwrap_or_else(|| Ok(Vec::new())))
-        });
+        let result = self
+            .fresh(i..i + 1, call, check)
+            .0
+            .map(|mut one| one.pop().unwrap_or_else(|| Ok(Vec::new())));
         result.unwrap_or_else(|e| {
             self.note(&e);
             Err(e)
@@ -376,54 +371,80 @@ impl Session {
         }
     }
 
-    /// One call with a budget for `range.len()` inputs.
+    /// One call over `range` in a fresh instance (see [`Session::call`]).
+    fn fresh<T>(
+        &self,
+        range: Range<usize>,
+        call: &Call<'_, T>,
+        check: fn(&T) -> Result<usize, String>,
+    ) -> (Result<Vec<Outcome<T>>, PluginError>, Usage) {
+        match self.instantiate() {
+            Ok(mut instance) => self.call(&mut instance, range, call, check),
+            Err(e) => (Err(e), Usage::default()),
+        }
+    }
+
+    /// One call with a budget for `range.len()` inputs: its outcomes, or
+    /// why the sandbox stopped it, and what it used either way (a row that
+    /// ran out of fuel used its whole budget, which `plugin test` shows).
     fn call<T>(
         &self,
         instance: &mut Instance,
         range: Range<usize>,
         call: &Call<'_, T>,
         check: fn(&T) -> Result<usize, String>,
-    ) -> Result<(Vec<Outcome<T>>, Usage), PluginError> {
+    ) -> (Result<Vec<Outcome<T>>, PluginError>, Usage) {
         let n = range.len();
         let limits = &self.sandbox.inner.ctx.limits;
         let budget = limits.fuel_per_row.saturating_mul(n as u64);
         let store = &mut instance.store;
-        arm(store, budget, limits, n as u64)?;
+        if let Err(e) = arm(store, budget, limits, n as u64) {
+            return (Err(e), Usage::default());
+        }
         let answer = call(&instance.plugin, store, range);
         store.data().finish_call();
         let used = budget - store.get_fuel().unwrap_or(0);
         self.sandbox.inner.cpu.record(used, budget);
-        let answer = answer.map_err(|e| classify(e, store, budget, limits))?;
         let usage = Usage {
             fuel: used,
             peak_memory: store.data().meter.peak_memory,
         };
-        if answer.len() != n {
-            return Err(PluginError::Contract(format!(
-                "answered {} results for {n} inputs",
-                answer.len()
-            )));
-        }
-        let limit = limits.output_bytes_per_row;
         let outcomes = answer
-            .into_iter()
-            .map(|result| {
-                let outputs = result.map_err(|e| match e {
-                    GuestError::Reject(reason) => PluginError::Reject(reason),
-                    GuestError::Internal(reason) => PluginError::Guest(reason),
-                })?;
-                let mut size = 0usize;
-                for output in &outputs {
-                    size += check(output).map_err(PluginError::Contract)?;
-                }
-                if size as u64 > limit {
-                    return Err(PluginError::OutputTooLarge { size, limit });
-                }
-                Ok(outputs)
-            })
-            .collect();
-        Ok((outcomes, usage))
+            .map_err(|e| classify(e, store, budget, limits))
+            .and_then(|answer| outcomes(answer, n, limits.output_bytes_per_row, check));
+        (outcomes, usage)
     }
+}
+
+/// The answer of a call over `n` inputs, checked: one result per input,
+/// each output well formed, each input's outputs within `limit` bytes.
+fn outcomes<T>(
+    answer: Vec<Result<Vec<T>, GuestError>>,
+    n: usize,
+    limit: u64,
+    check: fn(&T) -> Result<usize, String>,
+) -> Result<Vec<Outcome<T>>, PluginError> {
+    if answer.len() != n {
+        return Err(PluginError::Contract(format!(
+            "answered {} results for {n} inputs",
+            answer.len()
+        )));
+    }
+    let checked = |result: Result<Vec<T>, GuestError>| {
+        let outputs = result.map_err(|e| match e {
+            GuestError::Reject(reason) => PluginError::Reject(reason),
+            GuestError::Internal(reason) => PluginError::Guest(reason),
+        })?;
+        let mut size = 0usize;
+        for output in &outputs {
+            size += check(output).map_err(PluginError::Contract)?;
+        }
+        if size as u64 > limit {
+            return Err(PluginError::OutputTooLarge { size, limit });
+        }
+        Ok(outputs)
+    };
+    Ok(answer.into_iter().map(checked).collect())
 }
 
 /// `map-rows` over `batch`, or over a range of it.
