@@ -3,8 +3,8 @@
 package export_wit_world
 
 import (
-	"wit_component/orders"
 	types "wit_component/freshet_plugin_types"
+	"wit_component/orders"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
@@ -18,4 +18,3 @@ func MapRows(batch types.RowBatch) []witTypes.Result[[]types.Event, types.Plugin
 func Decide(events []types.Event) []witTypes.Result[[]types.Action, types.PluginError] {
 	return orders.Plugin.ExportDecide(events)
 }
-

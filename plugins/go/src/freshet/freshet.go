@@ -9,6 +9,8 @@
 //	func mapRow(row freshet.Row) ([]freshet.Event, error) { ... }
 //	func decide(event freshet.EventIn) ([]freshet.Action, error) { ... }
 //
+// What the helper does for it:
+//
 //   - Cells arrive as Go values: nil, bool, int64, Decimal (the exact
 //     decimal's text), float64, string, Instant, Date, JSON, []byte;
 //     TypeName gives the contract's name for each.
