@@ -40,6 +40,12 @@ type Call<'a, T> = dyn Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>)
 type Answer<T> = wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>;
 
 /// One pipeline's view of its plugin. Cheap to clone (shared state).
+///
+/// Calls block their thread: make them on a plugin thread
+/// ([`super::scheduler::Scheduler::run`]) or tokio's blocking pool, never
+/// from an async task — a guest writing to stdout or stderr makes
+/// wasmtime-wasi block on the runtime, which panics on a thread driving
+/// async tasks.
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
