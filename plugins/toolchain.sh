@@ -59,5 +59,7 @@ cargo_tool() {
   echo "$dir/bin/$4"
 }
 
-# wit_bindgen_cli LANG: the one wit-bindgen the C and Go builds share.
+# wit_bindgen_cli LANG, wasm_tools_cli LANG: the one wit-bindgen and the one
+# wasm-tools the C and Go builds share.
 wit_bindgen_cli() { cargo_tool wit-bindgen-cli 0.61.0 c,go wit-bindgen "$1"; }
+wasm_tools_cli() { cargo_tool wasm-tools 1.243.0 component wasm-tools "$1"; }
