@@ -7,7 +7,10 @@
 //! - [`source`]: the `Source` trait, the `(timestamp, key)` cursor, SQLite.
 //! - [`plugin`]: the wasmtime engine, the contract's bindings, limits.
 //! - [`deliver`]: the AEP envelope, the `Sink` trait, AEP batch and file sinks.
-//! - [`actions`]: targets and executors (webhook, record).
+//! - [`actions`]: targets and executors (webhook, e-mail, CRM, record).
+//! - [`retry`]: the one HTTP retry classifier and backoff, for every peer.
+//! - [`secrets`]: typed references to secrets, read only through the
+//!   owning tenant's [`secrets::Secrets`].
 //! - [`state`]: offsets, the action ledger, dead letters (`StateStore`).
 //! - [`pipeline`]: one page at a time from source to commit; [`run`].
 //! - [`cli`] and [`bench`]: the `freshet` command's subcommands.
@@ -19,6 +22,8 @@ pub mod config;
 pub mod deliver;
 pub mod pipeline;
 pub mod plugin;
+pub mod retry;
+pub mod secrets;
 pub mod source;
 pub mod state;
 

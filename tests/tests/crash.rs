@@ -120,3 +120,80 @@ async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
     let keys: Vec<String> = calls.keys().cloned().collect();
     assert_eq!(state.finished_actions(&keys).unwrap().len(), confirmed);
 }
+
+/// SIGTERM — what systemd, Docker and Kubernetes send to stop a service —
+/// finishes and commits the pages in flight exactly as Ctrl-C does: the
+/// process exits 0, and a restart sends no event and runs no action twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_and_commits_the_pages_in_flight() {
+    const ROWS: i64 = 3_000;
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.page_size = 200;
+    let base = now_ms() - 3_600_000;
+    setup.insert(
+        &(1..=ROWS)
+            .map(|id| Order::new(id, freshet::bench::sample::status_of(id as u64), base + id))
+            .collect::<Vec<_>>(),
+    );
+    let config = setup.path("freshet.toml");
+    std::fs::write(&config, setup.config_text(&receiver)).unwrap();
+    let mut child = freshet()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.message_count() < 400 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "freshet did not stop within 60 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean exit, not death by signal: {status:?}"
+    );
+    let stopped_at = receiver.message_count();
+    assert!(
+        stopped_at < ROWS as u64,
+        "stopped mid-run ({stopped_at} events)"
+    );
+
+    // A restart drains the rest: nothing committed before is sent again.
+    let out = freshet()
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exactly_once(received_order_ids(&receiver), 1..=ROWS);
+    let mut keys: Vec<String> = receiver
+        .hooks()
+        .into_iter()
+        .map(|h| h.idempotency_key.expect("every call has a key"))
+        .collect();
+    let calls = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), calls, "no webhook ran twice");
+}

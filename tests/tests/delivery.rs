@@ -75,7 +75,7 @@ async fn a_207_rejecting_one_message_dead_letters_it_with_the_reason() {
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1);
     let letter = &dead[0];
-    assert_eq!(letter.kind, DeadKind::Event);
+    assert_eq!(letter.kind(), DeadKind::Refused);
     assert_eq!(letter.code, "http_400");
     assert!(
         letter.reason.contains("priceTotal must be a number"),
@@ -83,9 +83,9 @@ async fn a_207_rejecting_one_message_dead_letters_it_with_the_reason() {
         letter.reason
     );
     assert!(letter.identity.starts_with("4@"), "{}", letter.identity);
-    let envelope: serde_json::Value = serde_json::from_str(&letter.payload).unwrap();
+    let listed = serde_json::to_value(letter).unwrap();
     assert_eq!(
-        envelope["body"]["xdmEntity"]["_acme"]["orderId"], "4",
+        listed["envelope"]["body"]["xdmEntity"]["_acme"]["orderId"], "4",
         "the envelope is kept for replay"
     );
     // The offset moved past the rejected row: a rerun sends nothing again.
@@ -118,7 +118,7 @@ async fn a_webhook_failing_for_good_is_dead_lettered_and_a_5xx_is_retried() {
     assert_eq!(receiver.hooks().len(), 1);
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].kind, DeadKind::Action);
+    assert_eq!(dead[0].kind(), DeadKind::Action);
     assert_eq!(dead[0].code, "http_404");
 }
 

@@ -318,3 +318,28 @@ timeout_ms = 5000
     );
     assert_eq!(receiver.hooks().len(), 300);
 }
+
+/// Bug: a legitimately large row ran out of fuel at the default limits (a
+/// fixed budget per row, whatever its size). The budget now grows with the
+/// row's bytes, and the example plugin spends a few instructions a byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_a_300_kb_text_column_passes_at_the_default_limits() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let base = now_ms() - 60_000;
+    let mut big = Order::new(2, "confirmed", base + 2);
+    big.email = format!("{}@example.com", "x".repeat(300_000));
+    setup.insert(&[
+        Order::new(1, "confirmed", base + 1),
+        big.clone(),
+        Order::new(3, "confirmed", base + 3),
+    ]);
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(setup.dead_letters(), vec![], "{stats:?}");
+    assert_eq!((stats.delivered, stats.actions), (3, 6), "{stats:?}");
+    let hooks = receiver.hooks();
+    assert!(
+        hooks.iter().any(|h| h.body["email"] == big.email.as_str()),
+        "the large row's webhook carries its whole e-mail"
+    );
+}

@@ -106,7 +106,7 @@ async fn run(plugin: &str, rows: &[Order]) -> Delivered {
     let mut dead: Vec<_> = setup
         .dead_letters()
         .into_iter()
-        .map(|d| (d.kind.as_str().to_owned(), d.identity, d.code, d.reason))
+        .map(|d| (d.kind().as_str().to_owned(), d.identity, d.code, d.reason))
         .collect();
     dead.sort();
     Delivered {

@@ -1,6 +1,6 @@
 //! `freshet dlq replay`: dead letters sent again once their cause is fixed.
 
-use freshet::state::DeadKind;
+use freshet::state::{DeadKind, Letter, StateStore as _};
 use freshet_tests::*;
 
 fn orders(ids: std::ops::Range<i64>, status: &str) -> Vec<Order> {
@@ -30,20 +30,17 @@ async fn a_refused_event_and_a_failed_action_are_replayed_and_removed() {
     let dead = setup.dead_letters();
     assert_eq!(
         dead.iter()
-            .map(|d| (d.kind, d.code.as_str()))
+            .map(|d| (d.kind(), d.code.as_str()))
             .collect::<Vec<_>>(),
         [
-            (DeadKind::Event, "http_400"),
+            (DeadKind::Refused, "http_400"),
             (DeadKind::Action, "http_404")
         ]
     );
-    let hook_key = |d: &freshet::state::DeadLetter| {
-        serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["idempotency_key"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+    let Letter::Action(keyed) = &dead[1].letter else {
+        panic!("not an action: {:?}", dead[1]);
     };
-    let action_key = hook_key(&dead[1]);
+    let action_key = keyed.key.clone();
 
     // The causes are fixed (the receiver now accepts both): replay all.
     let config = setup.config(&receiver);
@@ -76,7 +73,6 @@ async fn a_refused_event_and_a_failed_action_are_replayed_and_removed() {
         "replayed letters are removed"
     );
     // The ledger has the action finished: a replay of its row skips it.
-    use freshet::state::StateStore as _;
     assert_eq!(
         setup.state().finished_actions(&[action_key]).unwrap().len(),
         1
@@ -158,4 +154,76 @@ fn the_cli_replays_only_the_ids_given_and_fails_when_one_fails_again() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dead letter 999"));
+}
+
+/// Bug: a refused event's actions were lost (the dead letter kept only the
+/// envelope, and its replay settled without running them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_confirmed_order_runs_its_actions_once_its_replay_is_delivered() {
+    let receiver = Receiver::start(true).await.unwrap();
+    // AEP refuses order 2's event; order 2 is confirmed: an e-mail and a
+    // webhook wait on it.
+    receiver.script_aep(Scripted::RejectMessage {
+        index: 1,
+        status: 400,
+        message: "schema mismatch".into(),
+    });
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.insert(&orders(1..2, "pending"));
+    setup.insert(&orders(2..3, "confirmed"));
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!((stats.delivered, stats.rejected, stats.actions), (1, 1, 0));
+    assert!(
+        receiver.hooks().is_empty(),
+        "no journey for an event AEP never saw"
+    );
+    assert!(setup.ndjson("emails.ndjson").is_empty());
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let Letter::Refused(refused) = &dead[0].letter else {
+        panic!("not refused: {:?}", dead[0]);
+    };
+    let keys: Vec<String> = refused.actions.iter().map(|a| a.key.clone()).collect();
+    assert_eq!(keys.len(), 2, "the e-mail and the webhook wait with it");
+
+    let config = setup.config(&receiver);
+    let replayed = freshet::pipeline::replay(&config, None, &[]).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].result, "delivered");
+    let counts = replayed[0].actions.expect("its actions ran");
+    assert_eq!((counts.done, counts.failed, counts.skipped), (2, 0, 0));
+    assert!(!replayed[0].failed());
+    assert_eq!(received_order_ids(&receiver), [1, 2], "the event, then");
+    let hooks = receiver.hooks();
+    assert_eq!(hooks.len(), 1, "the webhook ran once");
+    assert!(
+        keys.contains(hooks[0].idempotency_key.as_ref().unwrap()),
+        "under its key"
+    );
+    let emails = setup.ndjson("emails.ndjson");
+    assert_eq!(emails.len(), 1, "the e-mail was sent once");
+    assert!(keys
+        .iter()
+        .any(|k| emails[0]["idempotency_key"] == k.as_str()));
+    assert!(setup.dead_letters().is_empty());
+    assert_eq!(setup.state().finished_actions(&keys).unwrap().len(), 2);
+
+    // The same letter again (as if the replay had crashed before removing
+    // it): the ledger runs neither action a second time.
+    let letter = freshet::state::NewDeadLetter {
+        identity: dead[0].identity.clone(),
+        code: dead[0].code.clone(),
+        reason: dead[0].reason.clone(),
+        letter: dead[0].letter.clone(),
+    };
+    let commit = freshet::state::Commit {
+        dead_letters: vec![letter],
+        ..Default::default()
+    };
+    setup.state().commit("orders", &commit).unwrap();
+    let replayed = freshet::pipeline::replay(&config, None, &[]).await.unwrap();
+    let counts = replayed[0].actions.expect("its actions were considered");
+    assert_eq!((counts.done, counts.skipped), (0, 2));
+    assert_eq!(receiver.hooks().len(), 1);
+    assert_eq!(setup.ndjson("emails.ndjson").len(), 1);
 }

@@ -38,11 +38,11 @@ async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLette
     assert_eq!(receiver.hooks().len(), 8, "and its action ran");
     let dead = setup.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].kind, DeadKind::Row);
+    assert_eq!(dead[0].kind(), DeadKind::Row);
     assert!(dead[0].identity.starts_with("5@"));
-    let row: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
+    let listed = serde_json::to_value(&dead[0]).unwrap();
     assert_eq!(
-        row["cells"]["status"], behaviour,
+        listed["row"]["cells"]["status"], behaviour,
         "the row is kept for replay"
     );
     dead[0].clone()
@@ -50,7 +50,7 @@ async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLette
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_runs_out_of_fuel() {
-    let dead = one_bad_row("loop", "fuel_per_row = 5_000_000").await;
+    let dead = one_bad_row("loop", "fuel_per_row = 5_000_000\nfuel_per_input_byte = 0").await;
     assert_eq!(dead.code, "out_of_fuel");
     assert!(dead.reason.contains("5000000"), "{}", dead.reason);
 }
@@ -133,11 +133,21 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
 
     let small_fuel = Limits {
         fuel_per_row: 100_000,
+        fuel_per_input_byte: 0,
         ..Limits::default()
     };
     assert_eq!(
-        probe("loop", small_fuel).0.unwrap_err(),
+        probe("loop", small_fuel.clone()).0.unwrap_err(),
         PluginError::OutOfFuel { budget: 100_000 }
+    );
+    // The budget grows with the input: "1@0" and "loop" are 7 bytes.
+    let per_byte = Limits {
+        fuel_per_input_byte: 1_000,
+        ..small_fuel
+    };
+    assert_eq!(
+        probe("loop", per_byte).0.unwrap_err(),
+        PluginError::OutOfFuel { budget: 107_000 }
     );
     let memory = Limits {
         memory_mib: 8,
@@ -294,8 +304,8 @@ async fn an_event_over_aeps_one_megabyte_is_dead_lettered_not_sent() {
     assert_eq!((stats.delivered, stats.rejected), (1, 1), "{stats:?}");
     let dead = setup.dead_letters();
     assert_eq!(
-        (dead[0].kind, dead[0].code.as_str()),
-        (DeadKind::Event, "too_large")
+        (dead[0].kind(), dead[0].code.as_str()),
+        (DeadKind::Refused, "too_large")
     );
     assert!(
         dead[0].reason.contains("at most 1000000 bytes per request"),
@@ -303,4 +313,53 @@ async fn an_event_over_aeps_one_megabyte_is_dead_lettered_not_sent() {
         dead[0].reason
     );
     assert_eq!(receiver.hooks().len(), 1, "its action waits with it");
+    let listed = serde_json::to_value(&dead[0]).unwrap();
+    assert_eq!(
+        listed["actions"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
+
+/// Bug: keys counted actions across a row's events, so when an earlier
+/// event that had failed to decide decided on a later run, the keys of the
+/// actions after it moved and the ledger ran them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actions_key_stays_put_when_a_neighbour_decides_on_a_later_run() {
+    use freshet::source::{Cursor, Timestamp};
+    use freshet::state::StateStore as _;
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
+    setup.insert(&[Order::new(1, "pair", now_ms() - 60_000)]);
+    // Event `a` runs out of fuel deciding; event `b` decides and its
+    // webhook runs.
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!((stats.events, stats.actions), (2, 1), "{stats:?}");
+    let dead = setup.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].kind(), dead[0].code.as_str()),
+        (DeadKind::Undecided, "out_of_fuel")
+    );
+    let first = receiver.hooks();
+    assert_eq!(first.len(), 1);
+
+    // The operator raises the budget and has the row read again.
+    setup.pipeline.limits = "fuel_per_row = 1_000_000_000".into();
+    let start = Cursor::before(Timestamp(0));
+    setup.state().reset_offset("orders", Some(&start)).unwrap();
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!((stats.actions, stats.actions_skipped), (1, 1), "{stats:?}");
+    let hooks = receiver.hooks();
+    assert_eq!(
+        hooks.len(),
+        2,
+        "only `a`'s webhook is new: `b`'s kept its key"
+    );
+    let keys: Vec<_> = hooks
+        .iter()
+        .map(|h| h.idempotency_key.clone().unwrap())
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    assert!(keys[0].ends_with("#b/0"), "{keys:?}");
 }

@@ -146,17 +146,29 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
         good.path("plugins"),
         good.pipeline_text(&receiver),
     );
-    let config = freshet::config::parse(&text).unwrap();
-    let errors: Vec<String> = config.validate().iter().map(ToString::to_string).collect();
-    assert_eq!(
-        errors,
-        vec![
-            "pipelines.shop.targets.order-confirmed.headers.x-api-key: `FRESHET_TEST_HOOK_KEY` \
-             is not one of tenant good's secrets (tenants.good.secrets)"
-        ]
-    );
-    // With the secret its own, the plugin outside its folder is refused.
+    // The plugin inside its folder; the secret another tenant's.
     std::fs::create_dir(good.path("plugins")).unwrap();
+    std::fs::copy(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
+    let plugin_line = format!(
+        "plugin = {:?}",
+        std::path::Path::new(plugins::ORDERS_PLUGIN)
+    );
+    let inside_line = format!("plugin = {:?}", good.path("plugins/orders.wasm"));
+    let foreign = text.replace(&plugin_line, &inside_line);
+    let config = freshet::config::parse(&foreign).unwrap();
+    let foreign_key = "pipelines.shop.targets.order-confirmed.headers.x-api-key: \
+                       `FRESHET_TEST_HOOK_KEY` is not one of tenant good's secrets \
+                       (tenants.good.secrets)";
+    let errors: Vec<String> = config.validate().iter().map(ToString::to_string).collect();
+    assert_eq!(errors, vec![foreign_key]);
+    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(foreign_key), "{err}");
+    assert_eq!(receiver.message_count(), 0, "nothing ran");
+    std::fs::remove_file(good.path("plugins/orders.wasm")).unwrap();
+    // With the secret its own, the plugin outside its folder is refused.
     let text = text.replace(r#"["GOOD_TOKEN"]"#, r#"["FRESHET_TEST_HOOK_KEY"]"#);
     let config = freshet::config::parse(&text).unwrap();
     assert_eq!(config.validate(), vec![]);
@@ -170,13 +182,7 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
     );
     // A symlink inside the folder does not let it out either.
     std::os::unix::fs::symlink(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
-    let inside = text.replace(
-        &format!(
-            "plugin = {:?}",
-            std::path::Path::new(plugins::ORDERS_PLUGIN)
-        ),
-        &format!("plugin = {:?}", good.path("plugins/orders.wasm")),
-    );
+    let inside = text.replace(&plugin_line, &inside_line);
     let config = freshet::config::parse(&inside).unwrap();
     let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
         .await
@@ -190,6 +196,54 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
     freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
         .await
         .expect("a plugin inside its tenant's folder runs");
+}
+
+/// A key file is a secret like a variable: a tenant reads only files inside
+/// its `secret_dir`, whatever path its config names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_read_another_tenants_key_file() {
+    let mut good = tenant_setup(plugins::ORDERS_PLUGIN, "shop", "good");
+    let (mine, theirs) = (good.path("secrets/good"), good.path("secrets/evil"));
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("rsa_key.p8"), "evil's key").unwrap();
+    // Never reached: the secret is refused before any connection.
+    let mut snowflake = SnowflakeOrders::new("http://127.0.0.1:9", "SHOP");
+    let config_of = |good: &Setup| {
+        let mut pipeline = good.pipeline.clone();
+        pipeline.aep_url = "http://127.0.0.1:9".into();
+        let text = format!(
+            "{}[tenants.good]\nsecret_dir = {mine:?}\n[tenants.evil]\nsecret_dir = {theirs:?}\n\n{}",
+            pipeline.render_head(),
+            pipeline.render_pipeline(),
+        );
+        freshet::config::parse(&text).unwrap()
+    };
+    for key in [theirs.join("rsa_key.p8"), mine.join("../evil/rsa_key.p8")] {
+        snowflake.auth = format!("private_key_file = {key:?}");
+        good.pipeline.source = OrdersSource::Snowflake(snowflake.clone());
+        let config = config_of(&good);
+        assert_eq!(config.validate(), vec![]);
+        let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pipelines.shop.source.auth.private_key_file:")
+                && err.contains("outside tenant good's secret_dir"),
+            "{err}"
+        );
+    }
+    // Its own file is read (and then found not to be a key).
+    std::fs::write(mine.join("rsa_key.p8"), "not a key").unwrap();
+    snowflake.auth = format!("private_key_file = {:?}", mine.join("rsa_key.p8"));
+    good.pipeline.source = OrdersSource::Snowflake(snowflake.clone());
+    let config = config_of(&good);
+    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret_dir"), "{err}");
 }
 
 /// The orders plugin with a custom section appended: the same behaviour, a

@@ -3,7 +3,7 @@
 //! backoff that honours `Retry-After`, and the last failure as the result.
 
 use super::ActionResult;
-use crate::deliver::Backoff;
+use crate::retry::{classify, retry_after, Backoff, Verdict};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -81,13 +81,10 @@ where
     last
 }
 
-/// Whether an HTTP status is worth another attempt.
-pub(super) fn retriable(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
-}
-
-/// An HTTP answer (or transport failure) as an attempt: 2xx done, the
-/// journey-action no-retry codes and other 4xx final, the rest retried.
+/// An HTTP answer (or transport failure) as an attempt, by the one
+/// classifier ([`crate::retry::classify`]): 2xx done, transient statuses and
+/// transport failures retried, every other status final (journey actions
+/// never retry 401, 403 or 404).
 pub(super) async fn http_attempt(
     url: &reqwest::Url,
     sent: reqwest::Result<reqwest::Response>,
@@ -95,17 +92,18 @@ pub(super) async fn http_attempt(
     match sent {
         Ok(response) => {
             let status = response.status().as_u16();
-            if response.status().is_success() {
+            let verdict = classify(status);
+            if verdict == Verdict::Success {
                 return Attempt::Done(format!("http_{status}"));
             }
-            let retry_after = crate::deliver::retry_after(response.headers());
+            let retry_after = retry_after(response.headers());
             let text = response.text().await.unwrap_or_default();
             let outcome = format!("http_{status}");
             let reason = format!(
                 "{url} answered {status}: {}",
                 text.chars().take(500).collect::<String>()
             );
-            if retriable(status) {
+            if verdict == Verdict::Retry {
                 Attempt::Retry {
                     outcome,
                     reason,

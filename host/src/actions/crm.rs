@@ -9,13 +9,15 @@
 //! An upsert is idempotent by nature (the same fields land on the same
 //! record), so a replay is harmless; the action's key also travels as
 //! `Idempotency-Key`. The bearer token comes from OAuth client credentials,
-//! cached; a 401 renews it once and retries. Other outcomes follow the
-//! journey-action rules (no retry on 403 or 404).
+//! cached; a 401 or 403 renews it once and retries. Other outcomes follow
+//! the journey-action rules (no retry on 401, 403 or 404).
 
 use super::attempts::{http_attempt, within_window, Attempt};
 use super::ActionResult;
 use crate::config::{CrmFlavor, CrmTargetConfig};
-use crate::deliver::auth::{ImsCredentials, Tokens};
+use crate::deliver::auth::Tokens;
+use crate::retry::{classify, Verdict};
+use crate::secrets::Secrets;
 use anyhow::{anyhow, Context as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,27 +35,19 @@ pub struct CrmTarget {
 }
 
 impl CrmTarget {
-    /// Builds the target; `key` is its config key path.
-    pub fn build(config: &CrmTargetConfig, key: &str) -> anyhow::Result<Self> {
-        let env = |k: &str, var: &str| {
-            std::env::var(var)
-                .map_err(|_| anyhow!("{key}.{k}: environment variable `{var}` is not set"))
-        };
+    /// Builds the target; `key` is its config key path; its secrets come
+    /// through `secrets`.
+    pub fn build(config: &CrmTargetConfig, key: &str, secrets: &Secrets) -> anyhow::Result<Self> {
         let window = Duration::from_millis(config.timeout_ms);
-        let tokens = match (&config.oauth, &config.token_env) {
-            (Some(o), _) => Tokens::ims(
-                ImsCredentials {
-                    token_url: o.token_url.clone(),
-                    client_id: env("oauth.client_id_env", &o.client_id_env)?,
-                    client_secret: env("oauth.client_secret_env", &o.client_secret_env)?,
-                    scope: o.scope.clone(),
-                },
-                window,
-            )
-            .with_context(|| format!("{key}.oauth"))?,
-            (None, Some(var)) => Tokens::Fixed(env("token_env", var)?),
-            (None, None) => Tokens::None,
-        };
+        // Validation made sure a CRM's `oauth` names its token endpoint.
+        let oauth = config.oauth.as_ref().map(|o| o.settings(("", "")));
+        let tokens = Tokens::configured(
+            oauth,
+            config.token_env.as_ref(),
+            secrets,
+            (key, "oauth"),
+            window,
+        )?;
         let mut base =
             reqwest::Url::parse(&config.base_url).with_context(|| format!("{key}.base_url"))?;
         if !base.path().ends_with('/') {
@@ -158,13 +152,15 @@ impl CrmTarget {
                     request = request.bearer_auth(token);
                 }
                 let sent = request.send().await;
-                if matches!(&sent, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED)
+                let status = sent.as_ref().map_or(0, |r| r.status().as_u16());
+                if classify(status) == Verdict::Unauthorized
+                    && matches!(self.tokens, Tokens::Ims { .. })
                     && !renewed.swap(true, Ordering::Relaxed)
                 {
                     // The token expired or was revoked: one fresh token, once.
                     self.tokens.invalidate().await;
                     return Attempt::Retry {
-                        outcome: "http_401".into(),
+                        outcome: format!("http_{status}"),
                         reason: format!("{url} refused the token; renewing it"),
                         retry_after: Some(Duration::ZERO),
                     };

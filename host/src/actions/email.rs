@@ -12,6 +12,7 @@
 use super::attempts::{within_window, Attempt};
 use super::ActionResult;
 use crate::config::{EmailTargetConfig, SmtpTls};
+use crate::secrets::Secrets;
 use anyhow::{anyhow, Context as _};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -37,8 +38,9 @@ fn part(template: &str, part: &str) -> String {
 }
 
 impl EmailTarget {
-    /// Builds the target; `key` is its config key path.
-    pub fn build(config: &EmailTargetConfig, key: &str) -> anyhow::Result<Self> {
+    /// Builds the target; `key` is its config key path; its secrets come
+    /// through `secrets`.
+    pub fn build(config: &EmailTargetConfig, key: &str, secrets: &Secrets) -> anyhow::Result<Self> {
         let port = config.port.unwrap_or(match config.tls {
             SmtpTls::Starttls => 587,
             SmtpTls::Tls => 465,
@@ -69,13 +71,9 @@ impl EmailTarget {
             });
         }
         if let (Some(user), Some(password)) = (&config.username_env, &config.password_env) {
-            let env = |k: &str, var: &str| {
-                std::env::var(var)
-                    .map_err(|_| anyhow!("{key}.{k}: environment variable `{var}` is not set"))
-            };
             builder = builder.credentials(Credentials::new(
-                env("username_env", user)?,
-                env("password_env", password)?,
+                secrets.env(user, &format!("{key}.username_env"))?,
+                secrets.env(password, &format!("{key}.password_env"))?,
             ));
         }
         let from = config

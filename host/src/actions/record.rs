@@ -54,7 +54,7 @@ impl RecordTarget {
         let line = Line {
             idempotency_key: &request.key,
             identity: &request.identity,
-            action: (&request.action).into(),
+            action: ActionView(&request.action),
         };
         let line = match serde_json::to_string(&line) {
             Ok(line) => line,

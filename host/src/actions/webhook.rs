@@ -11,8 +11,8 @@
 
 use super::attempts::{http_attempt, within_window};
 use super::ActionResult;
-use crate::config::validate::env_references;
 use crate::config::WebhookTargetConfig;
+use crate::secrets::Secrets;
 use anyhow::Context as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
@@ -39,27 +39,21 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &str) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Replaces `${VAR}` with the environment variable's value.
-fn expand(value: &str, key: &str) -> anyhow::Result<String> {
-    let mut out = value.to_owned();
-    for name in env_references(value).map_err(|e| anyhow::anyhow!("{key}: {e}"))? {
-        let secret = std::env::var(name)
-            .map_err(|_| anyhow::anyhow!("{key}: environment variable `{name}` is not set"))?;
-        out = out.replace(&format!("${{{name}}}"), &secret);
-    }
-    Ok(out)
-}
-
 impl WebhookTarget {
-    /// Builds the target; `key` is its config key path.
-    pub fn build(config: &WebhookTargetConfig, key: &str) -> anyhow::Result<Self> {
+    /// Builds the target; `key` is its config key path; its secrets come
+    /// through `secrets`.
+    pub fn build(
+        config: &WebhookTargetConfig,
+        key: &str,
+        secrets: &Secrets,
+    ) -> anyhow::Result<Self> {
         let url = reqwest::Url::parse(&config.url).with_context(|| format!("{key}.url"))?;
         let method = reqwest::Method::from_bytes(config.method.as_bytes())
             .with_context(|| format!("{key}.method"))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             let hkey = format!("{key}.headers.{name}");
-            let value = expand(value, &hkey)?;
+            let value = secrets.expand(value, &hkey)?;
             let name = HeaderName::from_bytes(name.as_bytes())
                 .with_context(|| format!("{hkey}: not a header name"))?;
             let mut value = HeaderValue::from_str(&value)
@@ -67,18 +61,12 @@ impl WebhookTarget {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let signing_secret = match &config.signing_secret_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "{key}.signing_secret_env: environment variable `{var}` is not set"
-                        )
-                    })?
-                    .into_bytes(),
-            ),
-            None => None,
-        };
+        let signing_secret = secrets
+            .env_opt(
+                config.signing_secret_env.as_ref(),
+                &format!("{key}.signing_secret_env"),
+            )?
+            .map(String::into_bytes);
         let client = reqwest::Client::builder()
             .build()
             .with_context(|| format!("{key}: HTTP client"))?;

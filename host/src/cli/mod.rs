@@ -25,7 +25,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pipelines of a config until Ctrl-C.
+    /// Run the pipelines of a config until Ctrl-C or SIGTERM.
     Run {
         /// The TOML config.
         #[arg(long, short)]
@@ -141,18 +141,44 @@ fn parse_instant(text: &str) -> anyhow::Result<Timestamp> {
     Ok(Timestamp::from_chrono(t.to_utc()))
 }
 
+/// Cancels `shutdown` at the first Ctrl-C (SIGINT) or SIGTERM — what
+/// systemd, Docker and Kubernetes send to stop a service: either way the
+/// pages in flight are finished and committed before the process exits.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops cleanly");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let signal = tokio::select! {
+        () = interrupt => "SIGINT",
+        () = terminate => "SIGTERM",
+    };
+    tracing::info!(signal, "shutting down: finishing the pages in flight");
+    shutdown.cancel();
+}
+
 /// Runs a parsed command line.
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run { config, once } => {
             let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::info!("shutting down: finishing the pages in flight");
-                    on_signal.cancel();
-                }
-            });
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
             let results = pipeline::run_file(&config, shutdown, RunOptions { once }).await?;
             for (name, stats) in results {
                 println!("{}", serde_json::json!({"pipeline": name, "stats": stats}));
@@ -174,73 +200,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             // drives async tasks. The pipeline calls from its plugin threads.
             return tokio::task::spawn_blocking(move || plugin_test::run(args)).await?;
         }
-        Command::Offsets { command } => match command {
-            OffsetsCommand::Show { config } => {
-                let config = load(&config)?;
-                let state = SqliteState::open(&config.state.path)?;
-                let stored = state.offsets()?;
-                for name in config.pipelines.keys() {
-                    match stored.iter().find(|o| &o.pipeline == name) {
-                        Some(o) => println!(
-                            "{}",
-                            serde_json::json!({"pipeline": name, "cursor": o.cursor.to_string(), "ts": o.cursor.ts.rfc3339(), "key": o.cursor.key, "updated_ms": o.updated_ms})
-                        ),
-                        None => {
-                            println!("{}", serde_json::json!({"pipeline": name, "cursor": null}))
-                        }
-                    }
-                }
-            }
-            OffsetsCommand::Reset {
-                config,
-                pipeline,
-                to,
-            } => {
-                let config = load(&config)?;
-                if !config.pipelines.contains_key(&pipeline) {
-                    bail!("the config has no pipeline `{pipeline}`");
-                }
-                let state = SqliteState::open(&config.state.path)?;
-                let cursor = to
-                    .as_deref()
-                    .map(parse_instant)
-                    .transpose()?
-                    .map(Cursor::before);
-                state.reset_offset(&pipeline, cursor.as_ref())?;
-                match cursor {
-                    Some(c) => println!("{pipeline}: offset set to {c}"),
-                    None => println!(
-                        "{pipeline}: offset forgotten; the next start uses timestamp.initial"
-                    ),
-                }
-            }
-        },
-        Command::Dlq {
-            command: DlqCommand::List { config, pipeline },
-        } => {
-            let config = load(&config)?;
-            let state = SqliteState::open(&config.state.path)?;
-            for letter in state.dead_letters(pipeline.as_deref())? {
-                println!("{}", serde_json::to_string(&letter)?);
-            }
-        }
-        Command::Dlq {
-            command:
-                DlqCommand::Replay {
-                    config,
-                    pipeline,
-                    ids,
-                },
-        } => {
-            let config = load(&config)?;
-            let replayed = crate::pipeline::replay(&config, pipeline.as_deref(), &ids).await?;
-            for r in &replayed {
-                println!("{}", serde_json::to_string(r)?);
-            }
-            if replayed.iter().any(|r| r.result == "failed") {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Offsets { command } => offsets(command)?,
+        Command::Dlq { command } => return dlq(command).await,
         Command::Sample { db, rows } => {
             let now = Timestamp::now();
             crate::bench::sample::create_orders(
@@ -252,6 +213,78 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}: {rows} orders added", db.display());
         }
         Command::Bench(args) => crate::bench::run(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `freshet offsets show|reset`.
+fn offsets(command: OffsetsCommand) -> anyhow::Result<()> {
+    match command {
+        OffsetsCommand::Show { config } => {
+            let config = load(&config)?;
+            let state = SqliteState::open(&config.state.path)?;
+            let stored = state.offsets()?;
+            for name in config.pipelines.keys() {
+                let line = match stored.iter().find(|o| &o.pipeline == name) {
+                    Some(o) => {
+                        serde_json::json!({"pipeline": name, "cursor": o.cursor.to_string(), "ts": o.cursor.ts.rfc3339(), "key": o.cursor.key, "updated_ms": o.updated_ms})
+                    }
+                    None => serde_json::json!({"pipeline": name, "cursor": null}),
+                };
+                println!("{line}");
+            }
+        }
+        OffsetsCommand::Reset {
+            config,
+            pipeline,
+            to,
+        } => {
+            let config = load(&config)?;
+            if !config.pipelines.contains_key(&pipeline) {
+                bail!("the config has no pipeline `{pipeline}`");
+            }
+            let state = SqliteState::open(&config.state.path)?;
+            let cursor = to
+                .as_deref()
+                .map(parse_instant)
+                .transpose()?
+                .map(Cursor::before);
+            state.reset_offset(&pipeline, cursor.as_ref())?;
+            match cursor {
+                Some(c) => println!("{pipeline}: offset set to {c}"),
+                None => {
+                    println!("{pipeline}: offset forgotten; the next start uses timestamp.initial")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `freshet dlq list|replay`; exit 1 when a replay failed again.
+async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List { config, pipeline } => {
+            let config = load(&config)?;
+            let state = SqliteState::open(&config.state.path)?;
+            for letter in state.dead_letters(pipeline.as_deref())? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+        }
+        DlqCommand::Replay {
+            config,
+            pipeline,
+            ids,
+        } => {
+            let config = load(&config)?;
+            let replayed = crate::pipeline::replay(&config, pipeline.as_deref(), &ids).await?;
+            for r in &replayed {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            if replayed.iter().any(crate::pipeline::Replayed::failed) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

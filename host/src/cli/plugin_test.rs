@@ -4,7 +4,7 @@
 //! the sandbox is touched.
 
 use crate::actions::action_json;
-use crate::plugin::{CallContext, EngineSettings, Limits, Runtime, Sandbox};
+use crate::plugin::{CallContext, EngineSettings, Grants, Limits, PluginError, Runtime, Sandbox};
 use crate::source::Timestamp;
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value as Json};
@@ -32,8 +32,11 @@ pub struct TestArgs {
     settings: Vec<String>,
 }
 
-/// Runs the dry run; exit code 1 when any row failed.
-pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+/// What the calls run with: the config pipeline's limits, settings and
+/// grants (or the defaults), and the engine settings with a component cache.
+fn context_of(
+    args: &TestArgs,
+) -> anyhow::Result<(Limits, BTreeMap<String, String>, Grants, EngineSettings)> {
     let (limits, mut settings, grants, mut engine) = match (&args.config, &args.pipeline) {
         (Some(path), Some(name)) => {
             let config =
@@ -42,18 +45,17 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 .pipelines
                 .get(name)
                 .ok_or_else(|| anyhow!("the config has no pipeline `{name}`"))?;
-            let engine = config.engine.clone();
             (
                 p.limits.clone(),
                 p.plugin_settings.clone(),
                 p.grants,
-                engine,
+                config.engine.clone(),
             )
         }
         _ => (
             Limits::default(),
             BTreeMap::new(),
-            Default::default(),
+            Grants::default(),
             EngineSettings::default(),
         ),
     };
@@ -69,6 +71,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         };
         settings.insert(k.to_owned(), v.to_owned());
     }
+    Ok((limits, settings, grants, engine))
+}
+
+/// Runs the dry run; exit code 1 when any row failed.
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let (limits, settings, grants, engine) = context_of(&args)?;
     let (columns, rows) = crate::plugin::rows_file::read(&args.rows)?;
     let runtime = Runtime::new(&engine)?;
     let plugin = runtime.load(&args.plugin)?;
@@ -85,36 +93,28 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     for (n, row) in rows.iter().enumerate() {
         let (result, usage) = sandbox.probe(&columns, row);
         let usage = json!({
-            "fuel": usage.fuel, "fuel_limit": limits.fuel_per_row,
+            "fuel": usage.fuel, "fuel_limit": usage.budget,
             "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
         });
+        let error = |e: &PluginError| json!({"code": e.code(), "message": e.to_string()});
         let report = match result {
             Ok((events, actions)) => {
-                let events_json: Vec<Json> = events
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "_id": e.id,
-                            "timestamp": Timestamp::from_instant(e.timestamp).rfc3339(),
-                            "body": serde_json::from_str::<Json>(&e.body).unwrap_or(Json::Null),
-                        })
-                    })
-                    .collect();
-                let actions_json: Vec<Json> = actions
+                let actions: Vec<Json> = actions
                     .iter()
                     .map(|a| match a {
                         Ok(list) => Json::Array(list.iter().map(action_json).collect()),
                         Err(e) => {
                             failed += 1;
-                            json!({"error": {"code": e.code(), "message": e.to_string()}})
+                            json!({ "error": error(e) })
                         }
                     })
                     .collect();
-                json!({"row": n, "identity": row.identity, "events": events_json, "actions": actions_json, "usage": usage})
+                let events: Vec<Json> = events.iter().map(event_json).collect();
+                json!({"row": n, "identity": row.identity, "events": events, "actions": actions, "usage": usage})
             }
             Err(e) => {
                 failed += 1;
-                json!({"row": n, "identity": row.identity, "error": {"code": e.code(), "message": e.to_string()}, "usage": usage})
+                json!({"row": n, "identity": row.identity, "error": error(&e), "usage": usage})
             }
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -124,5 +124,14 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// An event as the report shows it.
+fn event_json(e: &crate::plugin::contract::Event) -> Json {
+    json!({
+        "_id": e.id,
+        "timestamp": Timestamp::from_instant(e.timestamp).rfc3339(),
+        "body": serde_json::from_str::<Json>(&e.body).unwrap_or(Json::Null),
     })
 }

@@ -1,134 +1,12 @@
 //! Pure validation: no files opened, no variables read. Collects every
 //! problem, each with the key path a user searches their file for.
 
+use super::check::{is_identifier, ConfigError, Errors};
 use super::{
-    Config, DeliverConfig, EmailTargetConfig, InitialTimestamp, PipelineConfig, Polling,
-    SnowflakeSourceConfig, SourceConfig, TargetConfig,
+    AepConfig, Config, CrmTargetConfig, DeliverConfig, EmailTargetConfig, InitialTimestamp,
+    PipelineConfig, Polling, SnowflakeSourceConfig, SourceConfig, TargetConfig,
 };
-use std::fmt;
-
-/// One problem in the config, at one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key path, e.g. `pipelines.orders.source.timestamp.column`.
-    pub path: String,
-    /// What is wrong, lower-case.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Collects errors under a key path prefix.
-struct Errors<'a> {
-    prefix: String,
-    out: &'a mut Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    fn at(&mut self, key: &str, message: impl Into<String>) {
-        self.out
-            .push(ConfigError::new(format!("{}.{key}", self.prefix), message));
-    }
-
-    fn check(&mut self, ok: bool, key: &str, message: impl Into<String>) {
-        if !ok {
-            self.at(key, message);
-        }
-    }
-
-    fn identifier(&mut self, value: &str, key: &str) {
-        if value.trim().is_empty() {
-            self.at(key, "must not be empty");
-        } else if !is_sql_identifier(value) {
-            self.at(
-                key,
-                format!("{value:?} is not a plain SQL identifier (letters, digits, '_')"),
-            );
-        }
-    }
-
-    fn non_empty(&mut self, value: &str, key: &str) {
-        self.check(!value.trim().is_empty(), key, "must not be empty");
-    }
-
-    fn range<T: PartialOrd + fmt::Display>(&mut self, value: T, min: T, max: T, key: &str) {
-        self.check(
-            min <= value && value <= max,
-            key,
-            format!("must be between {min} and {max}, not {value}"),
-        );
-    }
-
-    fn url(&mut self, value: &str, key: &str) {
-        match reqwest::Url::parse(value) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => self.at(
-                key,
-                format!("must be an http or https URL, not {}", url.scheme()),
-            ),
-            Err(e) => self.at(key, format!("is not a URL ({e}): {value:?}")),
-        }
-    }
-}
-
-/// Is `name` usable as an identifier: a pipeline or target name.
-pub(crate) fn is_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
-/// Is `name` a plain SQL identifier (no quoting needed)?
-pub(crate) fn is_sql_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Finds `${VAR}` references in a value; errors on an unclosed one.
-pub(crate) fn env_references(value: &str) -> Result<Vec<&str>, String> {
-    let mut names = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in {value:?}"))?;
-        let name = &after[..end];
-        if !is_env_name(name) {
-            return Err(format!("`${{{name}}}` is not an environment variable name"));
-        }
-        names.push(name);
-        rest = &after[end + 1..];
-    }
-    Ok(names)
-}
-
-pub(crate) fn is_env_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+use crate::plugin::Limits;
 
 impl Config {
     /// Every problem in the config, each with its key path; empty when valid.
@@ -219,8 +97,43 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
         "must name a .wasm file",
     );
     e.range(p.batch_size, 1, 10_000, "batch_size");
-    let l = &p.limits;
+    validate_limits(&p.limits, max_memory_mib, &mut e);
+    validate_polling(&p.source.polling(), &mut e);
+    match &p.source {
+        SourceConfig::Sqlite(s) => {
+            e.check(
+                !s.path.as_os_str().is_empty(),
+                "source.path",
+                "must not be empty",
+            );
+        }
+        SourceConfig::Snowflake(s) => validate_snowflake(s, &mut e),
+    }
+    match &p.deliver {
+        DeliverConfig::Aep(a) => validate_aep(a, &mut e),
+        DeliverConfig::File(f) => {
+            e.check(
+                !f.path.as_os_str().is_empty(),
+                "deliver.path",
+                "must not be empty",
+            );
+            e.non_empty(&f.dataset_id, "deliver.dataset_id");
+            e.url(&f.schema_id, "deliver.schema_id");
+        }
+    }
+    for (name, target) in &p.targets {
+        validate_target(name, target, &mut e);
+    }
+}
+
+fn validate_limits(l: &Limits, max_memory_mib: u64, e: &mut Errors<'_>) {
     e.range(l.fuel_per_row, 1_000, 10_000_000_000, "limits.fuel_per_row");
+    e.range(
+        l.fuel_per_input_byte,
+        0,
+        1_000_000,
+        "limits.fuel_per_input_byte",
+    );
     e.range(l.timeout_ms, 10, 600_000, "limits.timeout_ms");
     e.range(l.memory_mib, 1, max_memory_mib, "limits.memory_mib");
     e.range(l.table_elements, 100, 10_000_000, "limits.table_elements");
@@ -248,149 +161,108 @@ fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>)
         100_000,
         "limits.log_lines_per_second",
     );
-    validate_polling(&p.source.polling(), &mut e);
-    match &p.source {
-        SourceConfig::Sqlite(s) => {
+}
+
+fn validate_aep(a: &AepConfig, e: &mut Errors<'_>) {
+    e.url(&a.base_url, "deliver.base_url");
+    e.non_empty(&a.connection_id, "deliver.connection_id");
+    e.check(
+        a.ims_org.ends_with("@AdobeOrg"),
+        "deliver.ims_org",
+        "must end with @AdobeOrg",
+    );
+    e.non_empty(&a.dataset_id, "deliver.dataset_id");
+    e.url(&a.schema_id, "deliver.schema_id");
+    e.range(
+        a.max_request_bytes,
+        10_000,
+        1_000_000,
+        "deliver.max_request_bytes",
+    );
+    e.range(a.concurrency, 1, 64, "deliver.concurrency");
+    e.range(a.timeout_ms, 100, 600_000, "deliver.timeout_ms");
+    e.env_name(a.token_env.as_ref(), "deliver.token_env");
+    if let Some(ims) = &a.ims {
+        e.check(
+            a.token_env.is_none(),
+            "deliver.ims",
+            "use either token_env or ims, not both",
+        );
+        if let Some(url) = &ims.token_url {
+            e.url(url, "deliver.ims.token_url");
+        }
+        e.env_name(Some(&ims.client_id_env), "deliver.ims.client_id_env");
+        e.env_name(
+            Some(&ims.client_secret_env),
+            "deliver.ims.client_secret_env",
+        );
+    }
+}
+
+fn validate_target(name: &str, target: &TargetConfig, e: &mut Errors<'_>) {
+    let key = |k: &str| format!("targets.{name}.{k}");
+    if !is_identifier(name) {
+        e.at(
+            &format!("targets.{name}"),
+            "a target name is 1-64 of a-z, 0-9, '-' and '_'",
+        );
+    }
+    if let Some(c) = target.capping() {
+        e.range(c.max_calls, 1, u64::MAX, &key("capping.max_calls"));
+        e.range(c.period_ms, 1, 86_400_000, &key("capping.period_ms"));
+        e.range(c.max_connections, 1, 400, &key("capping.max_connections"));
+    }
+    match target {
+        TargetConfig::Webhook(w) => {
+            e.url(&w.url, &key("url"));
             e.check(
-                !s.path.as_os_str().is_empty(),
-                "source.path",
+                matches!(w.method.as_str(), "POST" | "PUT" | "GET"),
+                &key("method"),
+                format!("must be POST, PUT or GET, not {:?}", w.method),
+            );
+            e.range(w.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
+            e.range(w.max_retries, 0, 3, &key("max_retries"));
+            e.env_name(w.signing_secret_env.as_ref(), &key("signing_secret_env"));
+            for (header, value) in &w.headers {
+                if let Err(msg) = value.references() {
+                    e.at(&key(&format!("headers.{header}")), msg);
+                }
+            }
+        }
+        TargetConfig::Email(m) => validate_email(m, &key, e),
+        TargetConfig::Crm(c) => validate_crm(c, &key, e),
+        TargetConfig::Record(r) => {
+            e.check(
+                !r.path.as_os_str().is_empty(),
+                &key("path"),
                 "must not be empty",
             );
         }
-        SourceConfig::Snowflake(s) => validate_snowflake(s, &mut e),
     }
-    match &p.deliver {
-        DeliverConfig::Aep(a) => {
-            e.url(&a.base_url, "deliver.base_url");
-            e.non_empty(&a.connection_id, "deliver.connection_id");
-            e.check(
-                a.ims_org.ends_with("@AdobeOrg"),
-                "deliver.ims_org",
-                "must end with @AdobeOrg",
-            );
-            e.non_empty(&a.dataset_id, "deliver.dataset_id");
-            e.url(&a.schema_id, "deliver.schema_id");
-            e.range(
-                a.max_request_bytes,
-                10_000,
-                1_000_000,
-                "deliver.max_request_bytes",
-            );
-            e.range(a.concurrency, 1, 64, "deliver.concurrency");
-            e.range(a.timeout_ms, 100, 600_000, "deliver.timeout_ms");
-            if let Some(var) = &a.token_env {
-                e.check(
-                    is_env_name(var),
-                    "deliver.token_env",
-                    "must be an environment variable name",
-                );
-            }
-            if let Some(ims) = &a.ims {
-                e.check(
-                    a.token_env.is_none(),
-                    "deliver.ims",
-                    "use either token_env or ims, not both",
-                );
-                e.url(&ims.token_url, "deliver.ims.token_url");
-                for (key, var) in [
-                    ("deliver.ims.client_id_env", &ims.client_id_env),
-                    ("deliver.ims.client_secret_env", &ims.client_secret_env),
-                ] {
-                    e.check(
-                        is_env_name(var),
-                        key,
-                        "must be an environment variable name",
-                    );
-                }
-            }
+}
+
+fn validate_crm(c: &CrmTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
+    e.url(&c.base_url, &key("base_url"));
+    e.identifier(&c.id_field, &key("id_field"));
+    e.range(c.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
+    e.range(c.max_retries, 0, 3, &key("max_retries"));
+    e.check(
+        c.oauth.is_some() != c.token_env.is_some(),
+        &key("oauth"),
+        "set one of oauth (client credentials) or token_env",
+    );
+    if let Some(o) = &c.oauth {
+        match &o.token_url {
+            Some(url) => e.url(url, &key("oauth.token_url")),
+            None => e.at(
+                &key("oauth.token_url"),
+                "must name the CRM's OAuth token endpoint",
+            ),
         }
-        DeliverConfig::File(f) => {
-            e.check(
-                !f.path.as_os_str().is_empty(),
-                "deliver.path",
-                "must not be empty",
-            );
-            e.non_empty(&f.dataset_id, "deliver.dataset_id");
-            e.url(&f.schema_id, "deliver.schema_id");
-        }
+        e.env_name(Some(&o.client_id_env), &key("oauth.client_id_env"));
+        e.env_name(Some(&o.client_secret_env), &key("oauth.client_secret_env"));
     }
-    for (name, target) in &p.targets {
-        let key = |k: &str| format!("targets.{name}.{k}");
-        if !is_identifier(name) {
-            e.at(
-                &format!("targets.{name}"),
-                "a target name is 1-64 of a-z, 0-9, '-' and '_'",
-            );
-        }
-        if let Some(c) = target.capping() {
-            e.range(c.max_calls, 1, u64::MAX, &key("capping.max_calls"));
-            e.range(c.period_ms, 1, 86_400_000, &key("capping.period_ms"));
-            e.range(c.max_connections, 1, 400, &key("capping.max_connections"));
-        }
-        match target {
-            TargetConfig::Webhook(w) => {
-                e.url(&w.url, &key("url"));
-                e.check(
-                    matches!(w.method.as_str(), "POST" | "PUT" | "GET"),
-                    &key("method"),
-                    format!("must be POST, PUT or GET, not {:?}", w.method),
-                );
-                e.range(w.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
-                e.range(w.max_retries, 0, 3, &key("max_retries"));
-                if let Some(var) = &w.signing_secret_env {
-                    e.check(
-                        is_env_name(var),
-                        &key("signing_secret_env"),
-                        "must be an environment variable name",
-                    );
-                }
-                for (header, value) in &w.headers {
-                    if let Err(msg) = env_references(value) {
-                        e.at(&key(&format!("headers.{header}")), msg);
-                    }
-                }
-            }
-            TargetConfig::Email(m) => validate_email(m, &key, &mut e),
-            TargetConfig::Crm(c) => {
-                e.url(&c.base_url, &key("base_url"));
-                e.identifier(&c.id_field, &key("id_field"));
-                e.range(c.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
-                e.range(c.max_retries, 0, 3, &key("max_retries"));
-                e.check(
-                    c.oauth.is_some() != c.token_env.is_some(),
-                    &key("oauth"),
-                    "set one of oauth (client credentials) or token_env",
-                );
-                if let Some(o) = &c.oauth {
-                    e.url(&o.token_url, &key("oauth.token_url"));
-                    for (k, var) in [
-                        ("oauth.client_id_env", &o.client_id_env),
-                        ("oauth.client_secret_env", &o.client_secret_env),
-                    ] {
-                        e.check(
-                            is_env_name(var),
-                            &key(k),
-                            "must be an environment variable name",
-                        );
-                    }
-                }
-                if let Some(var) = &c.token_env {
-                    e.check(
-                        is_env_name(var),
-                        &key("token_env"),
-                        "must be an environment variable name",
-                    );
-                }
-            }
-            TargetConfig::Record(r) => {
-                e.check(
-                    !r.path.as_os_str().is_empty(),
-                    &key("path"),
-                    "must not be empty",
-                );
-            }
-        }
-    }
+    e.env_name(c.token_env.as_ref(), &key("token_env"));
 }
 
 fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
@@ -413,18 +285,8 @@ fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut E
         &key("password_env"),
         "username_env and password_env go together",
     );
-    for (k, var) in [
-        ("username_env", &m.username_env),
-        ("password_env", &m.password_env),
-    ] {
-        if let Some(var) = var {
-            e.check(
-                is_env_name(var),
-                &key(k),
-                "must be an environment variable name",
-            );
-        }
-    }
+    e.env_name(m.username_env.as_ref(), &key("username_env"));
+    e.env_name(m.password_env.as_ref(), &key("password_env"));
     e.check(
         !m.templates.is_empty(),
         &key("templates"),
@@ -550,17 +412,7 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
             "a passphrase unlocks a private key, not a password",
         );
     }
-    for (key, var) in [
-        ("source.auth.password_env", &a.password_env),
-        ("source.auth.private_key_env", &a.private_key_env),
-        ("source.auth.passphrase_env", &a.passphrase_env),
-    ] {
-        if let Some(var) = var {
-            e.check(
-                is_env_name(var),
-                key,
-                "must be an environment variable name",
-            );
-        }
-    }
+    e.env_name(a.password_env.as_ref(), "source.auth.password_env");
+    e.env_name(a.private_key_env.as_ref(), "source.auth.private_key_env");
+    e.env_name(a.passphrase_env.as_ref(), "source.auth.passphrase_env");
 }

@@ -5,7 +5,10 @@
 //! refuses more than 1 MB), sent with bounded concurrency, and each answer is
 //! read per message: a 207 lists one result per message, in order, and only
 //! the failed ones are resent. A whole-request 400 or 413 is split in halves
-//! until the offending message stands alone and is rejected.
+//! until the offending message stands alone and is rejected. A 401 or 403
+//! renews the token once; refused again, the batch fails with
+//! [`DeliverError::Unauthorized`] (nothing dead-lettered: the credentials,
+//! not the events, are wrong).
 //!
 //! With `sync_validation`, each message goes alone to the single-message
 //! endpoint (`POST {base}/collection/{connection}?syncValidation=true`),
@@ -16,8 +19,8 @@
 //! for volume (its 429s are waited out like any other).
 
 use super::auth::Tokens;
-use super::retry::{classify, retry_after, Backoff, Verdict};
 use super::{DeliverError, Delivery, Message, Sink};
+use crate::retry::{classify, retry_after, Backoff, Verdict};
 use futures::stream::{self, StreamExt as _};
 use serde::Deserialize;
 use std::time::Duration;
@@ -202,6 +205,34 @@ impl AepSink {
         Ok((status, headers, response.text().await?))
     }
 
+    /// Posts `body` until AEP answers with any status: a token that cannot
+    /// be had and a request that fails on the way are retried after a wait.
+    /// A request in flight is not abandoned at shutdown (it is bounded by the
+    /// request timeout); only waits to retry are.
+    async fn exchange(
+        &self,
+        body: String,
+        backoff: &mut Backoff,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), DeliverError> {
+        loop {
+            let token = match self.tokens.token().await {
+                Ok(token) => token,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), "no AEP token; retrying");
+                    self.wait(backoff, None).await?;
+                    continue;
+                }
+            };
+            match self.post(body.clone(), token.as_deref()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %e, attempt = backoff.attempts(), "AEP request failed; retrying");
+                    self.wait(backoff, None).await?;
+                }
+            }
+        }
+    }
+
     /// Sends one request's messages until each has a final answer.
     async fn send(
         &self,
@@ -212,28 +243,11 @@ impl AepSink {
         let mut todo = vec![indices];
         while let Some(mut batch) = todo.pop() {
             let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
+            let mut renewed = false;
             loop {
-                // A request in flight is not abandoned at shutdown (it is
-                // bounded by the request timeout); only waits to retry are.
-                let token = match self.tokens.token().await {
-                    Ok(token) => token,
-                    Err(e) => {
-                        tracing::warn!(error = %e, attempt = backoff.attempts(), "no AEP token; retrying");
-                        self.wait(&mut backoff, None).await?;
-                        continue;
-                    }
-                };
-                let answer = self
-                    .post(self.body(messages, &batch), token.as_deref())
-                    .await;
-                let (status, headers, text) = match answer {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        tracing::warn!(url = %self.url, error = %e, attempt = backoff.attempts(), "AEP request failed; retrying");
-                        self.wait(&mut backoff, None).await?;
-                        continue;
-                    }
-                };
+                let (status, headers, text) = self
+                    .exchange(self.body(messages, &batch), &mut backoff)
+                    .await?;
                 match classify(status) {
                     Verdict::Success if self.sync_validation => {
                         done.extend(batch.iter().map(|&i| (i, Delivery::Delivered)));
@@ -248,34 +262,35 @@ impl AepSink {
                         batch = retry;
                         self.wait(&mut backoff, retry_after(&headers)).await?;
                     }
-                    Verdict::Split if batch.len() > 1 => {
+                    Verdict::BadContent if batch.len() > 1 => {
                         let second = batch.split_off(batch.len() / 2);
                         todo.push(second);
                         todo.push(batch);
                         break;
                     }
-                    Verdict::Split | Verdict::Reject => {
-                        let reason = match validation_report(&text) {
-                            Some(violations) => format!("AEP validation failed: {violations}"),
-                            None if status == 501 => format!("AEP answered 501: syncValidation is not supported in this region; set deliver.sync_validation = false ({})", text.trim()),
-                            None => format!("AEP answered {status}: {}", text.trim()),
-                        };
+                    Verdict::BadContent | Verdict::Reject => {
+                        let reason = rejection(status, &text);
+                        let code = format!("http_{status}");
                         done.extend(batch.iter().map(|&i| {
-                            (
-                                i,
-                                Delivery::Rejected {
-                                    code: format!("http_{status}"),
-                                    reason: reason.clone(),
-                                },
-                            )
+                            let (code, reason) = (code.clone(), reason.clone());
+                            (i, Delivery::Rejected { code, reason })
                         }));
                         break;
                     }
+                    Verdict::Unauthorized if !renewed => {
+                        // Expired or revoked: one new token, at once.
+                        tracing::warn!(url = %self.url, status, "AEP refused the token; fetching a new one");
+                        self.tokens.invalidate().await;
+                        renewed = true;
+                    }
+                    Verdict::Unauthorized => {
+                        return Err(DeliverError::Unauthorized {
+                            url: self.url.clone(),
+                            status,
+                            reason: text.trim().chars().take(300).collect(),
+                        });
+                    }
                     Verdict::Retry => {
-                        if matches!(status, 401 | 403) {
-                            // Expired or revoked: the next attempt gets a new one.
-                            self.tokens.invalidate().await;
-                        }
                         let wait = retry_after(&headers);
                         tracing::warn!(url = %self.url, status, retry_after = ?wait, attempt = backoff.attempts(), "AEP asked to retry");
                         self.wait(&mut backoff, wait).await?;
@@ -284,6 +299,15 @@ impl AepSink {
             }
         }
         Ok(done)
+    }
+}
+
+/// Why AEP refused a message for good, in words.
+fn rejection(status: u16, text: &str) -> String {
+    match validation_report(text) {
+        Some(violations) => format!("AEP validation failed: {violations}"),
+        None if status == 501 => format!("AEP answered 501: syncValidation is not supported in this region; set deliver.sync_validation = false ({})", text.trim()),
+        None => format!("AEP answered {status}: {}", text.trim()),
     }
 }
 

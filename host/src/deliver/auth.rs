@@ -3,6 +3,7 @@
 //! client credentials (Adobe IMS server-to-server, Salesforce, HubSpot),
 //! cached and renewed before it expires and whenever the API answers 401.
 
+use crate::secrets::{SecretEnv, SecretError, Secrets};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -62,7 +63,53 @@ pub struct TokenError {
     reason: String,
 }
 
+/// OAuth client-credentials settings as a config names them (AEP's
+/// `deliver.ims`, a CRM's `oauth`): the secrets by reference.
+#[derive(Debug, Clone, Copy)]
+pub struct OAuthSettings<'a> {
+    /// The token endpoint.
+    pub token_url: &'a str,
+    /// The variable holding the client id.
+    pub client_id: &'a SecretEnv,
+    /// The variable holding the client secret.
+    pub client_secret: &'a SecretEnv,
+    /// The scopes asked for; empty for none.
+    pub scope: &'a str,
+}
+
 impl Tokens {
+    /// The provider a config names — client credentials, a fixed token from
+    /// `token_env`, or none — its secrets read through `secrets`; `key` is
+    /// the settings' key path (`pipelines.p.deliver`), `oauth_key` the
+    /// client credentials' name under it (`ims`, `oauth`).
+    pub fn configured(
+        oauth: Option<OAuthSettings<'_>>,
+        token_env: Option<&SecretEnv>,
+        secrets: &Secrets,
+        (key, oauth_key): (&str, &str),
+        timeout: Duration,
+    ) -> Result<Self, SecretError> {
+        if let Some(o) = oauth {
+            let credentials = ImsCredentials {
+                token_url: o.token_url.to_owned(),
+                client_id: secrets.env(o.client_id, &format!("{key}.{oauth_key}.client_id_env"))?,
+                client_secret: secrets.env(
+                    o.client_secret,
+                    &format!("{key}.{oauth_key}.client_secret_env"),
+                )?,
+                scope: o.scope.to_owned(),
+            };
+            return Tokens::ims(credentials, timeout).map_err(|e| SecretError {
+                key: format!("{key}.{oauth_key}"),
+                message: format!("HTTP client: {e}"),
+            });
+        }
+        Ok(match token_env {
+            Some(var) => Tokens::Fixed(secrets.env(var, &format!("{key}.token_env"))?),
+            None => Tokens::None,
+        })
+    }
+
     /// An IMS-backed provider.
     pub fn ims(credentials: ImsCredentials, timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder().timeout(timeout).build()?;

@@ -10,16 +10,12 @@ pub mod aep;
 pub mod auth;
 mod envelope;
 pub mod file;
-mod retry;
 
 pub use envelope::{EnvelopeBuilder, SchemaRef};
-pub use retry::{retry_after, Backoff};
 
-/// One serialized envelope and the row it came from.
+/// One serialized envelope.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// The source row's identity, for dead letters.
-    pub identity: String,
     /// The envelope JSON.
     pub json: String,
 }
@@ -38,13 +34,25 @@ pub enum Delivery {
     },
 }
 
-/// Why a sink gave up on a whole batch: only shutdown or a local fault.
-/// Nothing is committed, so the page is read again later.
+/// Why a sink gave up on a whole batch: shutdown, refused credentials or a
+/// local fault. Nothing is committed, so the page is read again later.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     /// The pipeline is shutting down mid-retry.
     #[error("delivery cancelled by shutdown")]
     Cancelled,
+    /// The destination refused the credentials, even a freshly fetched
+    /// token: an operator must fix them (the pipeline keeps retrying the
+    /// page meanwhile, and dead-letters nothing).
+    #[error("{url} refused the credentials ({status}) twice, the second time with a new token: check the pipeline's deliver.ims or deliver.token_env: {reason}")]
+    Unauthorized {
+        /// The endpoint.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+        /// What the destination said.
+        reason: String,
+    },
     /// Writing locally failed (the file sink).
     #[error("delivery failed: {0}")]
     Io(String),

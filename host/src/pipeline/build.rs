@@ -4,12 +4,15 @@
 
 use super::Pipeline;
 use crate::actions::Executors;
-use crate::config::{Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig};
+use crate::config::{
+    Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig, IMS_DEFAULTS,
+};
 use crate::deliver::aep::{AepSettings, AepSink};
-use crate::deliver::auth::{ImsCredentials, Tokens};
+use crate::deliver::auth::Tokens;
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
 use crate::plugin::{CallContext, Plugin, Runtime, Sandbox};
+use crate::secrets::Secrets;
 use crate::source::snowflake::SnowflakeSource;
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
@@ -86,34 +89,23 @@ pub async fn build_all(
 }
 
 /// The pipeline's destination and its envelope builder; `prefix` is the
-/// pipeline's key.
+/// pipeline's key; secrets come through the tenant's `secrets`.
 pub fn build_sink(
     deliver: &DeliverConfig,
     prefix: &str,
+    secrets: &Secrets,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Box<dyn Sink>, EnvelopeBuilder)> {
     Ok(match deliver {
         DeliverConfig::Aep(a) => {
-            let env = |key: &str, var: &str| {
-                std::env::var(var).map_err(|_| {
-                    anyhow!("{prefix}.deliver.{key}: environment variable `{var}` is not set")
-                })
-            };
             let timeout = Duration::from_millis(a.timeout_ms);
-            let tokens = match (&a.token_env, &a.ims) {
-                (_, Some(ims)) => {
-                    let credentials = ImsCredentials {
-                        token_url: ims.token_url.clone(),
-                        client_id: env("ims.client_id_env", &ims.client_id_env)?,
-                        client_secret: env("ims.client_secret_env", &ims.client_secret_env)?,
-                        scope: ims.scope.clone(),
-                    };
-                    Tokens::ims(credentials, timeout)
-                        .with_context(|| format!("{prefix}.deliver.ims"))?
-                }
-                (Some(var), None) => Tokens::Fixed(env("token_env", var)?),
-                (None, None) => Tokens::None,
-            };
+            let tokens = Tokens::configured(
+                a.ims.as_ref().map(|ims| ims.settings(IMS_DEFAULTS)),
+                a.token_env.as_ref(),
+                secrets,
+                (&format!("{prefix}.deliver"), "ims"),
+                timeout,
+            )?;
             let settings = AepSettings {
                 base_url: a.base_url.clone(),
                 connection_id: a.connection_id.clone(),
@@ -153,12 +145,16 @@ pub fn build_sink(
 }
 
 /// Opens the configured source and checks its table; `prefix` is the
-/// pipeline's key.
-pub async fn open_source(config: &SourceConfig, prefix: &str) -> anyhow::Result<Box<dyn Source>> {
+/// pipeline's key; secrets come through the tenant's `secrets`.
+pub async fn open_source(
+    config: &SourceConfig,
+    prefix: &str,
+    secrets: &Secrets,
+) -> anyhow::Result<Box<dyn Source>> {
     let prefix = format!("{prefix}.source");
     Ok(match config {
         SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &prefix)?)),
-        SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix).await?),
+        SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix, secrets).await?),
     })
 }
 
@@ -186,11 +182,12 @@ async fn build(
 ) -> anyhow::Result<Pipeline> {
     let config = &all.pipelines[name];
     let prefix = format!("pipelines.{name}");
-    crate::config::check_plugin_dir(all, name)?;
+    check_plugin_dir(all, name)?;
+    let secrets = Secrets::of(all, config);
     let plugin = load_plugin(runtime, config, &prefix).await?;
-    let source = open_source(&config.source, &prefix).await?;
-    let (sink, envelopes) = build_sink(&config.deliver, &prefix, shutdown)?;
-    let executors = Executors::build(&config.targets, &prefix)?;
+    let source = open_source(&config.source, &prefix, &secrets).await?;
+    let (sink, envelopes) = build_sink(&config.deliver, &prefix, &secrets, shutdown)?;
+    let executors = Executors::build(&config.targets, &prefix, &secrets)?;
     let polling = config.source.polling();
     let initial = Initial::from_config(polling.timestamp.initial.as_ref(), polling.backfill)
         .with_context(|| format!("{prefix}.source.timestamp.initial"))?;
@@ -227,4 +224,35 @@ async fn build(
         delay: Duration::from_millis(polling.delay_ms),
         initial,
     })
+}
+
+/// Checks a pipeline's plugin file lies inside its tenant's `plugin_dir`,
+/// after resolving symlinks and `..` (an I/O check, run when building).
+pub(super) fn check_plugin_dir(config: &Config, name: &str) -> anyhow::Result<()> {
+    let pipeline = &config.pipelines[name];
+    let Some(dir) = pipeline
+        .tenant
+        .as_ref()
+        .and_then(|t| config.tenants.get(t))
+        .and_then(|t| t.plugin_dir.as_ref())
+    else {
+        return Ok(());
+    };
+    let tenant = config.tenant_of(pipeline);
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("tenants.{tenant}.plugin_dir: {}: {e}", dir.display()))?;
+    let plugin = pipeline.plugin.canonicalize().map_err(|e| {
+        anyhow::anyhow!(
+            "pipelines.{name}.plugin: {}: {e}",
+            pipeline.plugin.display()
+        )
+    })?;
+    anyhow::ensure!(
+        plugin.starts_with(&dir),
+        "pipelines.{name}.plugin: {} is outside tenant {tenant}'s plugin_dir {}",
+        plugin.display(),
+        dir.display()
+    );
+    Ok(())
 }

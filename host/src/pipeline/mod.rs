@@ -9,13 +9,16 @@
 //! deterministic `_id`s, and the ledger skips actions that already finished.
 
 mod build;
+mod ledger;
 mod page;
 mod progress;
 mod replay;
 mod watch_config;
+mod work;
 
 pub use build::{build_all, initial_cursor, open_source};
-pub use replay::{replay, Replayed};
+pub use replay::{replay, ActionCounts, Replayed};
+pub use work::action_key;
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
@@ -243,9 +246,9 @@ impl Pipeline {
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
-                if let Some(mapped) = self.map_page(page, &stop).await? {
-                    cursor = mapped.last().clone();
-                    if tx.send((mapped, full)).await.is_err() {
+                if let Some(work) = self.map_page(page, &stop).await? {
+                    cursor = work.last.clone();
+                    if tx.send((work, full)).await.is_err() {
                         break;
                     }
                 } else {
@@ -270,9 +273,9 @@ impl Pipeline {
             anyhow::Ok(())
         };
         let writer = async {
-            while let Some((mapped, full)) = rx.recv().await {
+            while let Some((work, full)) = rx.recv().await {
                 let rows = stats.rows;
-                match self.finish(mapped, stats).await {
+                match self.finish(work, stats).await {
                     Ok(cursor) => {
                         *committed = cursor;
                         let mut progress = progress.lock().expect("progress lock");

@@ -1,24 +1,31 @@
 //! `freshet dlq replay`: sends dead letters again once their cause is fixed
 //! (a schema corrected in AEP, a webhook back up, a template repaired).
 //!
-//! - An event AEP refused is resent as the exact envelope it was.
+//! - An event AEP refused is resent as the exact envelope it was; once
+//!   delivered, the actions the plugin decided for it run, with their
+//!   original idempotency keys, through the same ledger as a page's
+//!   ([`super::ledger`]): exactly once, however often the replay runs.
 //! - An action is executed again through the pipeline's target, with its
-//!   original idempotency key, recorded in the ledger before and after.
+//!   original idempotency key.
 //! - A row the plugin could not map (or an event it could not decide on)
 //!   is not replayed here: the plugin must see the row again, which
 //!   `freshet offsets reset --to` does after the plugin is fixed.
 //!
-//! A dead letter that succeeds is removed; one that fails again stays, with
-//! the new reason.
+//! A dead letter that succeeds is removed, in the transaction that records
+//! what its replay did; one that fails again stays, with the new reason.
 
 use super::build::build_sink;
-use crate::actions::{action_from_json, ActionRequest, ActionResult, Executors};
+use super::ledger::{self, Rerun};
+use super::work::{ActionState, ActionWork};
+use super::Stats;
+use crate::actions::{ActionResult, Executors};
 use crate::config::Config;
-use crate::deliver::{Delivery, Message};
+use crate::deliver::{Delivery, Message, Sink};
+use crate::secrets::Secrets;
 use crate::state::sqlite::SqliteState;
-use crate::state::{ActionOutcome, DeadKind, DeadLetter, Settled, StateStore as _};
-use anyhow::anyhow;
+use crate::state::{ActionOutcome, Commit, DeadLetter, Letter, Settled, StateStore};
 use serde::Serialize;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// What happened to one dead letter.
@@ -35,6 +42,35 @@ pub struct Replayed {
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// For a delivered event: what became of its actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<ActionCounts>,
+}
+
+impl Replayed {
+    /// Whether anything failed again (the letter, or an action it ran).
+    pub fn failed(&self) -> bool {
+        self.result == "failed" || self.actions.is_some_and(|a| a.failed > 0)
+    }
+}
+
+/// The actions a replayed event ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ActionCounts {
+    /// Done now.
+    pub done: u64,
+    /// Failed again: each a new dead letter, under its original key.
+    pub failed: u64,
+    /// Already done before (the ledger had them finished).
+    pub skipped: u64,
+}
+
+/// What replaying needs of one pipeline.
+struct Target<'a> {
+    pipeline: &'a str,
+    sink: Box<dyn Sink>,
+    executors: Executors,
+    state: &'a Arc<dyn StateStore>,
 }
 
 /// Replays the dead letters of `pipeline` (every pipeline when `None`),
@@ -49,19 +85,15 @@ pub async fn replay(
             anyhow::bail!("no pipeline `{name}` in the config");
         }
     }
-    let state = SqliteState::open(&config.state.path)?;
+    let state: Arc<dyn StateStore> = Arc::new(SqliteState::open(&config.state.path)?);
     let letters: Vec<DeadLetter> = state
         .dead_letters(pipeline)?
         .into_iter()
         .filter(|d| ids.is_empty() || ids.contains(&d.id))
         .collect();
     if let Some(missing) = ids.iter().find(|id| !letters.iter().any(|d| d.id == **id)) {
-        anyhow::bail!(
-            "no dead letter {missing}{}",
-            pipeline
-                .map(|p| format!(" in pipeline `{p}`"))
-                .unwrap_or_default()
-        );
+        let within = pipeline.map(|p| format!(" in pipeline `{p}`"));
+        anyhow::bail!("no dead letter {missing}{}", within.unwrap_or_default());
     }
     let shutdown = CancellationToken::new();
     let mut out = Vec::new();
@@ -71,113 +103,137 @@ pub async fn replay(
             continue;
         }
         let prefix = format!("pipelines.{name}");
-        let (sink, _) = build_sink(&pipeline.deliver, &prefix, &shutdown)?;
-        let executors = Executors::build(&pipeline.targets, &prefix)?;
+        let secrets = Secrets::of(config, pipeline);
+        let target = Target {
+            pipeline: name,
+            sink: build_sink(&pipeline.deliver, &prefix, &secrets, &shutdown)?.0,
+            executors: Executors::build(&pipeline.targets, &prefix, &secrets)?,
+            state: &state,
+        };
         for letter in mine {
-            let (settled, replayed) = match replay_one(letter, sink.as_ref(), &executors, &state)
-                .await?
-            {
-                Some(result) => result,
-                None => {
-                    out.push(Replayed {
-                        id: letter.id,
-                        pipeline: name.clone(),
-                        result: "skipped",
-                        code: letter.code.clone(),
-                        reason: "the plugin must see this row again: fix it, then `freshet offsets reset --to` before the row".into(),
-                    });
-                    continue;
-                }
-            };
-            state.settle_dead_letter(letter.id, &settled)?;
-            out.push(Replayed {
-                id: letter.id,
-                pipeline: name.clone(),
-                ..replayed
-            });
+            out.push(target.replay(letter).await?);
         }
     }
     Ok(out)
 }
 
-/// Replays one letter; `None` when it cannot be replayed here.
-async fn replay_one(
-    letter: &DeadLetter,
-    sink: &dyn crate::deliver::Sink,
-    executors: &Executors,
-    state: &SqliteState,
-) -> anyhow::Result<Option<(Settled, Replayed)>> {
-    let payload: serde_json::Value = serde_json::from_str(&letter.payload)
-        .map_err(|e| anyhow!("dead letter {}: unreadable payload: {e}", letter.id))?;
-    let result = |result, code: String, reason: String| Replayed {
-        id: letter.id,
-        pipeline: String::new(),
-        result,
-        code,
-        reason,
-    };
-    Ok(Some(match letter.kind {
-        // An envelope AEP refused (a plugin's failed decision is not one).
-        DeadKind::Event if payload.get("header").is_some() => {
-            let message = Message {
-                identity: letter.identity.clone(),
-                json: letter.payload.clone(),
-            };
-            match sink.deliver(std::slice::from_ref(&message)).await?.pop() {
-                Some(Delivery::Delivered) => (
-                    Settled::Done(None),
-                    result("delivered", "delivered".into(), String::new()),
-                ),
-                Some(Delivery::Rejected { code, reason }) => (
-                    Settled::Failed {
-                        code: code.clone(),
-                        reason: reason.clone(),
-                    },
-                    result("failed", code, reason),
-                ),
-                None => anyhow::bail!(
-                    "the destination answered nothing for dead letter {}",
-                    letter.id
-                ),
+impl Target<'_> {
+    /// Replays one letter and settles it in the state store.
+    async fn replay(&self, letter: &DeadLetter) -> anyhow::Result<Replayed> {
+        let mut replayed = Replayed {
+            id: letter.id,
+            pipeline: self.pipeline.to_owned(),
+            result: "skipped",
+            code: letter.code.clone(),
+            reason: String::new(),
+            actions: None,
+        };
+        let settled = match &letter.letter {
+            Letter::Row(_) | Letter::Undecided(_) => {
+                replayed.reason = "the plugin must see this row again: fix it, then `freshet offsets reset --to` before the row".into();
+                return Ok(replayed);
             }
-        }
-        DeadKind::Action => {
-            let key = payload["idempotency_key"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let action = action_from_json(&payload["action"]).ok_or_else(|| {
-                anyhow!(
-                    "dead letter {}: not an action: {}",
-                    letter.id,
-                    letter.payload
+            Letter::Refused(refused) => {
+                let message = Message {
+                    json: refused.envelope.get().to_owned(),
+                };
+                match self
+                    .sink
+                    .deliver(std::slice::from_ref(&message))
+                    .await?
+                    .pop()
+                {
+                    Some(Delivery::Delivered) => {
+                        let mut actions: Vec<ActionWork> = (refused.actions.iter())
+                            .map(|a| ActionWork::stored(&letter.identity, a))
+                            .collect();
+                        let (left, counts) = self.run_actions(&mut actions).await?;
+                        (replayed.result, replayed.code) = ("delivered", "delivered".into());
+                        replayed.actions = Some(counts);
+                        Settled::Done(left)
+                    }
+                    Some(Delivery::Rejected { code, reason }) => {
+                        failed(&mut replayed, code, reason)
+                    }
+                    None => anyhow::bail!(
+                        "the destination answered nothing for dead letter {}",
+                        letter.id
+                    ),
+                }
+            }
+            Letter::Action(keyed) => {
+                let mut action = ActionWork::stored(&letter.identity, keyed);
+                let rerun = Rerun::Failed;
+                ledger::run(
+                    self.state,
+                    self.pipeline,
+                    &self.executors,
+                    vec![&mut action],
+                    rerun,
                 )
-            })?;
-            state.begin_actions(&letter.pipeline, std::slice::from_ref(&key))?;
-            let request = ActionRequest {
-                key: key.clone(),
-                identity: letter.identity.clone(),
-                action,
-            };
-            let done = executors.execute(&request).await;
-            executors.sync()?;
-            match done {
-                ActionResult::Done(outcome) => (
-                    Settled::Done(Some(ActionOutcome {
-                        key,
-                        outcome: outcome.clone(),
-                    })),
-                    result("done", outcome, String::new()),
-                ),
-                ActionResult::Failed { outcome, reason } => (
-                    Settled::Failed {
-                        code: outcome.clone(),
-                        reason: reason.clone(),
-                    },
-                    result("failed", outcome, reason),
-                ),
+                .await?;
+                match action.state {
+                    ActionState::Ran(ActionResult::Failed { outcome, reason }) => {
+                        failed(&mut replayed, outcome, reason)
+                    }
+                    ActionState::Ran(ActionResult::Done(outcome)) => {
+                        (replayed.result, replayed.code) = ("done", outcome.clone());
+                        Settled::Done(Commit {
+                            actions: vec![ActionOutcome {
+                                key: keyed.key.clone(),
+                                outcome,
+                                done: true,
+                            }],
+                            ..Commit::default()
+                        })
+                    }
+                    ActionState::Skipped | ActionState::Pending => {
+                        (replayed.result, replayed.code) = ("done", "already_done".into());
+                        Settled::Done(Commit::default())
+                    }
+                }
             }
+        };
+        let state = self.state.clone();
+        let (pipeline, id) = (self.pipeline.to_owned(), letter.id);
+        tokio::task::spawn_blocking(move || state.settle_dead_letter(&pipeline, id, &settled))
+            .await??;
+        Ok(replayed)
+    }
+
+    /// Runs a delivered event's actions through the ledger: what they leave
+    /// to commit (outcomes, dead letters of those that failed) and counts.
+    async fn run_actions(
+        &self,
+        actions: &mut [ActionWork],
+    ) -> anyhow::Result<(Commit, ActionCounts)> {
+        let actions_mut = actions.iter_mut().collect();
+        ledger::run(
+            self.state,
+            self.pipeline,
+            &self.executors,
+            actions_mut,
+            Rerun::Failed,
+        )
+        .await?;
+        let (mut left, mut stats) = (Commit::default(), Stats::default());
+        for action in actions.iter() {
+            action.settle(&mut left, &mut stats)?;
         }
-        DeadKind::Row | DeadKind::Event => return Ok(None),
-    }))
+        let failed = left.dead_letters.len() as u64;
+        let counts = ActionCounts {
+            done: stats.actions - failed,
+            failed,
+            skipped: stats.actions_skipped,
+        };
+        Ok((left, counts))
+    }
+}
+
+/// The letter failed again: it stays, with the new code and reason.
+fn failed(replayed: &mut Replayed, code: String, reason: String) -> Settled {
+    replayed.result = "failed";
+    replayed.code = code.clone();
+    replayed.reason = reason.clone();
+    Settled::Failed { code, reason }
 }

@@ -4,7 +4,8 @@
 //! else in the file takes effect at the next restart, and the log says so;
 //! a file that does not load or validate changes nothing.
 
-use crate::config::{check_plugin_dir, Config};
+use super::build::check_plugin_dir;
+use crate::config::Config;
 use crate::plugin::reload::stamp;
 use std::path::PathBuf;
 use std::time::Duration;

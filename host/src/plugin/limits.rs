@@ -1,18 +1,25 @@
 //! Per-pipeline sandbox limits, and the store-side bookkeeping that enforces
 //! the memory and table caps and remembers what a call used.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// What one pipeline's plugin may use. Every field has a default, so
 /// `[pipelines.NAME.limits]` only names what it changes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Instructions (wasmtime fuel units, about one per wasm instruction) a
-    /// plugin may spend per row; a batch call gets this times its rows. The
-    /// default matches Shopify Functions' 11M budget, generous for mapping code.
+    /// plugin may spend per row (or event), whatever its size; a batch call
+    /// gets the sum of its inputs' budgets. The default matches Shopify
+    /// Functions' 11M budget, generous for mapping code.
     pub fuel_per_row: u64,
+    /// Instructions a plugin may spend per byte of an input, on top of
+    /// `fuel_per_row`, so a legitimately large row (a 100 KB text column)
+    /// gets a budget in proportion. The example plugins spend at most about
+    /// 40 per byte (measured on rows up to 1 MB, see BENCHMARKS.md); the
+    /// default leaves them room.
+    pub fuel_per_input_byte: u64,
     /// Wall-clock deadline for one call into the plugin, in milliseconds,
     /// enforced by epoch interruption (10 ms resolution). Catches what fuel
     /// cannot: time spent in host calls, or a plugin run with fuel off.
@@ -40,6 +47,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             fuel_per_row: 11_000_000,
+            fuel_per_input_byte: 200,
             timeout_ms: 1_000,
             memory_mib: 64,
             table_elements: 20_000,
@@ -54,7 +62,7 @@ impl Default for Limits {
 /// Ambient capabilities the operator grants a pipeline's plugin
 /// (`[pipelines.NAME.grants]`). Everything is denied unless named here; files,
 /// environment and sockets cannot be granted at all.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// The real wall and monotonic clocks (otherwise both stand at the epoch,
@@ -68,6 +76,13 @@ impl Limits {
     /// The memory cap in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib * 1024 * 1024
+    }
+
+    /// The fuel an input of `bytes` bytes may spend:
+    /// `fuel_per_row + fuel_per_input_byte × bytes`.
+    pub fn budget(&self, bytes: usize) -> u64 {
+        let per_byte = self.fuel_per_input_byte.saturating_mul(bytes as u64);
+        self.fuel_per_row.saturating_add(per_byte)
     }
 
     /// The wall-clock deadline per call.

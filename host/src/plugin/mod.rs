@@ -3,7 +3,8 @@
 //! - [`runtime`]: the one wasmtime engine; loading components (limits, disk
 //!   cache, one copy per content hash).
 //! - [`sandbox`]: one pipeline's plugin, its warm instance and its calls
-//!   under the pipeline's [`Limits`].
+//!   under the pipeline's [`Limits`]; [`calls`]: the one retry policy over
+//!   batches (whole, then input by input).
 //! - [`scheduler`]: the plugin threads, and fair use of them across tenants.
 //! - [`reload`]: swapping a pipeline's plugin when its file changes.
 //! - `store`: what a plugin reaches from inside its store (imports, WASI
@@ -12,10 +13,13 @@
 //! The generated bindings stay private to this module; the contract's types
 //! are re-exported in [`contract`].
 
+mod call;
+pub mod calls;
 mod check;
 mod error;
 mod limits;
 pub mod logs;
+mod probe;
 pub mod reload;
 pub mod rows_file;
 mod runtime;
@@ -25,8 +29,9 @@ mod store;
 
 pub use error::{FailureCounts, PluginError};
 pub use limits::{Grants, Limits};
+pub use probe::Probe;
 pub use runtime::{LoadError, Origin, Plugin, Runtime};
-pub use sandbox::{Attempt, Outcome, Probe, Sandbox, Session};
+pub use sandbox::{Attempt, Outcome, Sandbox, Session};
 
 use logs::LogRoute;
 use std::collections::BTreeMap;
@@ -40,6 +45,8 @@ mod bindings {
         world: "pipeline-plugin",
         // A log call past the call's budget stops the call.
         imports: { "freshet:plugin/host.log": trappable },
+        // Dead letters compare actions (tests, and replays' round trips).
+        additional_derives: [PartialEq],
     });
 }
 
@@ -151,6 +158,8 @@ impl CallContext {
 pub struct Usage {
     /// Fuel (≈ wasm instructions) the call consumed.
     pub fuel: u64,
+    /// The fuel it was allowed ([`Limits::budget`] of its inputs).
+    pub budget: u64,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
 }

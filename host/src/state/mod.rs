@@ -5,82 +5,48 @@
 //! dead letters and the new offset in one transaction, so after a crash the
 //! offset never points past work that was not recorded.
 
+mod dead;
 pub mod sqlite;
+
+pub use dead::{
+    raw_json, DeadKind, DeadLetter, KeyedAction, Letter, NewDeadLetter, RefusedLetter, RowLetter,
+    StoredEvent, UndecidedLetter,
+};
 
 use crate::source::Cursor;
 use serde::Serialize;
-use std::collections::HashSet;
-
-/// What a dead letter is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadKind {
-    /// A row the plugin could not map (or whose mapping the sandbox stopped).
-    Row,
-    /// An event the plugin could not decide on, or AEP rejected.
-    Event,
-    /// An action that failed for good.
-    Action,
-}
-
-impl DeadKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadKind::Row => "row",
-            DeadKind::Event => "event",
-            DeadKind::Action => "action",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "row" => DeadKind::Row,
-            "event" => DeadKind::Event,
-            _ => DeadKind::Action,
-        }
-    }
-}
-
-/// A failure kept for an operator to inspect or replay.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    /// Store-assigned id (0 before it is stored).
-    pub id: i64,
-    /// The pipeline.
-    pub pipeline: String,
-    /// What failed.
-    pub kind: DeadKind,
-    /// The source row's identity.
-    pub identity: String,
-    /// A short stable code (`out_of_fuel`, `http_400`, ...).
-    pub code: String,
-    /// The full reason, e.g. AEP's message.
-    pub reason: String,
-    /// What failed, as JSON (the row, the envelope, the action).
-    pub payload: String,
-    /// When it was stored, epoch milliseconds.
-    pub created_ms: i64,
-}
+use std::collections::HashMap;
 
 /// The outcome of one action, for the ledger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionOutcome {
-    /// The idempotency key `(pipeline, row identity, action index)`.
+    /// The idempotency key ([`crate::pipeline::action_key`]).
     pub key: String,
     /// `http_<code>`, `timedout`, `recorded`, `error`...
     pub outcome: String,
+    /// Whether it happened (else it failed for good and is dead-lettered).
+    pub done: bool,
+}
+
+/// How a finished action ended, as the ledger keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// It happened: never run again.
+    Done,
+    /// It failed for good and waits in dead letters: a page read again
+    /// skips it; `dlq replay` runs it again.
+    Failed,
 }
 
 /// Everything one page's work leaves behind, written at once.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commit {
     /// The new offset: just past the page's last row.
     pub cursor: Option<Cursor>,
     /// Actions that finished (done or dead-lettered).
     pub actions: Vec<ActionOutcome>,
     /// New dead letters.
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<NewDeadLetter>,
 }
 
 /// A pipeline's stored offset.
@@ -116,8 +82,9 @@ pub trait StateStore: Send + Sync {
     /// Every pipeline's offset.
     fn offsets(&self) -> Result<Vec<StoredOffset>, StateError>;
 
-    /// Of these idempotency keys, the ones whose actions already finished.
-    fn finished_actions(&self, keys: &[String]) -> Result<HashSet<String>, StateError>;
+    /// Of these idempotency keys, the ones whose actions already finished,
+    /// and how.
+    fn finished_actions(&self, keys: &[String]) -> Result<HashMap<String, Finished>, StateError>;
 
     /// Records that these actions are about to run, before they run, so the
     /// ledger shows an action that started but never finished.
@@ -129,17 +96,24 @@ pub trait StateStore: Send + Sync {
     /// Dead letters of a pipeline (all when `None`), oldest first.
     fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetter>, StateError>;
 
-    /// After replaying dead letter `id`: on success it is removed (and a
-    /// replayed action's ledger entry finished with `outcome`, in the same
-    /// transaction); on failure it stays, with the new code and reason.
-    fn settle_dead_letter(&self, id: i64, result: &Settled) -> Result<(), StateError>;
+    /// After replaying dead letter `id` of `pipeline`: on success it is
+    /// removed and what the replay left (finished actions, new dead
+    /// letters) written, in one transaction; on failure it stays, with the
+    /// new code and reason.
+    fn settle_dead_letter(
+        &self,
+        pipeline: &str,
+        id: i64,
+        result: &Settled,
+    ) -> Result<(), StateError>;
 }
 
 /// How a replayed dead letter ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settled {
-    /// Delivered, or the action happened (its ledger entry, if an action).
-    Done(Option<ActionOutcome>),
+    /// Delivered, or the action happened: what the replay leaves behind
+    /// (ledger outcomes, dead letters of actions that failed; no cursor).
+    Done(Commit),
     /// Failed again: the new code and reason.
     Failed {
         /// The code.

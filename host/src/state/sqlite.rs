@@ -1,15 +1,16 @@
 //! The embedded state store: one SQLite file in WAL mode with
 //! `synchronous = FULL`, so a commit that returned survives a crash.
 
-use super::{Commit, DeadKind, DeadLetter, Settled, StateError, StateStore, StoredOffset};
+use super::{Commit, DeadLetter, Finished, Letter, Settled, StateError, StateStore, StoredOffset};
 use crate::source::{Cursor, Key, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// The schema version this code writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes; older files are migrated on open
+/// (see [`migrate`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS offsets (
@@ -19,20 +20,20 @@ CREATE TABLE IF NOT EXISTS offsets (
     updated_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger (
-    idempotency_key TEXT PRIMARY KEY,  -- pipeline/identity/index
+    idempotency_key TEXT PRIMARY KEY,  -- pipeline/identity/_id/index
     pipeline        TEXT NOT NULL,
-    state           TEXT NOT NULL,     -- started | finished
+    state           TEXT NOT NULL,     -- started | finished | failed
     outcome         TEXT,
     updated_ms      INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY,
     pipeline   TEXT NOT NULL,
-    kind       TEXT NOT NULL,
+    kind       TEXT NOT NULL,      -- row | undecided | refused | action
     identity   TEXT NOT NULL,
     code       TEXT NOT NULL,
     reason     TEXT NOT NULL,
-    payload    TEXT NOT NULL,
+    payload    TEXT NOT NULL,      -- the kind's fields, JSON (state::Letter)
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, id);
@@ -89,7 +90,7 @@ impl SqliteState {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)
+        let mut conn = Connection::open(path)
             .map_err(|e| StateError(format!("opening {}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
@@ -107,6 +108,11 @@ impl SqliteState {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
+        if version == 1 {
+            migrate(&mut conn).map_err(|e| {
+                StateError(format!("migrating {} to schema 2: {e}", path.display()))
+            })?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
         Ok(Self {
@@ -188,23 +194,34 @@ impl StateStore for SqliteState {
         Ok(out)
     }
 
-    fn finished_actions(&self, keys: &[String]) -> Result<HashSet<String>, StateError> {
+    fn finished_actions(&self, keys: &[String]) -> Result<HashMap<String, Finished>, StateError> {
         let conn = self.conn()?;
-        let mut done = HashSet::new();
+        let mut finished = HashMap::new();
         for chunk in keys.chunks(CHUNK) {
             let sql = format!(
-                "SELECT idempotency_key FROM ledger WHERE state = 'finished' AND idempotency_key IN ({})",
+                "SELECT idempotency_key, state = 'finished' FROM ledger
+                 WHERE state IN ('finished', 'failed') AND idempotency_key IN ({})",
                 numbered(1, chunk.len())
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(chunk), |r| r.get::<_, String>(0))
+                .query_map(rusqlite::params_from_iter(chunk), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                })
                 .map_err(err)?;
-            for key in rows {
-                done.insert(key.map_err(err)?);
+            for row in rows {
+                let (key, done) = row.map_err(err)?;
+                finished.insert(
+                    key,
+                    if done {
+                        Finished::Done
+                    } else {
+                        Finished::Failed
+                    },
+                );
             }
         }
-        Ok(done)
+        Ok(finished)
     }
 
     fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError> {
@@ -217,9 +234,12 @@ impl StateStore for SqliteState {
                 .map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3))
                 .collect::<Vec<_>>()
                 .join(",");
+            // An action that failed for good and runs again (`dlq replay`)
+            // is `started` again; a finished one is never touched.
             let sql = format!(
                 "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
-                 ON CONFLICT (idempotency_key) DO NOTHING"
+                 ON CONFLICT (idempotency_key) DO UPDATE
+                 SET state = 'started', updated_ms = excluded.updated_ms WHERE state <> 'finished'"
             );
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
             params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
@@ -234,82 +254,42 @@ impl StateStore for SqliteState {
     fn commit(&self, pipeline: &str, commit: &Commit) -> Result<(), StateError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(err)?;
-        let now = now_ms();
-        {
-            for chunk in commit.actions.chunks(CHUNK) {
-                // ?1 pipeline, ?2 now, then (key, outcome) pairs.
-                let values = (0..chunk.len())
-                    .map(|i| format!("(?{}, ?1, 'finished', ?{}, ?2)", 2 * i + 3, 2 * i + 4))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let sql = format!(
-                    "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms) VALUES {values}
-                     ON CONFLICT (idempotency_key) DO UPDATE
-                     SET state = 'finished', outcome = excluded.outcome, updated_ms = excluded.updated_ms"
-                );
-                let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
-                for action in chunk {
-                    params.push(&action.key);
-                    params.push(&action.outcome);
-                }
-                tx.prepare_cached(&sql)
-                    .map_err(err)?
-                    .execute(params.as_slice())
-                    .map_err(err)?;
-            }
-            let mut dead = tx
-                .prepare_cached(
-                    "INSERT INTO dead_letters (pipeline, kind, identity, code, reason, payload, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(err)?;
-            for d in &commit.dead_letters {
-                dead.execute(params![
-                    pipeline,
-                    d.kind.as_str(),
-                    d.identity,
-                    d.code,
-                    d.reason,
-                    d.payload,
-                    now
-                ])
-                .map_err(err)?;
-            }
-            if let Some(cursor) = &commit.cursor {
-                tx.execute(
-                    "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (pipeline) DO UPDATE SET ts_nanos = ?2, key_json = ?3, updated_ms = ?4",
-                    params![pipeline, cursor.ts.0, key_json(cursor)?, now],
-                )
-                .map_err(err)?;
-            }
-        }
+        write(&tx, pipeline, commit)?;
         tx.commit().map_err(err)
     }
 
-    fn settle_dead_letter(&self, id: i64, result: &Settled) -> Result<(), StateError> {
+    fn settle_dead_letter(
+        &self,
+        pipeline: &str,
+        id: i64,
+        result: &Settled,
+    ) -> Result<(), StateError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(err)?;
-        let now = now_ms();
         match result {
-            Settled::Done(action) => {
-                if let Some(a) = action {
-                    tx.execute(
-                        "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms)
-                         SELECT ?1, pipeline, 'finished', ?2, ?3 FROM dead_letters WHERE id = ?4
-                         ON CONFLICT (idempotency_key) DO UPDATE
-                         SET state = 'finished', outcome = excluded.outcome, updated_ms = excluded.updated_ms",
-                        params![a.key, a.outcome, now, id],
-                    )
-                    .map_err(err)?;
-                }
-                tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])
-                    .map_err(err)?;
+            Settled::Done(left) => {
+                tx.execute(
+                    "DELETE FROM dead_letters WHERE id = ?1 AND pipeline = ?2",
+                    params![id, pipeline],
+                )
+                .map_err(err)?;
+                write(&tx, pipeline, left)?;
             }
             Settled::Failed { code, reason } => {
                 tx.execute(
-                    "UPDATE dead_letters SET code = ?1, reason = ?2, created_ms = ?3 WHERE id = ?4",
-                    params![code, reason, now, id],
+                    "UPDATE dead_letters SET code = ?1, reason = ?2, created_ms = ?3
+                     WHERE id = ?4 AND pipeline = ?5",
+                    params![code, reason, now_ms(), id, pipeline],
+                )
+                .map_err(err)?;
+                // An action that failed again is `failed` again in the ledger
+                // (its replay marked it `started`).
+                tx.execute(
+                    "UPDATE ledger SET state = 'failed', outcome = ?1, updated_ms = ?2
+                     WHERE state = 'started' AND idempotency_key =
+                     (SELECT json_extract(payload, '$.key') FROM dead_letters
+                      WHERE id = ?3 AND kind = 'action')",
+                    params![code, now_ms(), id],
                 )
                 .map_err(err)?;
             }
@@ -327,18 +307,140 @@ impl StateStore for SqliteState {
             .map_err(err)?;
         let rows = stmt
             .query_map([pipeline], |r| {
+                let (kind, payload): (String, String) = (r.get(2)?, r.get(6)?);
+                let letter = Letter::read(&kind, &payload).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        6,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?;
                 Ok(DeadLetter {
                     id: r.get(0)?,
                     pipeline: r.get(1)?,
-                    kind: DeadKind::parse(&r.get::<_, String>(2)?),
                     identity: r.get(3)?,
                     code: r.get(4)?,
                     reason: r.get(5)?,
-                    payload: r.get(6)?,
+                    letter,
                     created_ms: r.get(7)?,
                 })
             })
             .map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)
     }
+}
+
+/// Writes a page's (or a replay's) outcomes, dead letters and offset.
+fn write(
+    tx: &rusqlite::Transaction<'_>,
+    pipeline: &str,
+    commit: &Commit,
+) -> Result<(), StateError> {
+    let now = now_ms();
+    let states: Vec<&str> = (commit.actions.iter())
+        .map(|a| if a.done { "finished" } else { "failed" })
+        .collect();
+    for (chunk, states) in commit.actions.chunks(CHUNK).zip(states.chunks(CHUNK)) {
+        // ?1 pipeline, ?2 now, then (key, state, outcome) triples.
+        let values = (0..chunk.len())
+            .map(|i| format!("(?{}, ?1, ?{}, ?{}, ?2)", 3 * i + 3, 3 * i + 4, 3 * i + 5))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms) VALUES {values}
+             ON CONFLICT (idempotency_key) DO UPDATE
+             SET state = excluded.state, outcome = excluded.outcome, updated_ms = excluded.updated_ms"
+        );
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
+        for (action, state) in chunk.iter().zip(states) {
+            params.push(&action.key);
+            params.push(state);
+            params.push(&action.outcome);
+        }
+        tx.prepare_cached(&sql)
+            .map_err(err)?
+            .execute(params.as_slice())
+            .map_err(err)?;
+    }
+    let mut dead = tx
+        .prepare_cached(
+            "INSERT INTO dead_letters (pipeline, kind, identity, code, reason, payload, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(err)?;
+    for d in &commit.dead_letters {
+        dead.execute(params![
+            pipeline,
+            d.letter.kind().as_str(),
+            d.identity,
+            d.code,
+            d.reason,
+            d.letter.payload(),
+            now
+        ])
+        .map_err(err)?;
+    }
+    if let Some(cursor) = &commit.cursor {
+        tx.execute(
+            "INSERT INTO offsets (pipeline, ts_nanos, key_json, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pipeline) DO UPDATE SET ts_nanos = ?2, key_json = ?3, updated_ms = ?4",
+            params![pipeline, cursor.ts.0, key_json(cursor)?, now],
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Schema 1 to 2: dead letters' payloads were untyped JSON whose shape said
+/// what they were; they become [`Letter`]s, and the ledger entries of
+/// dead-lettered actions, once `finished` like done ones, become `failed`
+/// (so `dlq replay` runs them again). An `event` letter with an
+/// envelope (`header`) was refused by AEP (no actions were kept with it then);
+/// one without was an event the plugin could not decide on.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    use serde_json::{json, Value};
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let old: Vec<(i64, String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT id, kind, payload FROM dead_letters")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())?
+    };
+    for (id, kind, payload) in old {
+        let v: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+        let (kind, new) = match kind.as_str() {
+            "row" => ("row", json!({ "row": v })),
+            "event" if v.get("header").is_some() => {
+                ("refused", json!({ "envelope": v, "actions": [] }))
+            }
+            "event" => {
+                let body = match &v["body"] {
+                    Value::String(s) => serde_json::from_str(s).unwrap_or(json!(s)),
+                    other => other.clone(),
+                };
+                let event = json!({"_id": v["id"], "timestamp": v["timestamp"], "body": body});
+                ("undecided", json!({ "event": event }))
+            }
+            _ => (
+                "action",
+                json!({"key": v["idempotency_key"], "action": v["action"]}),
+            ),
+        };
+        tx.execute(
+            "UPDATE dead_letters SET kind = ?1, payload = ?2 WHERE id = ?3",
+            params![kind, new.to_string(), id],
+        )
+        .map_err(|e| e.to_string())?;
+        if kind == "action" {
+            tx.execute(
+                "UPDATE ledger SET state = 'failed' WHERE idempotency_key = ?1",
+                params![new["key"].as_str()],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
 }

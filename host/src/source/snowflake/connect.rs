@@ -3,6 +3,7 @@
 //! of Snowflake's failures to "fix the config" or "try again".
 
 use crate::config::SnowflakeSourceConfig;
+use crate::secrets::{SecretError, Secrets};
 use crate::source::SourceError;
 use snowflake_connector_rs::{
     AuthConfig, Client, ClientConfig, DynamicRow, EndpointConfig, ErrorKind, IntoStatement,
@@ -31,29 +32,31 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Builds the client: reads the secrets the config names. Does not
-    /// connect yet.
-    pub(super) fn new(config: &SnowflakeSourceConfig, prefix: &str) -> Result<Self, SourceError> {
+    /// Builds the client: reads the secrets the config names, through the
+    /// tenant's `secrets`. Does not connect yet.
+    pub(super) fn new(
+        config: &SnowflakeSourceConfig,
+        prefix: &str,
+        secrets: &Secrets,
+    ) -> Result<Self, SourceError> {
         let bad = |key: &str, message: String| SourceError::Config {
             key: format!("{prefix}.{key}"),
             message,
         };
-        let env = |key: &str, var: &str| {
-            std::env::var(var)
-                .map_err(|_| bad(key, format!("environment variable `{var}` is not set")))
+        let read = |r: Result<String, SecretError>| {
+            r.map_err(|e| SourceError::Config {
+                key: e.key,
+                message: e.message,
+            })
         };
+        let key = |k: &str| format!("{prefix}.auth.{k}");
         let a = &config.auth;
         let auth = if let Some(var) = &a.password_env {
-            AuthConfig::password(env("auth.password_env", var)?)
+            AuthConfig::password(read(secrets.env(var, &key("password_env")))?)
         } else {
             let pem = match (&a.private_key_file, &a.private_key_env) {
-                (Some(file), _) => std::fs::read_to_string(file).map_err(|e| {
-                    bad(
-                        "auth.private_key_file",
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                })?,
-                (None, Some(var)) => env("auth.private_key_env", var)?,
+                (Some(file), _) => read(secrets.file(file, &key("private_key_file")))?,
+                (None, Some(var)) => read(secrets.env(var, &key("private_key_env")))?,
                 (None, None) => {
                     return Err(bad(
                         "auth",
@@ -64,7 +67,7 @@ impl Connection {
             let key = match &a.passphrase_env {
                 Some(var) => KeyPairConfig::from_encrypted_pem(
                     pem,
-                    env("auth.passphrase_env", var)?.into_bytes(),
+                    read(secrets.env(var, &key("passphrase_env")))?.into_bytes(),
                 ),
                 None => KeyPairConfig::from_pem(pem),
             };

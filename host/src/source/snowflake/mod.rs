@@ -77,8 +77,12 @@ impl SnowflakeSource {
     /// `TIMESTAMP_NTZ` or `TIMESTAMP_LTZ` and NOT NULL, the key column is a
     /// NOT NULL integer or text, and the role may select from it. `prefix`
     /// is the config key of this source.
-    pub async fn open(config: &SnowflakeSourceConfig, prefix: &str) -> Result<Self, SourceError> {
-        let conn = Connection::new(config, prefix)?;
+    pub async fn open(
+        config: &SnowflakeSourceConfig,
+        prefix: &str,
+        secrets: &crate::secrets::Secrets,
+    ) -> Result<Self, SourceError> {
+        let conn = Connection::new(config, prefix, secrets)?;
         let bad = |key: &str, message: String| SourceError::Config {
             key: format!("{prefix}.{key}"),
             message,
@@ -89,62 +93,18 @@ impl SnowflakeSource {
             .query(&Statement::new(format!("DESCRIBE TABLE {table}")))
             .await
             .map_err(|e| conn.error(&e))?;
-        let mut info = Vec::new();
-        for row in &described {
-            let text = |i: usize| match row.value_at(i) {
-                Ok(CellValue::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            info.push((text(0), text(1).to_ascii_uppercase(), text(3) == "Y"));
-        }
-        // The index of the column `name`, which config key `key` names.
-        let column = |key: &str, name: &str| {
-            info.iter()
-                .position(|(n, ..)| n.eq_ignore_ascii_case(name))
-                .ok_or_else(|| bad(key, format!("table {table} has no column `{name}`")))
-        };
-        let ts_index = column("timestamp.column", &config.timestamp.column)?;
-        let (ts_name, ts_type, ts_nullable) = &info[ts_index];
-        let zone: Tz = config.timezone.parse().map_err(|_| {
-            bad(
-                "timezone",
-                format!("{:?} is not an IANA time zone", config.timezone),
-            )
-        })?;
-        let clock = if ts_type.starts_with("TIMESTAMP_NTZ") {
-            Clock::Ntz(zone)
-        } else if ts_type.starts_with("TIMESTAMP_LTZ") {
-            Clock::Ltz
-        } else if ts_type.starts_with("TIMESTAMP_TZ") {
-            return Err(bad("timestamp.column", format!("column `{ts_name}` is {ts_type}: TIMESTAMP_TZ is not supported (as in Adobe's connector); use TIMESTAMP_NTZ or TIMESTAMP_LTZ")));
-        } else {
-            return Err(bad(
-                "timestamp.column",
-                format!(
-                    "column `{ts_name}` is {ts_type}: it must be TIMESTAMP_NTZ or TIMESTAMP_LTZ"
-                ),
-            ));
-        };
-        if *ts_nullable {
-            return Err(bad("timestamp.column", format!("column `{ts_name}` is nullable: a row with a NULL timestamp would never be read; declare it NOT NULL")));
-        }
-        let key_index = column("key_column", &config.key_column)?;
-        let (key_name, key_type, key_nullable) = &info[key_index];
-        let integer_key = key_type.starts_with("NUMBER") && key_type.ends_with(",0)");
-        if !integer_key && !key_type.starts_with("VARCHAR") && !key_type.starts_with("TEXT") {
-            return Err(bad(
-                "key_column",
-                format!(
-                    "column `{key_name}` is {key_type}: the key must be an integer NUMBER or text"
-                ),
-            ));
-        }
-        if *key_nullable {
-            return Err(bad(
-                "key_column",
-                format!("column `{key_name}` may be NULL: declare the key NOT NULL"),
-            ));
-        }
+        let info: Vec<(String, String, bool)> = described
+            .iter()
+            .map(|row| {
+                let text = |i: usize| match row.value_at(i) {
+                    Ok(CellValue::String(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                (text(0), text(1).to_ascii_uppercase(), text(3) == "Y")
+            })
+            .collect();
+        let (ts_index, key_index, clock) = check_columns(config, &table, &info, &bad)?;
+        let (ts_name, key_name) = (&info[ts_index].0, &info[key_index].0);
 
         let select = info
             .iter()
@@ -383,4 +343,61 @@ impl Source for SnowflakeSource {
             page_queries: self.page_queries.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Checks the timestamp column (`TIMESTAMP_NTZ` or `TIMESTAMP_LTZ`, NOT
+/// NULL) and the key column (an integer NUMBER or text, NOT NULL) among
+/// `info` (name, type, nullable); returns their positions and the clock the
+/// timestamps are read on.
+fn check_columns(
+    config: &SnowflakeSourceConfig,
+    table: &str,
+    info: &[(String, String, bool)],
+    bad: &dyn Fn(&str, String) -> SourceError,
+) -> Result<(usize, usize, Clock), SourceError> {
+    // The index of the column `name`, which config key `key` names.
+    let column = |key: &str, name: &str| {
+        info.iter()
+            .position(|(n, ..)| n.eq_ignore_ascii_case(name))
+            .ok_or_else(|| bad(key, format!("table {table} has no column `{name}`")))
+    };
+    let ts_index = column("timestamp.column", &config.timestamp.column)?;
+    let (ts_name, ts_type, ts_nullable) = &info[ts_index];
+    let zone: Tz = config.timezone.parse().map_err(|_| {
+        bad(
+            "timezone",
+            format!("{:?} is not an IANA time zone", config.timezone),
+        )
+    })?;
+    let clock = if ts_type.starts_with("TIMESTAMP_NTZ") {
+        Clock::Ntz(zone)
+    } else if ts_type.starts_with("TIMESTAMP_LTZ") {
+        Clock::Ltz
+    } else if ts_type.starts_with("TIMESTAMP_TZ") {
+        return Err(bad("timestamp.column", format!("column `{ts_name}` is {ts_type}: TIMESTAMP_TZ is not supported (as in Adobe's connector); use TIMESTAMP_NTZ or TIMESTAMP_LTZ")));
+    } else {
+        return Err(bad(
+            "timestamp.column",
+            format!("column `{ts_name}` is {ts_type}: it must be TIMESTAMP_NTZ or TIMESTAMP_LTZ"),
+        ));
+    };
+    if *ts_nullable {
+        return Err(bad("timestamp.column", format!("column `{ts_name}` is nullable: a row with a NULL timestamp would never be read; declare it NOT NULL")));
+    }
+    let key_index = column("key_column", &config.key_column)?;
+    let (key_name, key_type, key_nullable) = &info[key_index];
+    let integer_key = key_type.starts_with("NUMBER") && key_type.ends_with(",0)");
+    if !integer_key && !key_type.starts_with("VARCHAR") && !key_type.starts_with("TEXT") {
+        return Err(bad(
+            "key_column",
+            format!("column `{key_name}` is {key_type}: the key must be an integer NUMBER or text"),
+        ));
+    }
+    if *key_nullable {
+        return Err(bad(
+            "key_column",
+            format!("column `{key_name}` may be NULL: declare the key NOT NULL"),
+        ));
+    }
+    Ok((ts_index, key_index, clock))
 }

@@ -6,8 +6,10 @@
 //! reports an internal error, `log-flood` logs without end, `chatty` logs
 //! ten lines and maps normally; `probe` tries every ambient capability (a file,
 //! an environment variable, a socket, the clock, randomness) and reports what
-//! it got in the event body; anything else maps to one event. `decide` asks
-//! for one webhook `hook` per event.
+//! it got in the event body; `pair` maps to two events (`ID#a`, `ID#b`), and
+//! deciding on the first costs about 40M instructions (more than the default
+//! budget); anything else maps to one event. `decide` asks for one webhook
+//! `hook` per event.
 
 use freshet::plugin::host::{log, Level};
 use freshet::plugin::types::{Instant, Value, WebhookRequest};
@@ -113,6 +115,17 @@ impl Guest for Hostile {
                         },
                         body: probe(),
                     }]),
+                    "pair" => Ok(["a", "b"]
+                        .iter()
+                        .map(|part| Event {
+                            id: format!("{}#{part}", row.identity),
+                            timestamp: Instant {
+                                seconds: 1_700_000_000,
+                                nanos: 0,
+                            },
+                            body: format!("{{\"status\":\"pair\",\"part\":\"{part}\"}}"),
+                        })
+                        .collect()),
                     "huge" => Ok(vec![Event {
                         id: row.identity.clone(),
                         timestamp: Instant {
@@ -150,6 +163,14 @@ impl Guest for Hostile {
         events
             .iter()
             .map(|e| {
+                if e.body.contains("\"part\":\"a\"") {
+                    // Costly to decide: fails at the default budget.
+                    let mut x = 0u64;
+                    for i in 0..10_000_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i));
+                    }
+                    std::hint::black_box(x);
+                }
                 Ok(vec![Action::Webhook(WebhookRequest {
                     target: "hook".into(),
                     body: format!("{{\"id\":{:?}}}", e.id),

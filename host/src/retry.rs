@@ -1,30 +1,42 @@
-//! The one retry policy for HTTP peers: how to read a status, and how long
-//! to wait before the next attempt.
+//! The one retry policy for HTTP peers — AEP, webhooks, CRMs, token
+//! endpoints: how to read a status, and how long to wait before the next
+//! attempt. Each peer decides what a verdict means for it (AEP splits a
+//! batch on bad content; a journey action fails), never which statuses are
+//! worth another try.
 
 use rand::Rng as _;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::Duration;
 
-/// What to do with an HTTP answer for a whole request.
+/// What an HTTP status says about the request that got it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Done; read the body.
+    /// 2xx: done.
     Success,
-    /// The request as a whole was refused for its content (400, 413): split
-    /// it to isolate the offending message, or reject a single one.
-    Split,
-    /// Transient (429, 5xx, 408, auth that may be renewed): wait and resend.
+    /// 408, 429, 5xx but 501: transient; wait (honouring `Retry-After`)
+    /// and resend.
     Retry,
-    /// Refused for good (other 4xx).
+    /// 401, 403: the credential was refused. Worth one more try with a
+    /// renewed token, never more: a revoked or wrong credential does not
+    /// heal by waiting.
+    Unauthorized,
+    /// 400, 413: the request's content was refused. A batch is split to
+    /// find the offending message; a single message is refused for good.
+    BadContent,
+    /// Any other status (404, 410, 422, 501, ...): refused for good.
     Reject,
 }
 
-/// Classifies an AEP streaming ingestion status code.
+/// Classifies an HTTP status code.
 pub fn classify(status: u16) -> Verdict {
     match status {
         200..=299 => Verdict::Success,
-        400 | 413 => Verdict::Split,
-        401 | 403 | 408 | 429 | 500..=599 => Verdict::Retry,
+        // 501: the server does not implement the request (AEP: no
+        // syncValidation in this region); waiting will not change that.
+        501 => Verdict::Reject,
+        408 | 429 | 500..=599 => Verdict::Retry,
+        401 | 403 => Verdict::Unauthorized,
+        400 | 413 => Verdict::BadContent,
         _ => Verdict::Reject,
     }
 }
@@ -81,14 +93,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_are_classified_as_aep_documents_them() {
+    fn statuses_are_classified_as_aep_and_journey_actions_document_them() {
         assert_eq!(classify(207), Verdict::Success);
-        assert_eq!(classify(400), Verdict::Split);
-        assert_eq!(classify(413), Verdict::Split);
-        for s in [401, 403, 429, 500, 503] {
+        assert_eq!(classify(400), Verdict::BadContent);
+        assert_eq!(classify(413), Verdict::BadContent);
+        for s in [408, 429, 500, 503] {
             assert_eq!(classify(s), Verdict::Retry, "{s}");
         }
+        assert_eq!(classify(401), Verdict::Unauthorized);
+        assert_eq!(classify(403), Verdict::Unauthorized);
         assert_eq!(classify(404), Verdict::Reject);
+        assert_eq!(classify(501), Verdict::Reject);
+        assert_eq!(classify(302), Verdict::Reject);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use crate::config::{SqliteSourceConfig, TimestampUnit};
 use crate::plugin::contract::{Row, Value};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
+use schema::{check_columns, table_info, transient, warn_without_index};
 use std::sync::{Arc, Mutex};
+
+mod schema;
 
 /// How a column's cells become contract values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,28 +79,8 @@ impl SqliteSource {
             )
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| SourceError::Transient(e.to_string()))?;
-
-        // (name, declared type, notnull, pk)
-        let mut info: Vec<(String, String, bool, bool)> = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")
-                .map_err(|e| SourceError::Transient(e.to_string()))?;
-            let rows = stmt
-                .query_map([&config.table], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, bool>(2)?,
-                        r.get::<_, i64>(3)? > 0,
-                    ))
-                })
-                .map_err(|e| SourceError::Transient(e.to_string()))?;
-            for row in rows {
-                info.push(row.map_err(|e| SourceError::Transient(e.to_string()))?);
-            }
-        }
+            .map_err(transient)?;
+        let info = table_info(&conn, &config.table)?;
         if info.is_empty() {
             return Err(schema(
                 "table",
@@ -108,99 +91,23 @@ impl SqliteSource {
                 ),
             ));
         }
-        let find = |name: &str| info.iter().position(|(n, ..)| n.eq_ignore_ascii_case(name));
-        let ts_col = &config.timestamp.column;
-        let ts_index = find(ts_col).ok_or_else(|| {
-            schema(
-                "timestamp.column",
-                format!("table `{}` has no column `{ts_col}`", config.table),
-            )
-        })?;
-        let (_, ts_type, ts_notnull, _) = &info[ts_index];
-        if !ts_notnull {
-            return Err(schema(
-                "timestamp.column",
-                format!("column `{ts_col}` is nullable: a row with a NULL timestamp would never be read; declare it NOT NULL"),
-            ));
-        }
-        if !ts_type.to_ascii_uppercase().contains("INT") {
-            return Err(schema(
-                "timestamp.column",
-                format!("column `{ts_col}` is declared {ts_type:?}: it must be an INTEGER of epoch units (timestamp.unit)"),
-            ));
-        }
-        let key_col = &config.key_column;
-        let key_index = find(key_col).ok_or_else(|| {
-            schema(
-                "key_column",
-                format!("table `{}` has no column `{key_col}`", config.table),
-            )
-        })?;
-        let (_, _, key_notnull, key_pk) = &info[key_index];
-        if !key_notnull && !key_pk {
-            return Err(schema(
-                "key_column",
-                format!(
-                    "column `{key_col}` may be NULL: the key must be NOT NULL or the PRIMARY KEY"
-                ),
-            ));
-        }
-
+        let (ts_index, key_index) = check_columns(config, &info, &schema)?;
         let kinds = info
             .iter()
             .enumerate()
-            .map(|(i, (_, declared, ..))| {
-                let declared = declared.to_ascii_uppercase();
+            .map(|(i, c)| {
                 if i == ts_index {
                     Kind::Timestamp
-                } else if declared.contains("DECIMAL") || declared.contains("NUMERIC") {
-                    Kind::Decimal
-                } else if declared.contains("BOOL") {
-                    Kind::Boolean
-                } else if declared.contains("JSON") {
-                    Kind::Json
                 } else {
-                    Kind::Plain
+                    Kind::declared(&c.declared)
                 }
             })
             .collect();
-        let columns: Vec<String> = info.iter().map(|(n, ..)| n.to_ascii_lowercase()).collect();
-        let select = info
-            .iter()
-            .map(|(n, ..)| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (t, ts, key) = (
-            &config.table,
-            format!("\"{ts_col}\""),
-            format!("\"{key_col}\""),
-        );
-        let after_key = format!("WHERE {ts} <= ?1 AND ({ts} > ?2 OR ({ts} = ?2 AND {key} > ?3))");
-        let at_ts = format!("WHERE {ts} <= ?1 AND {ts} >= ?2 AND ?3 IS NULL");
-        let page = |filter: &str| {
-            format!("SELECT {select} FROM \"{t}\" {filter} ORDER BY {ts}, {key} LIMIT ?4")
-        };
-        let count = |filter: &str| format!("SELECT COUNT(*) FROM \"{t}\" {filter}");
-        let sql = Queries {
-            page_after_key: page(&after_key),
-            page_at_ts: page(&at_ts),
-            count_after_key: count(&after_key),
-            count_at_ts: count(&at_ts),
-        };
-        let has_index: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) AS l \
-                 JOIN pragma_index_info(l.name) AS i WHERE i.seqno = 0 AND i.name = ?2 COLLATE NOCASE)",
-                [t, ts_col],
-                |r| r.get(0),
-            )
-            .unwrap_or(true);
-        if !has_index {
-            tracing::warn!(table = %t, column = %ts_col, "no index starts with the timestamp column: every poll scans the table; CREATE INDEX ON {t}({ts_col}, {key_col})");
-        }
+        let sql = Queries::new(config, &info);
+        warn_without_index(&conn, config);
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            columns,
+            columns: info.iter().map(|c| c.name.to_ascii_lowercase()).collect(),
             kinds,
             key_index,
             ts_index,

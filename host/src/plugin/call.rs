@@ -1,0 +1,140 @@
+//! One call into an instance: the exports as calls over a range of their
+//! inputs, the budget a call is armed with, the checks on its answer, and
+//! the name of whatever stopped it.
+
+use super::bindings::PipelinePlugin;
+use super::contract::{Action, Event, GuestError, Row, RowBatch, Value};
+use super::runtime::EPOCH_TICK;
+use super::sandbox::Outcome;
+use super::store::StoreState;
+use super::{Limits, PluginError};
+use std::ops::Range;
+use wasmtime::Store;
+
+/// A call into an instance over a range of the inputs.
+pub(super) type Call<'a, T> =
+    dyn Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<T> + 'a;
+
+/// What an export answers: one result per input, or a trap.
+pub(super) type Answer<T> = wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>;
+
+/// The answer of a call over `n` inputs, checked: one result per input,
+/// each output well formed, each input's outputs within `limit` bytes.
+pub(super) fn outcomes<T>(
+    answer: Vec<Result<Vec<T>, GuestError>>,
+    n: usize,
+    limit: u64,
+    check: fn(&T) -> Result<usize, String>,
+) -> Result<Vec<Outcome<T>>, PluginError> {
+    if answer.len() != n {
+        return Err(PluginError::Contract(format!(
+            "answered {} results for {n} inputs",
+            answer.len()
+        )));
+    }
+    let checked = |result: Result<Vec<T>, GuestError>| {
+        let outputs = result.map_err(|e| match e {
+            GuestError::Reject(reason) => PluginError::Reject(reason),
+            GuestError::Internal(reason) => PluginError::Guest(reason),
+        })?;
+        let mut size = 0usize;
+        for output in &outputs {
+            size += check(output).map_err(PluginError::Contract)?;
+        }
+        if size as u64 > limit {
+            return Err(PluginError::OutputTooLarge { size, limit });
+        }
+        Ok(outputs)
+    };
+    Ok(answer.into_iter().map(checked).collect())
+}
+
+/// `map-rows` over `batch`, or over a range of it.
+pub(super) fn map_call(
+    batch: &RowBatch,
+) -> impl Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<Event> + '_ {
+    move |plugin, store, range| {
+        if range.len() == batch.rows.len() {
+            plugin.call_map_rows(store, batch)
+        } else {
+            let sub = RowBatch {
+                columns: batch.columns.clone(),
+                rows: batch.rows[range].to_vec(),
+            };
+            plugin.call_map_rows(store, &sub)
+        }
+    }
+}
+
+/// `decide` over a range of `events`.
+pub(super) fn decide_call(
+    events: &[Event],
+) -> impl Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<Action> + '_ {
+    move |plugin, store, range| plugin.call_decide(store, &events[range])
+}
+
+/// The bytes an event brings into `decide`: its id and body.
+pub(super) fn event_size(event: &Event) -> usize {
+    event.id.len() + event.body.len()
+}
+
+/// The bytes a row brings into the sandbox: its identity and cells.
+pub(super) fn row_size(row: &Row) -> usize {
+    row.identity.len()
+        + row
+            .cells
+            .iter()
+            .map(|cell| match cell {
+                Value::Text(s) | Value::Decimal(s) | Value::Json(s) => s.len(),
+                Value::Binary(b) => b.len(),
+                _ => 8,
+            })
+            .sum::<usize>()
+}
+
+/// Gives a store its budget for one call over `inputs` inputs: fuel, the
+/// epoch deadline, a fresh log budget and a clean record of denied growth.
+pub(super) fn arm(
+    store: &mut Store<StoreState>,
+    fuel: u64,
+    limits: &Limits,
+    inputs: u64,
+) -> Result<(), PluginError> {
+    store
+        .set_fuel(fuel)
+        .map_err(|e| PluginError::Trap(e.to_string()))?;
+    store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1);
+    store.epoch_deadline_trap();
+    store.data_mut().begin_call(limits, inputs);
+    Ok(())
+}
+
+/// Names a failed call for what stopped it.
+pub(super) fn classify(
+    err: wasmtime::Error,
+    store: &Store<StoreState>,
+    budget: u64,
+    limits: &Limits,
+) -> PluginError {
+    let meter = &store.data().meter;
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => return PluginError::OutOfFuel { budget },
+        Some(wasmtime::Trap::Interrupt) => return PluginError::Timeout(limits.timeout()),
+        _ => {}
+    }
+    if let Some(limit) = meter.log_exceeded {
+        return PluginError::LogExceeded { limit };
+    }
+    // A refused `memory.grow` returns -1 to the guest, whose allocator then
+    // aborts with a trap of its own: name the cause, not the symptom.
+    if let Some(requested) = meter.memory_denied {
+        return PluginError::MemoryExceeded {
+            requested,
+            cap: meter.memory_cap(),
+        };
+    }
+    if let Some(requested) = meter.table_denied {
+        return PluginError::TableExceeded { requested };
+    }
+    PluginError::Trap(format!("{err:#}"))
+}

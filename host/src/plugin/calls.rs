@@ -1,0 +1,123 @@
+//! The one retry policy for plugin calls: every batch in one call on the
+//! warm instance; a batch the sandbox stopped (fuel, deadline, memory, trap)
+//! is retried input by input, each in a fresh instance, so only the guilty
+//! inputs fail. Where the calls run is the caller's: the pipeline hands each
+//! to its scheduler (so a plugin burning its budget moves to background
+//! priority between retries), `freshet plugin test` and the tests run them
+//! in place.
+
+use super::contract::{Action, Event, RowBatch};
+use super::sandbox::{Attempt, Outcome, Session};
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// One export over a batch of inputs `I` answering `T`s: the whole batch in
+/// one call, one of its inputs alone, and how many inputs it holds.
+pub struct Export<I, T> {
+    whole: fn(&Session, &I) -> Attempt<T>,
+    one: fn(&Session, &I, usize) -> Outcome<T>,
+    len: fn(&I) -> usize,
+}
+
+// Manual impls: the derives would ask `I` and `T` to be `Copy`.
+impl<I, T> Clone for Export<I, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I, T> Copy for Export<I, T> {}
+
+/// `map-rows`: rows to events.
+pub const MAP_ROWS: Export<RowBatch, Event> = Export {
+    whole: |s, batch| s.try_map_rows(batch),
+    one: |s, batch, i| s.map_row(batch, i),
+    len: |batch| batch.rows.len(),
+};
+
+/// `decide`: events to actions.
+pub const DECIDE: Export<Vec<Event>, Action> = Export {
+    whole: |s, events| s.try_decide(events),
+    one: |s, events, i| s.decide_one(&events[i]),
+    len: Vec::len,
+};
+
+/// Where blocking plugin calls run.
+pub trait Runner: Sync {
+    /// Runs `job` to its end.
+    fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> impl Future<Output = R> + Send;
+}
+
+/// Runs calls on the calling thread: for callers already off the async
+/// runtime's threads.
+pub struct InPlace;
+
+impl Runner for InPlace {
+    fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> impl Future<Output = R> + Send {
+        std::future::ready(job())
+    }
+}
+
+/// The calls stopped because `stop` was cancelled: the page is abandoned
+/// and read again, rather than holding up shutdown behind a plugin that
+/// burns its budget on every row.
+#[derive(Debug, thiserror::Error)]
+#[error("stopping: page abandoned mid-call")]
+pub struct Stopped;
+
+impl<I: Send + Sync + 'static, T: Send + 'static> Export<I, T> {
+    /// Calls the export over `inputs`: one outcome per input of every batch,
+    /// in order. All batches go in one job; then each input of a batch the
+    /// sandbox stopped alone, each a job of its own.
+    pub async fn call(
+        self,
+        session: &Session,
+        inputs: &[Arc<I>],
+        runner: &impl Runner,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Outcome<T>>, Stopped> {
+        let job = {
+            let (inputs, stop, s) = (inputs.to_vec(), stop.clone(), session.clone());
+            move || {
+                let live = || !stop.is_cancelled();
+                let attempts = inputs.iter().take_while(|_| live());
+                attempts
+                    .map(|input| (self.whole)(&s, input))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let attempts = runner.run(job).await;
+        if attempts.len() < inputs.len() {
+            return Err(Stopped);
+        }
+        let mut outcomes = Vec::new();
+        for (input, attempt) in inputs.iter().zip(attempts) {
+            match attempt {
+                Attempt::Done(done) => outcomes.extend(done),
+                Attempt::Stopped(_) => {
+                    for i in 0..(self.len)(input) {
+                        if stop.is_cancelled() {
+                            return Err(Stopped);
+                        }
+                        let (input, s) = (input.clone(), session.clone());
+                        outcomes.push(runner.run(move || (self.one)(&s, &input, i)).await);
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// [`Export::call`] in place, on the calling thread, never stopped.
+    pub fn call_in_place(self, session: &Session, input: I) -> Vec<Outcome<T>> {
+        let (inputs, never) = ([Arc::new(input)], CancellationToken::new());
+        futures::executor::block_on(self.call(session, &inputs, &InPlace, &never))
+            .unwrap_or_default()
+    }
+}
