@@ -32,8 +32,8 @@ pub use webhook::{signature, WebhookTarget};
 pub struct ActionRequest {
     /// The idempotency key, [`crate::pipeline::action_key`].
     pub key: String,
-    /// The source row's identity.
-    pub identity: String,
+    /// The source row's identity (shared by the row's actions).
+    pub identity: std::sync::Arc<str>,
     /// What the plugin asked for.
     pub action: Action,
 }
@@ -144,15 +144,19 @@ impl Executors {
             },
             None => None,
         };
+        // The network calls' state machines are kilobytes: boxed, they keep
+        // this future small, and a page's thousands of them cheap to queue
+        // and move (a network call's allocation is nothing beside its I/O).
         match (target, &request.action) {
             (Target::Record(t), _) => t.record(request).await,
-            (Target::Webhook(t), Action::Webhook(w)) => t.call(&request.key, &w.body).await,
+            (Target::Webhook(t), Action::Webhook(w)) => {
+                Box::pin(t.call(&request.key, &w.body)).await
+            }
             (Target::Email(t), Action::Email(m)) => {
-                t.send(&request.key, &m.to, &m.template, &m.variables).await
+                Box::pin(t.send(&request.key, &m.to, &m.template, &m.variables)).await
             }
             (Target::Crm(t), Action::CrmUpdate(c)) => {
-                t.upsert(&request.key, &c.object, &c.external_id, &c.fields)
-                    .await
+                Box::pin(t.upsert(&request.key, &c.object, &c.external_id, &c.fields)).await
             }
             (Target::Webhook(_), _) => wrong_target(name, "a webhook", kind),
             (Target::Crm(_), _) => wrong_target(name, "a CRM target", kind),

@@ -92,8 +92,10 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for (n, row) in rows.iter().enumerate() {
         let (result, usage) = sandbox.probe(&columns, row);
+        let (map_fuel, map_limit) = usage.map.unwrap_or_default();
         let usage = json!({
             "fuel": usage.fuel, "fuel_limit": usage.budget,
+            "map_fuel": map_fuel, "map_fuel_limit": map_limit,
             "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
         });
         let error = |e: &PluginError| json!({"code": e.code(), "message": e.to_string()});

@@ -46,17 +46,21 @@ pub(crate) async fn run(
     };
     let finished = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let finished = store.finished_actions(&keys)?;
-        let todo: Vec<String> = keys
-            .into_iter()
-            .filter(|k| !skip(finished.get(k)))
-            .collect();
+        // Usually none: the page is new.
+        let todo = if finished.is_empty() {
+            keys
+        } else {
+            keys.into_iter()
+                .filter(|k| !skip(finished.get(k)))
+                .collect()
+        };
         store.begin_actions(&name, &todo)?;
         Ok(finished)
     })
     .await??;
     let mut todo = Vec::with_capacity(actions.len());
     for action in actions {
-        if skip(finished.get(&action.request.key)) {
+        if !finished.is_empty() && skip(finished.get(&action.request.key)) {
             action.state = ActionState::Skipped;
         } else {
             todo.push(action);

@@ -39,14 +39,17 @@ fn unavailable<T>(outcomes: &[Result<T, PluginError>]) -> Option<&PluginError> {
     })
 }
 
-/// `items` in batches of at most `size`, moved, not copied.
-fn batches<T>(mut items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+/// `items` in batches of at most `size`, each item moved once.
+fn batches<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
     let mut out = Vec::with_capacity(items.len().div_ceil(size));
-    while !items.is_empty() {
-        let rest = items.split_off(items.len().min(size));
-        out.push(std::mem::replace(&mut items, rest));
+    let mut items = items.into_iter();
+    loop {
+        let batch: Vec<T> = items.by_ref().take(size).collect();
+        if batch.is_empty() {
+            return out;
+        }
+        out.push(batch);
     }
-    out
 }
 
 /// The inputs back from the calls that borrowed them (the calls are over,
@@ -166,12 +169,13 @@ impl Pipeline {
         // Counted apart and added only once committed: the counters say what
         // is done, not what was attempted.
         let mut page = Stats::default();
+        let last = work.last.clone();
         let commit = work.settle(&mut page)?;
         let (state, name) = (self.state.clone(), self.name.clone());
         tokio::task::spawn_blocking(move || state.commit(&name, &commit)).await??;
         page.pages = 1;
         total.add(&page);
-        Ok(work.last)
+        Ok(last)
     }
 
     /// Renders every event's envelope, delivers them, and records what the

@@ -144,10 +144,10 @@ impl Target<'_> {
                     .pop()
                 {
                     Some(Delivery::Delivered) => {
-                        let mut actions: Vec<ActionWork> = (refused.actions.iter())
+                        let actions: Vec<ActionWork> = (refused.actions.iter())
                             .map(|a| ActionWork::stored(&letter.identity, a))
                             .collect();
-                        let (left, counts) = self.run_actions(&mut actions).await?;
+                        let (left, counts) = self.run_actions(actions).await?;
                         (replayed.result, replayed.code) = ("delivered", "delivered".into());
                         replayed.actions = Some(counts);
                         Settled::Done(left)
@@ -205,7 +205,7 @@ impl Target<'_> {
     /// to commit (outcomes, dead letters of those that failed) and counts.
     async fn run_actions(
         &self,
-        actions: &mut [ActionWork],
+        mut actions: Vec<ActionWork>,
     ) -> anyhow::Result<(Commit, ActionCounts)> {
         let actions_mut = actions.iter_mut().collect();
         ledger::run(
@@ -217,7 +217,7 @@ impl Target<'_> {
         )
         .await?;
         let (mut left, mut stats) = (Commit::default(), Stats::default());
-        for action in actions.iter() {
+        for action in actions {
             action.settle(&mut left, &mut stats)?;
         }
         let failed = left.dead_letters.len() as u64;

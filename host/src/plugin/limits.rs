@@ -16,9 +16,11 @@ pub struct Limits {
     pub fuel_per_row: u64,
     /// Instructions a plugin may spend per byte of an input, on top of
     /// `fuel_per_row`, so a legitimately large row (a 100 KB text column)
-    /// gets a budget in proportion. The example plugins spend at most about
-    /// 40 per byte (measured on rows up to 1 MB, see BENCHMARKS.md); the
-    /// default leaves them room.
+    /// gets a budget in proportion. Measured on rows up to 1 MB (BENCHMARKS.md),
+    /// the Rust, C, Python and Go example plugins spend 33–260 per byte and
+    /// call on plain text and up to ~500 on text that is mostly escapes; the
+    /// default leaves twice that. The JavaScript plugin's engine spends
+    /// ~2,600–5,200 a byte: raise this (and `timeout_ms`) for such a pipeline.
     pub fuel_per_input_byte: u64,
     /// Wall-clock deadline for one call into the plugin, in milliseconds,
     /// enforced by epoch interruption (10 ms resolution). Catches what fuel
@@ -47,7 +49,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             fuel_per_row: 11_000_000,
-            fuel_per_input_byte: 200,
+            fuel_per_input_byte: 1_000,
             timeout_ms: 1_000,
             memory_mib: 64,
             table_elements: 20_000,

@@ -160,6 +160,9 @@ pub struct Usage {
     pub fuel: u64,
     /// The fuel it was allowed ([`Limits::budget`] of its inputs).
     pub budget: u64,
+    /// Of `fuel` and `budget`, the map call's, when a probe made several
+    /// calls (`freshet plugin test` shows map and decide apart).
+    pub map: Option<(u64, u64)>,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
 }

@@ -27,6 +27,7 @@ impl Sandbox {
             &|p, s, _| p.call_map_rows(s, &batch),
             check_event,
         );
+        usage.map = Some((usage.fuel, usage.budget));
         let mut outcomes = match mapped {
             Ok(outcomes) => outcomes,
             Err(e) => return (Err(e), usage),

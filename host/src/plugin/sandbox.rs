@@ -381,6 +381,7 @@ impl Session {
             fuel: used,
             budget,
             peak_memory: store.data().meter.peak_memory,
+            map: None,
         };
         let outcomes = answer
             .map_err(|e| classify(e, store, budget, limits))

@@ -6,6 +6,7 @@
 //! offset never points past work that was not recorded.
 
 mod dead;
+mod migrate;
 pub mod sqlite;
 
 pub use dead::{

@@ -19,13 +19,15 @@ CREATE TABLE IF NOT EXISTS offsets (
     key_json   TEXT,               -- NULL: before every row at ts_nanos
     updated_ms INTEGER NOT NULL
 );
+-- Clustered by key (WITHOUT ROWID): one B-tree written per action, not a
+-- table and an index.
 CREATE TABLE IF NOT EXISTS ledger (
     idempotency_key TEXT PRIMARY KEY,  -- pipeline/identity/_id/index
     pipeline        TEXT NOT NULL,
     state           TEXT NOT NULL,     -- started | finished | failed
     outcome         TEXT,
     updated_ms      INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY,
     pipeline   TEXT NOT NULL,
@@ -109,7 +111,7 @@ impl SqliteState {
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
         if version == 1 {
-            migrate(&mut conn).map_err(|e| {
+            super::migrate::to_v2(&mut conn).map_err(|e| {
                 StateError(format!("migrating {} to schema 2: {e}", path.display()))
             })?;
         }
@@ -124,6 +126,37 @@ impl SqliteState {
         self.conn
             .lock()
             .map_err(|_| StateError("state connection lock poisoned".into()))
+    }
+
+    /// Marks `keys` started, in one transaction.
+    fn mark_started(
+        conn: &mut Connection,
+        pipeline: &str,
+        keys: &[String],
+    ) -> Result<(), StateError> {
+        let tx = conn.transaction().map_err(err)?;
+        let now = now_ms();
+        for chunk in keys.chunks(CHUNK) {
+            // ?1 pipeline, ?2 now, then one key each.
+            let values = (0..chunk.len())
+                .map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3))
+                .collect::<Vec<_>>()
+                .join(",");
+            // An action that failed for good and runs again (`dlq replay`)
+            // is `started` again; a finished one is never touched.
+            let sql = format!(
+                "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
+                 ON CONFLICT (idempotency_key) DO UPDATE
+                 SET state = 'started', updated_ms = excluded.updated_ms WHERE state <> 'finished'"
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
+            params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
+            tx.prepare_cached(&sql)
+                .map_err(err)?
+                .execute(params.as_slice())
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
     }
 }
 
@@ -226,29 +259,16 @@ impl StateStore for SqliteState {
 
     fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction().map_err(err)?;
-        let now = now_ms();
-        for chunk in keys.chunks(CHUNK) {
-            // ?1 pipeline, ?2 now, then one key each.
-            let values = (0..chunk.len())
-                .map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3))
-                .collect::<Vec<_>>()
-                .join(",");
-            // An action that failed for good and runs again (`dlq replay`)
-            // is `started` again; a finished one is never touched.
-            let sql = format!(
-                "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
-                 ON CONFLICT (idempotency_key) DO UPDATE
-                 SET state = 'started', updated_ms = excluded.updated_ms WHERE state <> 'finished'"
-            );
-            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
-            params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
-            tx.prepare_cached(&sql)
-                .map_err(err)?
-                .execute(params.as_slice())
-                .map_err(err)?;
-        }
-        tx.commit().map_err(err)
+        // `started` marks tell an operator what began; they decide nothing
+        // (an action not finished runs again whether marked or not). So
+        // they are written without an fsync of their own: the page's commit,
+        // at `synchronous = FULL`, makes them durable together with it.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        let written = Self::mark_started(&mut conn, pipeline, keys);
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        written
     }
 
     fn commit(&self, pipeline: &str, commit: &Commit) -> Result<(), StateError> {
@@ -389,58 +409,4 @@ fn write(
         .map_err(err)?;
     }
     Ok(())
-}
-
-/// Schema 1 to 2: dead letters' payloads were untyped JSON whose shape said
-/// what they were; they become [`Letter`]s, and the ledger entries of
-/// dead-lettered actions, once `finished` like done ones, become `failed`
-/// (so `dlq replay` runs them again). An `event` letter with an
-/// envelope (`header`) was refused by AEP (no actions were kept with it then);
-/// one without was an event the plugin could not decide on.
-fn migrate(conn: &mut Connection) -> Result<(), String> {
-    use serde_json::{json, Value};
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let old: Vec<(i64, String, String)> = {
-        let mut stmt = tx
-            .prepare("SELECT id, kind, payload FROM dead_letters")
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())?
-    };
-    for (id, kind, payload) in old {
-        let v: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
-        let (kind, new) = match kind.as_str() {
-            "row" => ("row", json!({ "row": v })),
-            "event" if v.get("header").is_some() => {
-                ("refused", json!({ "envelope": v, "actions": [] }))
-            }
-            "event" => {
-                let body = match &v["body"] {
-                    Value::String(s) => serde_json::from_str(s).unwrap_or(json!(s)),
-                    other => other.clone(),
-                };
-                let event = json!({"_id": v["id"], "timestamp": v["timestamp"], "body": body});
-                ("undecided", json!({ "event": event }))
-            }
-            _ => (
-                "action",
-                json!({"key": v["idempotency_key"], "action": v["action"]}),
-            ),
-        };
-        tx.execute(
-            "UPDATE dead_letters SET kind = ?1, payload = ?2 WHERE id = ?3",
-            params![kind, new.to_string(), id],
-        )
-        .map_err(|e| e.to_string())?;
-        if kind == "action" {
-            tx.execute(
-                "UPDATE ledger SET state = 'failed' WHERE idempotency_key = ?1",
-                params![new["key"].as_str()],
-            )
-            .map_err(|e| e.to_string())?;
-        }
-    }
-    tx.commit().map_err(|e| e.to_string())
 }

@@ -13,6 +13,7 @@ use crate::state::{
     raw_json, ActionOutcome, Commit, KeyedAction, Letter, NewDeadLetter, RefusedLetter, RowLetter,
     StoredEvent, UndecidedLetter,
 };
+use std::sync::Arc;
 
 /// One page of rows and all that became of them.
 pub struct PageWork {
@@ -66,25 +67,42 @@ pub enum ActionState {
     Ran(ActionResult),
 }
 
-/// An action's idempotency key: `{pipeline}/{row identity}/{event _id}/{index}`,
-/// the index counting the actions of that event's decision only. Each part
-/// has `%` and `/` percent-encoded, so no two (identity, `_id`) pairs share a
-/// key. The key depends on nothing but the event itself: a neighbour that
-/// fails, succeeds or decides differently on a later run leaves it unchanged.
+/// An action's idempotency key: `{pipeline}/{row identity}/{_id hash}/{index}`,
+/// where `_id hash` is the event `_id`'s 64-bit FNV-1a hash in 16 hex digits
+/// and the index counts the actions of that event's decision only. The key
+/// depends on nothing but the event itself: a neighbour that fails,
+/// succeeds or decides differently on a later run leaves it unchanged. The
+/// identity leads so that a page's keys sort together (the ledger's inserts
+/// stay local); the `_id` is hashed to keep keys short (the ledger, the
+/// record target and every receiver handle them), and two events of one row
+/// share a hash with a chance of about one in 10^19. `%` and `/` in the
+/// identity are percent-encoded, so the parts never run together.
 pub fn action_key(pipeline: &str, identity: &str, event_id: &str, index: usize) -> String {
-    fn part(s: &str) -> std::borrow::Cow<'_, str> {
-        if s.contains(['%', '/']) {
-            s.replace('%', "%25").replace('/', "%2F").into()
-        } else {
-            s.into()
-        }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(pipeline.len() + identity.len() + 24);
+    key.push_str(pipeline);
+    key.push('/');
+    if identity.contains('/') || identity.contains('%') {
+        key.push_str(&identity.replace('%', "%25").replace('/', "%2F"));
+    } else {
+        key.push_str(identity);
     }
-    format!(
-        "{}/{}/{}/{index}",
-        part(pipeline),
-        part(identity),
-        part(event_id)
-    )
+    key.push('/');
+    let hash = fnv1a(event_id.as_bytes());
+    for shift in (0..16).rev() {
+        key.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
+    }
+    key.push('/');
+    key.push_str(itoa::Buffer::new().format(index));
+    key
+}
+
+/// 64-bit FNV-1a: small, fixed forever (keys outlive releases), and good
+/// enough to tell a row's few events apart.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl ActionWork {
@@ -95,13 +113,14 @@ impl ActionWork {
         event_id: &str,
         actions: Vec<Action>,
     ) -> Vec<Self> {
+        let identity: Arc<str> = identity.into();
         actions
             .into_iter()
             .enumerate()
             .map(|(j, action)| ActionWork {
                 request: ActionRequest {
-                    key: action_key(pipeline, identity, event_id, j),
-                    identity: identity.to_owned(),
+                    key: action_key(pipeline, &identity, event_id, j),
+                    identity: identity.clone(),
                     action,
                 },
                 state: ActionState::Pending,
@@ -114,7 +133,7 @@ impl ActionWork {
         ActionWork {
             request: ActionRequest {
                 key: keyed.key.clone(),
-                identity: identity.to_owned(),
+                identity: identity.into(),
                 action: keyed.action.0.clone(),
             },
             state: ActionState::Pending,
@@ -130,32 +149,34 @@ impl ActionWork {
 
     /// Adds what the action left to `commit`: its ledger outcome once run,
     /// and a dead letter if it failed for good. Counts it in `stats`.
-    pub fn settle(&self, commit: &mut Commit, stats: &mut Stats) -> anyhow::Result<()> {
-        let result = match &self.state {
+    pub fn settle(self, commit: &mut Commit, stats: &mut Stats) -> anyhow::Result<()> {
+        let ActionWork { request, state } = self;
+        let result = match state {
             ActionState::Skipped => {
                 stats.actions_skipped += 1;
                 return Ok(());
             }
-            ActionState::Pending => {
-                anyhow::bail!("action {} was never run", self.request.key)
-            }
+            ActionState::Pending => anyhow::bail!("action {} was never run", request.key),
             ActionState::Ran(result) => result,
         };
         stats.actions += 1;
         let (outcome, done) = match result {
-            ActionResult::Done(outcome) => (outcome.clone(), true),
+            ActionResult::Done(outcome) => (outcome, true),
             ActionResult::Failed { outcome, reason } => {
                 commit.dead_letters.push(NewDeadLetter {
-                    identity: self.request.identity.clone(),
+                    identity: request.identity.to_string(),
                     code: outcome.clone(),
-                    reason: reason.clone(),
-                    letter: Letter::Action(self.keyed_action()),
+                    reason,
+                    letter: Letter::Action(KeyedAction {
+                        key: request.key.clone(),
+                        action: StoredAction(request.action),
+                    }),
                 });
-                (outcome.clone(), false)
+                (outcome, false)
             }
         };
         commit.actions.push(ActionOutcome {
-            key: self.request.key.clone(),
+            key: request.key,
             outcome,
             done,
         });
@@ -204,21 +225,21 @@ impl PageWork {
     /// undecided and refused events and failed actions, the ledger's
     /// outcomes, and the offset past the page. Counts go to `stats`. Fails
     /// only on a record some stage left unfinished (a bug, never input).
-    pub fn settle(&self, stats: &mut Stats) -> anyhow::Result<Commit> {
+    pub fn settle(self, stats: &mut Stats) -> anyhow::Result<Commit> {
         let mut commit = Commit {
-            cursor: Some(self.last.clone()),
+            cursor: Some(self.last),
             ..Commit::default()
         };
         let dead = &mut commit.dead_letters;
         let mut settled = Vec::new();
-        for row in &self.rows {
+        for RowWork { row, result } in self.rows {
             stats.rows += 1;
-            let identity = &row.row.identity;
-            let events = match &row.result {
+            let identity = &row.identity;
+            let events = match result {
                 Ok(events) => events,
-                Err(e) => {
+                Err(ref e) => {
                     stats.plugin_errors.count(e);
-                    let json = crate::source::row_json(&self.columns, &row.row);
+                    let json = crate::source::row_json(&self.columns, &row);
                     let letter = Letter::Row(RowLetter {
                         row: raw_json(&json),
                     });
@@ -239,9 +260,12 @@ impl PageWork {
                     None => anyhow::bail!("event {} was never delivered", event.event.id),
                     Some(Delivery::Delivered) => {
                         stats.delivered += 1;
-                        settled.extend(event.decision.iter().flatten());
+                        settled.extend(event.decision.into_iter().flatten());
                     }
-                    Some(Delivery::Rejected { code, reason }) => {
+                    Some(Delivery::Rejected {
+                        ref code,
+                        ref reason,
+                    }) => {
                         stats.rejected += 1;
                         // AEP never saw the event, so no journey ran: its
                         // actions wait with it, keyed, for the replay.
@@ -268,145 +292,4 @@ impl PageWork {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plugin::contract::{Instant, Value, WebhookRequest};
-    use crate::state::DeadKind;
-
-    fn hook(n: u32) -> Action {
-        Action::Webhook(WebhookRequest {
-            target: "hook".into(),
-            body: format!("{{\"n\":{n}}}"),
-        })
-    }
-
-    fn event(identity: &str, id: &str, actions: Result<Vec<Action>, PluginError>) -> EventWork {
-        EventWork {
-            event: Event {
-                id: id.into(),
-                timestamp: Instant {
-                    seconds: 0,
-                    nanos: 0,
-                },
-                body: "{}".into(),
-            },
-            decision: actions.map(|a| ActionWork::keyed("p", identity, id, a)),
-            envelope: format!("{{\"body\":\"{id}\"}}"),
-            delivery: None,
-        }
-    }
-
-    fn page(rows: Vec<Result<Vec<EventWork>, PluginError>>) -> PageWork {
-        PageWork {
-            last: Cursor::before(Timestamp(5)),
-            version: "v".into(),
-            columns: vec!["id".into()],
-            rows: rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, result)| RowWork {
-                    row: Row {
-                        identity: format!("r{}", i + 1),
-                        cells: vec![Value::Integer(i as i64)],
-                    },
-                    result,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn keys_depend_on_the_event_alone_and_never_collide() {
-        assert_eq!(action_key("p", "7", "e", 0), "p/7/e/0");
-        assert_ne!(
-            action_key("p", "a/b", "c", 0),
-            action_key("p", "a", "b/c", 0)
-        );
-        assert_eq!(action_key("p", "a/b%", "c", 1), "p/a%2Fb%25/c/1");
-        // The second event's keys are the same whether the first decided
-        // (two actions) or failed.
-        let first_failed = ActionWork::keyed("p", "r", "e2", vec![hook(1)]);
-        assert_eq!(first_failed[0].request.key, "p/r/e2/0");
-    }
-
-    #[test]
-    fn a_refused_event_keeps_its_actions_keyed_and_undecided_events_are_named() {
-        let mut work = page(vec![
-            Ok(vec![
-                event("r1", "e1", Ok(vec![hook(1), hook(2)])),
-                event("r1", "e2", Err(PluginError::Reject("no".into()))),
-            ]),
-            Err(PluginError::OutOfFuel { budget: 9 }),
-            Ok(vec![event("r3", "e3", Ok(vec![hook(3)]))]),
-        ]);
-        let deliveries = [
-            Delivery::Rejected {
-                code: "http_400".into(),
-                reason: "schema".into(),
-            },
-            Delivery::Delivered,
-            Delivery::Delivered,
-        ];
-        for (e, d) in work.events_mut().zip(deliveries) {
-            e.delivery = Some(d);
-        }
-        for a in work.deliverable_actions() {
-            a.state = ActionState::Ran(ActionResult::Failed {
-                outcome: "http_404".into(),
-                reason: "gone".into(),
-            });
-        }
-        let mut stats = Stats::default();
-        let commit = work.settle(&mut stats).unwrap();
-        let kinds: Vec<_> = commit
-            .dead_letters
-            .iter()
-            .map(|d| (d.letter.kind(), d.identity.as_str(), d.code.as_str()))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                (DeadKind::Refused, "r1", "http_400"),
-                (DeadKind::Undecided, "r1", "reject"),
-                (DeadKind::Row, "r2", "out_of_fuel"),
-                (DeadKind::Action, "r3", "http_404"),
-            ]
-        );
-        let Letter::Refused(refused) = &commit.dead_letters[0].letter else {
-            panic!()
-        };
-        let keys: Vec<_> = refused.actions.iter().map(|a| a.key.as_str()).collect();
-        assert_eq!(keys, ["p/r1/e1/0", "p/r1/e1/1"]);
-        assert_eq!(refused.envelope.get(), r#"{"body":"e1"}"#);
-        assert_eq!(
-            commit.actions.len(),
-            1,
-            "only the delivered event's action ran"
-        );
-        assert_eq!(
-            (stats.rows, stats.events, stats.delivered, stats.rejected),
-            (3, 3, 2, 1)
-        );
-        assert_eq!((stats.actions, stats.dead_letters), (1, 4));
-        assert_eq!(commit.cursor, Some(Cursor::before(Timestamp(5))));
-    }
-
-    #[test]
-    fn an_unfinished_record_is_an_error_not_a_silent_skip() {
-        let mut stats = Stats::default();
-        let work = page(vec![Ok(vec![event("r1", "e1", Ok(vec![]))])]);
-        assert!(work
-            .settle(&mut stats)
-            .unwrap_err()
-            .to_string()
-            .contains("never delivered"));
-        let mut work = page(vec![Ok(vec![event("r1", "e1", Ok(vec![hook(1)]))])]);
-        work.events_mut()
-            .for_each(|e| e.delivery = Some(Delivery::Delivered));
-        assert!(work
-            .settle(&mut stats)
-            .unwrap_err()
-            .to_string()
-            .contains("never run"));
-    }
-}
+mod tests;
