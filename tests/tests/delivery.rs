@@ -445,3 +445,53 @@ async fn sync_validation_sends_each_message_alone_and_dead_letters_the_violation
         "AEP validation failed: #/_acme/amount: expected type: Number, found: String"
     );
 }
+
+/// Bug: AEP's 401 and 403 were retried forever inside the sink. A refused
+/// credential is renewed once; refused again, the batch fails with an error
+/// that names the credentials (nothing dead-lettered: the pipeline retries
+/// the page after its backoff until an operator fixes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_refused_twice_fails_the_batch_naming_it() {
+    use freshet::deliver::aep::{AepSettings, AepSink};
+    use freshet::deliver::auth::Tokens;
+    use freshet::deliver::{DeliverError, Message, Sink as _};
+    let receiver = Receiver::start(true).await.unwrap();
+    for status in [401, 403, 401] {
+        receiver.script_aep(Scripted::Status {
+            status,
+            retry_after: None,
+        });
+    }
+    let settings = AepSettings {
+        base_url: receiver.url(),
+        connection_id: "c".into(),
+        flow_id: None,
+        max_request_bytes: 1_000_000,
+        concurrency: 1,
+        timeout: Duration::from_secs(5),
+        backoff: (Duration::from_millis(10), Duration::from_millis(50)),
+        sync_validation: false,
+    };
+    let sink = AepSink::new(
+        settings,
+        Tokens::Fixed("revoked".into()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .unwrap();
+    let envelope = r#"{"header":{},"body":{"xdmEntity":{"_id":"1"}}}"#;
+    let messages = [Message {
+        json: envelope.into(),
+    }];
+    let err = sink.deliver(&messages).await.unwrap_err();
+    assert!(
+        matches!(err, DeliverError::Unauthorized { status: 403, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("deliver.token_env"), "{err}");
+    assert_eq!(receiver.request_count(), 2, "one renewal, then it gives up");
+    // The next attempt (the page read again): one more refusal, a renewal,
+    // and AEP accepts.
+    let delivered = sink.deliver(&messages).await.unwrap();
+    assert_eq!(delivered, [freshet::deliver::Delivery::Delivered]);
+    assert_eq!(receiver.request_count(), 4);
+}

@@ -48,8 +48,9 @@ impl CrmTarget {
             (key, "oauth"),
             window,
         )?;
-        let mut base =
-            reqwest::Url::parse(&config.base_url).with_context(|| format!("{key}.base_url"))?;
+        let mut base = (config.base_url.value())
+            .map_err(|e| anyhow!("{key}.base_url: {e}"))?
+            .clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }

@@ -76,10 +76,9 @@ impl EmailTarget {
                 secrets.env(password, &format!("{key}.password_env"))?,
             ));
         }
-        let from = config
-            .from
-            .parse()
-            .map_err(|e| anyhow!("{key}.from: {e}"))?;
+        let from = (config.from.value())
+            .map_err(|e| anyhow!("{key}.from: {e}"))?
+            .clone();
         let mut templates = Environment::new();
         templates.set_undefined_behavior(UndefinedBehavior::Strict);
         for (name, t) in &config.templates {

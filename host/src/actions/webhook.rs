@@ -47,9 +47,14 @@ impl WebhookTarget {
         key: &str,
         secrets: &Secrets,
     ) -> anyhow::Result<Self> {
-        let url = reqwest::Url::parse(&config.url).with_context(|| format!("{key}.url"))?;
-        let method = reqwest::Method::from_bytes(config.method.as_bytes())
-            .with_context(|| format!("{key}.method"))?;
+        // Parsed when the file was read, checked by validation.
+        let invalid = |k: &str, e: &str| anyhow::anyhow!("{key}.{k}: {e}");
+        let url = config.url.value().map_err(|e| invalid("url", e))?.clone();
+        let method = config
+            .method
+            .value()
+            .map_err(|e| invalid("method", e))?
+            .clone();
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             let hkey = format!("{key}.headers.{name}");

@@ -3,7 +3,58 @@
 //! and the rules names follow.
 
 use crate::secrets::SecretEnv;
+use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
+
+/// A setting parsed when the file is read. A value that does not parse is
+/// kept with its error for validation to report beside every other problem
+/// (one bad value must not hide the rest); a good one is stored typed, so
+/// building never parses it again.
+#[derive(Debug, Clone)]
+pub struct Parsed<T> {
+    text: String,
+    value: Result<T, String>,
+}
+
+impl<T> Parsed<T> {
+    /// The text as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The value, or why the text is not one.
+    pub fn value(&self) -> Result<&T, &str> {
+        self.value.as_ref().map_err(String::as_str)
+    }
+}
+
+impl<T: FromStr> From<&str> for Parsed<T>
+where
+    T::Err: fmt::Display,
+{
+    fn from(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            value: text.parse().map_err(|e: T::Err| e.to_string()),
+        }
+    }
+}
+
+impl<'de, T: FromStr> Deserialize<'de> for Parsed<T>
+where
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::from(String::deserialize(d)?.as_str()))
+    }
+}
+
+impl<T> Serialize for Parsed<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(s)
+    }
+}
 
 /// One problem in the config, at one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +141,18 @@ impl Errors<'_> {
                 key,
                 "must be an environment variable name",
             );
+        }
+    }
+
+    /// A parsed http(s) URL.
+    pub(super) fn parsed_url(&mut self, url: &Parsed<reqwest::Url>, key: &str) {
+        match url.value() {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => self.at(
+                key,
+                format!("must be an http or https URL, not {}", u.scheme()),
+            ),
+            Err(e) => self.at(key, format!("is not a URL ({e}): {:?}", url.text())),
         }
     }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use check::{env_references, ConfigError};
+pub use check::{env_references, ConfigError, Parsed};
 pub use deliver::{AepConfig, DeliverConfig, FileSinkConfig, OAuthConfig, IMS_DEFAULTS};
 pub use source::{
     InitialTimestamp, Polling, SnowflakeAuthConfig, SnowflakeSourceConfig, SourceConfig,

@@ -1,7 +1,7 @@
 //! `[pipelines.NAME.source]`: where a pipeline's rows come from, and the
 //! timestamp polling every source kind shares.
 
-use super::tagged;
+use super::{tagged, Parsed};
 use crate::secrets::{SecretEnv, SecretFile};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -125,7 +125,7 @@ pub struct SnowflakeSourceConfig {
     pub timestamp: TimestampConfig,
     /// The IANA zone a `TIMESTAMP_NTZ` column's wall-clock times are in.
     #[serde(default = "default_timezone")]
-    pub timezone: String,
+    pub timezone: Parsed<chrono_tz::Tz>,
     /// How the user signs in; secrets come from the environment or files.
     pub auth: SnowflakeAuthConfig,
     /// Rows per page query.
@@ -155,8 +155,8 @@ pub struct SnowflakeSourceConfig {
     pub endpoint: Option<String>,
 }
 
-fn default_timezone() -> String {
-    "UTC".to_owned()
+fn default_timezone() -> Parsed<chrono_tz::Tz> {
+    Parsed::from("UTC")
 }
 fn default_snowflake_page_size() -> usize {
     10_000

@@ -1,7 +1,7 @@
 //! `[pipelines.NAME.targets.TARGET]`: the action targets plugins name,
 //! with everything the sandbox never sees (URLs, servers, secrets).
 
-use super::{tagged, OAuthConfig};
+use super::{tagged, OAuthConfig, Parsed};
 use crate::secrets::{SecretEnv, SecretTemplate};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,10 +27,10 @@ pub enum TargetConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhookTargetConfig {
     /// The URL.
-    pub url: String,
+    pub url: Parsed<reqwest::Url>,
     /// `POST`, `PUT` or `GET`.
     #[serde(default = "default_method")]
-    pub method: String,
+    pub method: Parsed<reqwest::Method>,
     /// Extra headers; `${VAR}` in a value is replaced by that environment
     /// variable when the pipeline starts (secrets stay out of the file).
     #[serde(default)]
@@ -65,8 +65,8 @@ fn default_max_connections() -> usize {
     400
 }
 
-fn default_method() -> String {
-    "POST".to_owned()
+fn default_method() -> Parsed<reqwest::Method> {
+    Parsed::from("POST")
 }
 fn default_webhook_timeout_ms() -> u64 {
     30_000
@@ -110,7 +110,7 @@ pub struct EmailTargetConfig {
     /// Environment variable holding the SMTP password.
     pub password_env: Option<SecretEnv>,
     /// The sender, e.g. `Shop <orders@example.com>`.
-    pub from: String,
+    pub from: Parsed<lettre::message::Mailbox>,
     /// The whole send's time window, retries included, in milliseconds.
     #[serde(default = "default_webhook_timeout_ms")]
     pub timeout_ms: u64,
@@ -156,7 +156,7 @@ pub struct CrmTargetConfig {
     /// `hubspot`: `POST {base_url}/crm/v3/objects/{object}/batch/upsert`.
     pub flavor: CrmFlavor,
     /// The instance URL (`https://acme.my.salesforce.com`, `https://api.hubapi.com`).
-    pub base_url: String,
+    pub base_url: Parsed<reqwest::Url>,
     /// The external-id field (Salesforce, e.g. `External_Id__c`) or the
     /// unique property (HubSpot `idProperty`, e.g. `email`).
     pub id_field: String,

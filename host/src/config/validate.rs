@@ -214,11 +214,11 @@ fn validate_target(name: &str, target: &TargetConfig, e: &mut Errors<'_>) {
     }
     match target {
         TargetConfig::Webhook(w) => {
-            e.url(&w.url, &key("url"));
+            e.parsed_url(&w.url, &key("url"));
             e.check(
-                matches!(w.method.as_str(), "POST" | "PUT" | "GET"),
+                matches!(w.method.text(), "POST" | "PUT" | "GET"),
                 &key("method"),
-                format!("must be POST, PUT or GET, not {:?}", w.method),
+                format!("must be POST, PUT or GET, not {:?}", w.method.text()),
             );
             e.range(w.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
             e.range(w.max_retries, 0, 3, &key("max_retries"));
@@ -242,7 +242,7 @@ fn validate_target(name: &str, target: &TargetConfig, e: &mut Errors<'_>) {
 }
 
 fn validate_crm(c: &CrmTargetConfig, key: &dyn Fn(&str) -> String, e: &mut Errors<'_>) {
-    e.url(&c.base_url, &key("base_url"));
+    e.parsed_url(&c.base_url, &key("base_url"));
     e.identifier(&c.id_field, &key("id_field"));
     e.range(c.timeout_ms, 1_000, 30_000, &key("timeout_ms"));
     e.range(c.max_retries, 0, 3, &key("max_retries"));
@@ -272,10 +272,10 @@ fn validate_email(m: &EmailTargetConfig, key: &dyn Fn(&str) -> String, e: &mut E
         &key("ca_file"),
         "a CA file is for tls = \"starttls\" or \"tls\", not \"none\"",
     );
-    if let Err(err) = m.from.parse::<lettre::message::Mailbox>() {
+    if let Err(err) = m.from.value() {
         e.at(
             &key("from"),
-            format!("{:?} is not an e-mail address: {err}", m.from),
+            format!("{:?} is not an e-mail address: {err}", m.from.text()),
         );
     }
     e.range(m.timeout_ms, 1_000, 300_000, &key("timeout_ms"));
@@ -365,12 +365,12 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
             "only for INTEGER columns of the sqlite source; a Snowflake timestamp column carries its own type",
         );
     }
-    if s.timezone.parse::<chrono_tz::Tz>().is_err() {
+    if s.timezone.value().is_err() {
         e.at(
             "source.timezone",
             format!(
                 "{:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Paris\")",
-                s.timezone
+                s.timezone.text()
             ),
         );
     }

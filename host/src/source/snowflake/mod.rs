@@ -363,10 +363,10 @@ fn check_columns(
     };
     let ts_index = column("timestamp.column", &config.timestamp.column)?;
     let (ts_name, ts_type, ts_nullable) = &info[ts_index];
-    let zone: Tz = config.timezone.parse().map_err(|_| {
+    let zone: Tz = *config.timezone.value().map_err(|_| {
         bad(
             "timezone",
-            format!("{:?} is not an IANA time zone", config.timezone),
+            format!("{:?} is not an IANA time zone", config.timezone.text()),
         )
     })?;
     let clock = if ts_type.starts_with("TIMESTAMP_NTZ") {
