@@ -4,11 +4,12 @@
 use rusqlite::{params, Connection};
 
 /// Schema 1 to 2: the ledger is clustered by key; dead letters' payloads
-/// were untyped JSON whose shape said what they were; they become [`super::Letter`]s, and the ledger entries of
-/// dead-lettered actions, once `finished` like done ones, become `failed`
-/// (so `dlq replay` runs them again). An `event` letter with an
-/// envelope (`header`) was refused by AEP (no actions were kept with it then);
-/// one without was an event the plugin could not decide on.
+/// were untyped JSON whose shape said what they were, and become
+/// [`super::Letter`]s: an `event` letter with an envelope (`header`) was
+/// refused by AEP (no actions were kept with it then), one without was an
+/// event the plugin could not decide on. The ledger entries of dead-lettered
+/// actions, `finished` like done ones in schema 1, become `failed` (so
+/// `dlq replay` runs them again).
 pub(super) fn to_v2(conn: &mut Connection) -> Result<(), String> {
     use serde_json::{json, Value};
     let tx = conn.transaction().map_err(|e| e.to_string())?;
@@ -67,4 +68,76 @@ pub(super) fn to_v2(conn: &mut Connection) -> Result<(), String> {
         }
     }
     tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::sqlite::SqliteState;
+    use crate::state::{DeadKind, Finished, Letter, StateStore as _};
+    use rusqlite::Connection;
+
+    /// A state file as schema 1 wrote it, with a dead letter of each shape.
+    const V1: &str = r#"
+CREATE TABLE offsets (pipeline TEXT PRIMARY KEY, ts_nanos INTEGER NOT NULL, key_json TEXT, updated_ms INTEGER NOT NULL);
+CREATE TABLE ledger (idempotency_key TEXT PRIMARY KEY, pipeline TEXT NOT NULL, state TEXT NOT NULL, outcome TEXT, updated_ms INTEGER NOT NULL);
+CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, kind TEXT NOT NULL, identity TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL, payload TEXT NOT NULL, created_ms INTEGER NOT NULL);
+INSERT INTO offsets VALUES ('p', 5, NULL, 1);
+INSERT INTO ledger VALUES ('p/r3/0', 'p', 'finished', 'http_404', 1), ('p/r4/0', 'p', 'finished', 'http_200', 1);
+INSERT INTO dead_letters VALUES
+ (1, 'p', 'row', 'r1', 'reject', 'no', '{"identity":"r1","cells":{"id":1}}', 1),
+ (2, 'p', 'event', 'r2', 'http_400', 'schema', '{"header":{"a":1},"body":{"xdmEntity":{"_id":"e2"}}}', 1),
+ (3, 'p', 'event', 'r5', 'reject', 'no', '{"id":"e5","timestamp":"2026-01-01T00:00:00Z","body":{"k":1}}', 1),
+ (4, 'p', 'action', 'r3', 'http_404', 'gone', '{"idempotency_key":"p/r3/0","action":{"kind":"webhook","target":"hook","body":{"n":1}}}', 1);
+PRAGMA user_version = 1;
+"#;
+
+    #[test]
+    fn a_schema_1_file_is_migrated_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path).unwrap().execute_batch(V1).unwrap();
+        let state = SqliteState::open(&path).unwrap();
+        let letters = state.dead_letters(None).unwrap();
+        let kinds: Vec<_> = letters.iter().map(|d| (d.id, d.kind())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, DeadKind::Row),
+                (2, DeadKind::Refused),
+                (3, DeadKind::Undecided),
+                (4, DeadKind::Action)
+            ]
+        );
+        let Letter::Refused(refused) = &letters[1].letter else {
+            panic!()
+        };
+        assert_eq!(
+            refused.envelope.get(),
+            r#"{"body":{"xdmEntity":{"_id":"e2"}},"header":{"a":1}}"#
+        );
+        assert!(refused.actions.is_empty(), "schema 1 kept none");
+        let Letter::Undecided(undecided) = &letters[2].letter else {
+            panic!()
+        };
+        assert_eq!(
+            (undecided.event.id.as_str(), undecided.event.body.get()),
+            ("e5", r#"{"k":1}"#)
+        );
+        let Letter::Action(action) = &letters[3].letter else {
+            panic!()
+        };
+        assert_eq!(action.key, "p/r3/0");
+        // The dead-lettered action is `failed` now, so `dlq replay` runs it;
+        // the one that happened stays done.
+        let finished = state
+            .finished_actions(&["p/r3/0".into(), "p/r4/0".into()])
+            .unwrap();
+        assert_eq!(finished["p/r3/0"], Finished::Failed);
+        assert_eq!(finished["p/r4/0"], Finished::Done);
+        assert!(state.offset("p").unwrap().is_some(), "offsets untouched");
+        // Opening again changes nothing.
+        drop(state);
+        let again = SqliteState::open(&path).unwrap();
+        assert_eq!(again.dead_letters(None).unwrap(), letters);
+    }
 }
