@@ -13,19 +13,26 @@ use std::time::{Duration, Instant};
 const ROWS: i64 = 10_000;
 const KILLS: usize = 10;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
-    let receiver = Receiver::start(true).await.unwrap();
+/// `rows` sample orders in pages of 200, and a config file delivering them
+/// to `receiver`.
+fn sample_orders(receiver: &Receiver, rows: i64) -> (Setup, std::path::PathBuf) {
     let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.page_size = 200;
     let base = now_ms() - 3_600_000;
     setup.insert(
-        &(1..=ROWS)
+        &(1..=rows)
             .map(|id| Order::new(id, freshet::bench::sample::status_of(id as u64), base + id))
             .collect::<Vec<_>>(),
     );
     let config = setup.path("freshet.toml");
-    std::fs::write(&config, setup.config_text(&receiver)).unwrap();
+    std::fs::write(&config, setup.config_text(receiver)).unwrap();
+    (setup, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let (setup, config) = sample_orders(&receiver, ROWS);
 
     // Kill when AEP has seen a pseudo-random number more messages, or (every
     // other time) the webhook receiver more calls: in the middle of a page's
@@ -128,16 +135,8 @@ async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
 async fn sigterm_finishes_and_commits_the_pages_in_flight() {
     const ROWS: i64 = 3_000;
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.pipeline.page_size = 200;
-    let base = now_ms() - 3_600_000;
-    setup.insert(
-        &(1..=ROWS)
-            .map(|id| Order::new(id, freshet::bench::sample::status_of(id as u64), base + id))
-            .collect::<Vec<_>>(),
-    );
-    let config = setup.path("freshet.toml");
-    std::fs::write(&config, setup.config_text(&receiver)).unwrap();
+    // Kept alive: it owns the folder the table and config live in.
+    let (_setup, config) = sample_orders(&receiver, ROWS);
     let mut child = freshet()
         .args(["run", "--config"])
         .arg(&config)

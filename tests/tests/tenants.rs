@@ -41,6 +41,14 @@ fn two_tenants(good: &Setup, evil: &Setup, receiver: &Receiver) -> Config {
     config
 }
 
+/// Why running `config` once failed (it must fail).
+async fn run_error(config: &Config) -> String {
+    freshet::run(config, CancellationToken::new(), RunOptions { once: true })
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 fn tenant_setup(plugin: &str, name: &str, tenant: &str) -> Setup {
     let mut setup = Setup::new(plugin);
     setup.pipeline.name = name.into();
@@ -161,10 +169,7 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
                        (tenants.good.secrets)";
     let errors: Vec<String> = config.validate().iter().map(ToString::to_string).collect();
     assert_eq!(errors, vec![foreign_key]);
-    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&config).await;
     assert!(err.contains(foreign_key), "{err}");
     assert_eq!(receiver.message_count(), 0, "nothing ran");
     std::fs::remove_file(good.path("plugins/orders.wasm")).unwrap();
@@ -172,10 +177,7 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
     let text = text.replace(r#"["GOOD_TOKEN"]"#, r#"["FRESHET_TEST_HOOK_KEY"]"#);
     let config = freshet::config::parse(&text).unwrap();
     assert_eq!(config.validate(), vec![]);
-    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&config).await;
     assert!(
         err.contains("pipelines.shop.plugin:") && err.contains("outside tenant good's plugin_dir"),
         "{err}"
@@ -184,10 +186,7 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
     std::os::unix::fs::symlink(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
     let inside = text.replace(&plugin_line, &inside_line);
     let config = freshet::config::parse(&inside).unwrap();
-    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&config).await;
     assert!(err.contains("outside tenant good's plugin_dir"), "{err}");
     // A real copy inside runs.
     std::fs::remove_file(good.path("plugins/orders.wasm")).unwrap();
@@ -224,10 +223,7 @@ async fn a_tenant_cannot_read_another_tenants_key_file() {
         good.pipeline.source = OrdersSource::Snowflake(snowflake.clone());
         let config = config_of(&good);
         assert_eq!(config.validate(), vec![]);
-        let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = run_error(&config).await;
         assert!(
             err.contains("pipelines.shop.source.auth.private_key_file:")
                 && err.contains("outside tenant good's secret_dir"),
@@ -239,10 +235,7 @@ async fn a_tenant_cannot_read_another_tenants_key_file() {
     snowflake.auth = format!("private_key_file = {:?}", mine.join("rsa_key.p8"));
     good.pipeline.source = OrdersSource::Snowflake(snowflake.clone());
     let config = config_of(&good);
-    let err = freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&config).await;
     assert!(!err.contains("secret_dir"), "{err}");
 }
 

@@ -156,15 +156,9 @@ impl Errors<'_> {
         }
     }
 
+    /// An http(s) URL given as text.
     pub(super) fn url(&mut self, value: &str, key: &str) {
-        match reqwest::Url::parse(value) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => self.at(
-                key,
-                format!("must be an http or https URL, not {}", url.scheme()),
-            ),
-            Err(e) => self.at(key, format!("is not a URL ({e}): {value:?}")),
-        }
+        self.parsed_url(&Parsed::from(value), key);
     }
 }
 
