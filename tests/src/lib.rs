@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 pub mod smtp;
 pub mod snowflake;
 
-pub use freshet::bench::receiver::{Receiver, Scripted};
 pub use freshet::bench::{
     record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
 };
+pub use freshet_peers::receiver::{Receiver, Scripted};
 
 /// The `freshet` binary cargo built beside the running test. `cargo test
 /// --workspace` builds it because the host package has integration tests of

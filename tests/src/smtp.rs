@@ -1,7 +1,7 @@
 //! A real SMTP server for the e-mail tests: aiosmtpd running
 //! `tests/smtp/server.py` on loopback, each accepted message a file.
 
-use freshet::bench::emulator::spawn_python;
+use freshet_peers::emulator::spawn_python;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 

@@ -3,11 +3,12 @@
 
 use crate::{Order, OrdersSource, Setup, SnowflakeOrders};
 use chrono::TimeZone as _;
-use freshet::bench::emulator::{Emulator, Sql};
+use freshet::bench::seed::Sql;
+use freshet_peers::emulator::Emulator;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-pub use freshet::bench::emulator;
+pub use freshet_peers::emulator;
 
 /// Rows per result chunk in the shared emulator: small, so a page of 100
 /// rows arrives in 4 parts and the client's multi-chunk path always runs.
@@ -53,7 +54,9 @@ impl SnowflakeSetup {
     pub async fn new(emulator: &Emulator, plugin: &str, table_sql: &str, zone: &str) -> Self {
         std::env::set_var("FRESHET_SNOWFLAKE_PASSWORD", "test-password");
         let database = unique_database();
-        let sql = emulator.sql(&database).await.expect("emulator session");
+        let sql = Sql::connect(&emulator.url(), &database)
+            .await
+            .expect("emulator session");
         sql.exec(table_sql).await.expect("create ORDERS");
         let mut setup = Setup::new(plugin);
         let mut source = SnowflakeOrders::new(&emulator.url(), &database);

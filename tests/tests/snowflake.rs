@@ -286,7 +286,9 @@ async fn an_expired_session_is_replaced_by_a_new_login() {
 
     emulator.expire_sessions().await.unwrap();
     // The seeding session expired too: a new one adds the next rows.
-    let sql = emulator.sql(&sf.database).await.unwrap();
+    let sql = freshet::bench::seed::Sql::connect(&emulator.url(), &sf.database)
+        .await
+        .unwrap();
     sql.exec(&format!(
         "INSERT INTO ORDERS VALUES (11, 'c11@example.com', 'pending', 1.50, 'EUR', '{}')",
         sf.wall(base + 11_000)

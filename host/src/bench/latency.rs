@@ -6,16 +6,18 @@
 //! example plugin deciding an `order-confirmed` webhook for every order
 //! (all are confirmed), and the loopback receiver noting when each webhook
 //! and each AEP message arrives. Latency is from the writer's commit to the
-//! arrival; the percentiles are over every row of the run.
+//! arrival; the percentiles are over every row of the run. The receiver is
+//! a process of its own, so both ends are read on the wall clock (in µs
+//! since the epoch), which this machine's processes share.
 
 use super::orders_config::{record_target, webhook_target, OrdersPipeline};
-use super::receiver::Receiver;
+use super::peers::{Arrival, RemoteReceiver};
 use anyhow::{ensure, Context as _};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `freshet bench latency`.
@@ -50,15 +52,18 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Milliseconds from each commit to the matching arrival.
+/// Milliseconds from each commit (µs since the epoch) to the matching
+/// arrival, the order found in each arrival's body by `order_id`.
 fn latencies(
-    committed: &HashMap<i64, Instant>,
-    arrivals: impl Iterator<Item = (Option<i64>, Instant)>,
+    committed: &HashMap<i64, u64>,
+    arrivals: &[Arrival],
+    order_id: impl Fn(&serde_json::Value) -> Option<i64>,
 ) -> Vec<f64> {
     let mut out: Vec<f64> = arrivals
-        .filter_map(|(id, at)| {
-            let start = committed.get(&id?)?;
-            Some(at.saturating_duration_since(*start).as_secs_f64() * 1e3)
+        .iter()
+        .filter_map(|arrival| {
+            let start = committed.get(&order_id(&arrival.body)?)?;
+            Some(arrival.at_unix_us.saturating_sub(*start) as f64 / 1e3)
         })
         .collect();
     out.sort_by(f64::total_cmp);
@@ -90,7 +95,7 @@ async fn measure(args: &LatencyArgs, rate: u32, dir: &Path, cache: &Path) -> any
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(super::sample::ORDERS_SCHEMA)?;
     }
-    let receiver = Receiver::start(true).await?;
+    let receiver = RemoteReceiver::start(true)?;
     let mut pipeline = OrdersPipeline::new(
         dir,
         args.plugin.clone(),
@@ -122,29 +127,19 @@ async fn measure(args: &LatencyArgs, rate: u32, dir: &Path, cache: &Path) -> any
     let writer = tokio::task::spawn_blocking(move || insert_steadily(&db, rate, total));
     let committed = writer.await??;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver.hooks().len() < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while receiver.counts().await?.hooks < total as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shutdown.cancel();
     running.await??;
 
     let order_id = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<i64>().ok());
-    let hooks = latencies(
-        &committed,
-        receiver
-            .hooks()
-            .into_iter()
-            .map(|h| (order_id(&h.body["orderId"]), h.at)),
-    );
-    let aep = latencies(
-        &committed,
-        receiver.messages().into_iter().map(|m| {
-            (
-                order_id(&m.envelope["body"]["xdmEntity"]["_acme"]["orderId"]),
-                m.at,
-            )
-        }),
-    );
+    let hooks = latencies(&committed, &receiver.hooks().await?, |body| {
+        order_id(&body["orderId"])
+    });
+    let aep = latencies(&committed, &receiver.messages().await?, |envelope| {
+        order_id(&envelope["body"]["xdmEntity"]["_acme"]["orderId"])
+    });
     report(rate, "insert_to_webhook", &hooks, total);
     report(rate, "insert_to_aep", &aep, total);
     ensure!(
@@ -156,8 +151,9 @@ async fn measure(args: &LatencyArgs, rate: u32, dir: &Path, cache: &Path) -> any
 }
 
 /// Inserts `total` confirmed orders at `rate` per second, one transaction
-/// each, stamped with the commit-time clock; returns when each committed.
-fn insert_steadily(db: &Path, rate: u32, total: usize) -> anyhow::Result<HashMap<i64, Instant>> {
+/// each, stamped with the commit-time clock; returns when each committed
+/// (µs since the epoch).
+fn insert_steadily(db: &Path, rate: u32, total: usize) -> anyhow::Result<HashMap<i64, u64>> {
     let conn = Connection::open(db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut insert = conn.prepare(
@@ -175,7 +171,8 @@ fn insert_steadily(db: &Path, rate: u32, total: usize) -> anyhow::Result<HashMap
         let id = i as i64 + 1;
         let now_ms = chrono::Utc::now().timestamp_millis();
         insert.execute(params![id, format!("customer{id}@example.com"), now_ms])?;
-        committed.insert(id, Instant::now());
+        let at = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        committed.insert(id, at.as_micros() as u64);
     }
     Ok(committed)
 }

@@ -2,13 +2,13 @@
 //! machine, one JSON line each. Not a test: nothing here passes or fails on
 //! speed; it fails only if rows went missing.
 
-pub mod emulator;
 mod languages;
 mod latency;
 mod native;
 mod orders_config;
-pub mod receiver;
+pub mod peers;
 pub mod sample;
+pub mod seed;
 mod snowflake;
 mod tenants;
 
@@ -109,7 +109,7 @@ async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> any
         OrdersSource::Snowflake(_) => "snowflake",
     };
     std::fs::create_dir_all(dir)?;
-    let receiver = receiver::Receiver::start(false).await?;
+    let receiver = peers::RemoteReceiver::start(false)?;
     let text = bench_config(dir, source, run, &receiver.url());
     let config = crate::config::parse(&text)?;
     let start = Instant::now();
@@ -121,15 +121,16 @@ async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> any
     .await?;
     let took = start.elapsed();
     let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
+    let received = receiver.counts().await?;
     ensure!(
-        receiver.message_count() == rows as u64,
+        received.messages == rows as u64,
         "the receiver got {} of {rows} events",
-        receiver.message_count(),
+        received.messages,
     );
     let rows_per_s = per_s(rows, took);
     emit(json!({
         "bench": "end_to_end", "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
-        "rows_per_s": rows_per_s, "aep_requests": receiver.request_count(),
+        "rows_per_s": rows_per_s, "aep_requests": received.requests,
         "actions": stats.actions, "batch": batch, "page": page,
         "page_queries": stats.page_queries, "probes": stats.probes,
     }));

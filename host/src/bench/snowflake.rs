@@ -3,7 +3,8 @@
 //! the local emulator (fakesnow behind the project's adapter), so the figure
 //! is this host's and the protocol's cost, not a warehouse's.
 
-use super::emulator::Emulator;
+use super::peers::PeerProcess;
+use super::seed::Sql;
 use super::{
     emit, end_to_end, per_s, sample, EndToEnd, OrdersPipeline, OrdersSource, SnowflakeOrders,
 };
@@ -41,8 +42,14 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
         now.minus(Duration::from_secs(86_400)),
         now.minus(Duration::from_secs(60)),
     );
-    let emulator = Emulator::start(&dir.path().join("emulator"), args.chunk_rows)?;
-    let sql = emulator.sql("BENCH").await?;
+    let emulator = PeerProcess::spawn(&[
+        "snowflake".as_ref(),
+        "--db-dir".as_ref(),
+        dir.path().join("emulator").as_os_str(),
+        "--chunk-rows".as_ref(),
+        args.chunk_rows.to_string().as_ref(),
+    ])?;
+    let sql = Sql::connect(&emulator.url(), "BENCH").await?;
     sql.exec(sample::SNOWFLAKE_ORDERS_TABLE).await?;
     sql.exec(&sample::snowflake_orders_insert(args.rows, from, to))
         .await?;

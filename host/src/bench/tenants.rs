@@ -3,7 +3,7 @@
 //! row) and `freshet bench density` (host memory per idle pipeline, and how
 //! long a thousand pipelines take to start).
 
-use super::receiver::Receiver;
+use super::peers::RemoteReceiver;
 use super::{emit, per_s, record_target, sample, OrdersPipeline, OrdersSource};
 use crate::source::Timestamp;
 use crate::state::StateStore as _;
@@ -87,7 +87,7 @@ async fn noisy_run(args: &NoisyArgs, with_b: bool) -> anyhow::Result<serde_json:
         now.minus(Duration::from_secs(86_400)),
         now.minus(Duration::from_secs(60)),
     )?;
-    let receiver = Receiver::start(false).await?;
+    let receiver = RemoteReceiver::start(false)?;
     let mut head = OrdersPipeline::new(
         dir.path(),
         args.plugin.clone(),
@@ -129,9 +129,9 @@ async fn noisy_run(args: &NoisyArgs, with_b: bool) -> anyhow::Result<serde_json:
         let shutdown = shutdown.clone();
         async move { crate::run(&config, shutdown, crate::RunOptions::default()).await }
     });
-    while receiver.message_count() < args.rows as u64 {
+    while receiver.counts().await?.messages < args.rows as u64 {
         ensure!(!running.is_finished(), "the run stopped early");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = start.elapsed();
     shutdown.cancel();
@@ -184,7 +184,7 @@ pub async fn density(args: DensityArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("orders.db");
     rusqlite::Connection::open(&db)?.execute_batch(sample::ORDERS_SCHEMA)?;
-    let receiver = Receiver::start(false).await?;
+    let receiver = RemoteReceiver::start(false)?;
     let mut head = OrdersPipeline::new(
         dir.path(),
         args.plugin.clone(),

@@ -1,16 +1,13 @@
 //! A local Snowflake for tests and benchmarks: the fakesnow emulator behind
 //! the project's adapter (`tests/snowflake/adapter.py`), started as a child
-//! process on loopback, and a small SQL client to seed it through the same
-//! `snowflake-connector-rs` the source uses.
+//! process on loopback. Tables are seeded through the product's own driver
+//! (`freshet::bench::seed`).
 //!
 //! The emulator comes from `.ci/setup` (a Python virtual environment under
 //! the cache folder). The child exits when this process does: the adapter
 //! stops when its stdin closes.
 
 use anyhow::{bail, Context as _};
-use snowflake_connector_rs::{
-    AuthConfig, Client, ClientConfig, EndpointConfig, Session, SessionConfig,
-};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -69,6 +66,11 @@ impl Emulator {
         })
     }
 
+    /// Its loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The base URL (`source.endpoint`).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -107,18 +109,6 @@ impl Emulator {
             .await?
             .error_for_status()?;
         Ok(())
-    }
-
-    /// A session on `database` (created if missing) with schema `PUBLIC`.
-    pub async fn sql(&self, database: &str) -> anyhow::Result<Sql> {
-        let setup = connect(&self.url(), None).await?;
-        setup
-            .exec(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
-            .await?;
-        setup
-            .exec(&format!("CREATE SCHEMA IF NOT EXISTS {database}.PUBLIC"))
-            .await?;
-        connect(&self.url(), Some(database)).await
     }
 }
 
@@ -170,38 +160,4 @@ pub fn spawn_python(script: &Path, args: &[std::ffi::OsString]) -> anyhow::Resul
         );
     };
     Ok((child, port.parse()?))
-}
-
-async fn connect(url: &str, database: Option<&str>) -> anyhow::Result<Sql> {
-    let mut session = SessionConfig::new();
-    if let Some(database) = database {
-        session = session.with_database(database).with_schema("PUBLIC");
-    }
-    let config = ClientConfig::new("seed", "test", AuthConfig::password("any"))
-        .with_endpoint(EndpointConfig::custom_base_url(url.parse()?))
-        .with_session(session);
-    let session = Client::new(config)?.create_session().await?;
-    Ok(Sql { session })
-}
-
-/// A session for seeding and changing tables.
-pub struct Sql {
-    session: Session,
-}
-
-impl Sql {
-    /// Runs one statement; returns the rows it answered, every cell as text.
-    pub async fn exec(&self, sql: &str) -> anyhow::Result<Vec<Vec<String>>> {
-        let rows = self
-            .session
-            .query(sql.to_owned())
-            .await
-            .with_context(|| sql.to_owned())?
-            .collect::<Vec<snowflake_connector_rs::DynamicRow>>()
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| r.values().iter().map(|c| format!("{c:?}")).collect())
-            .collect())
-    }
 }
