@@ -136,9 +136,8 @@ fn parse_instant(text: &str) -> anyhow::Result<Timestamp> {
     if let Ok(seconds) = text.parse::<i64>() {
         return Ok(Timestamp(seconds.saturating_mul(1_000_000_000)));
     }
-    let t = chrono::DateTime::parse_from_rfc3339(text)
-        .with_context(|| format!("{text:?} is neither epoch seconds nor an RFC 3339 instant"))?;
-    Ok(Timestamp::from_chrono(t.to_utc()))
+    text.parse()
+        .with_context(|| format!("{text:?} is neither epoch seconds nor an RFC 3339 instant"))
 }
 
 /// Cancels `shutdown` at the first Ctrl-C (SIGINT) or SIGTERM — what

@@ -3,6 +3,7 @@
 
 use super::{tagged, Parsed};
 use crate::secrets::{SecretEnv, SecretFile};
+use crate::source::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -152,7 +153,7 @@ pub struct SnowflakeSourceConfig {
     pub query_timeout_ms: u64,
     /// Another base URL than `https://{account}.snowflakecomputing.com`
     /// (PrivateLink, or a local emulator in tests).
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Parsed<reqwest::Url>>,
 }
 
 fn default_timezone() -> Parsed<chrono_tz::Tz> {
@@ -215,13 +216,13 @@ pub enum TimestampUnit {
 }
 
 /// `timestamp.initial` as written: a number or a string.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum InitialTimestamp {
     /// Epoch seconds; `-1` means "now, at first start".
     EpochSeconds(i64),
     /// An RFC 3339 instant.
-    Rfc3339(String),
+    Rfc3339(Parsed<Timestamp>),
 }
 
 impl<'de> Deserialize<'de> for SourceConfig {

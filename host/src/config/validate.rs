@@ -334,11 +334,11 @@ fn validate_polling(p: &Polling<'_>, e: &mut Errors<'_>) {
             "source.timestamp.initial",
             "must be -1 (from first start), 0 (everything), epoch seconds or an RFC 3339 instant",
         ),
-        Some(InitialTimestamp::Rfc3339(text)) => {
-            if let Err(err) = chrono::DateTime::parse_from_rfc3339(text) {
+        Some(InitialTimestamp::Rfc3339(instant)) => {
+            if let Err(err) = instant.value() {
                 e.at(
                     "source.timestamp.initial",
-                    format!("{text:?} is not an RFC 3339 instant: {err}"),
+                    format!("{:?} is not an RFC 3339 instant: {err}", instant.text()),
                 );
             }
         }
@@ -387,7 +387,7 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
         "source.query_timeout_ms",
     );
     if let Some(endpoint) = &s.endpoint {
-        e.url(endpoint, "source.endpoint");
+        e.parsed_url(endpoint, "source.endpoint");
     }
     let a = &s.auth;
     let methods = [

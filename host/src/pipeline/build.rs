@@ -42,11 +42,11 @@ impl Initial {
             Some(InitialTimestamp::EpochSeconds(s)) => {
                 Initial::At(Timestamp(s.saturating_mul(1_000_000_000)))
             }
-            Some(InitialTimestamp::Rfc3339(text)) => {
-                let t = chrono::DateTime::parse_from_rfc3339(text)
-                    .with_context(|| format!("{text:?}"))?;
-                Initial::At(Timestamp::from_chrono(t.to_utc()))
-            }
+            Some(InitialTimestamp::Rfc3339(instant)) => Initial::At(
+                *instant
+                    .value()
+                    .map_err(|e| anyhow::anyhow!("{:?}: {e}", instant.text()))?,
+            ),
         })
     }
 }

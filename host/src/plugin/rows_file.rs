@@ -34,9 +34,10 @@ fn cell(column: &str, v: &Json) -> anyhow::Result<Value> {
             };
             match kind.as_str() {
                 "timestamp" => {
-                    let t = chrono::DateTime::parse_from_rfc3339(text()?)
+                    let t: Timestamp = text()?
+                        .parse()
                         .with_context(|| format!("column `{column}`: not an RFC 3339 instant"))?;
-                    Value::Timestamp(Timestamp::from_chrono(t.to_utc()).instant())
+                    Value::Timestamp(t.instant())
                 }
                 "decimal" => Value::Decimal(text()?.to_owned()),
                 "date" => {

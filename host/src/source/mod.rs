@@ -76,6 +76,16 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// An RFC 3339 instant (any offset; nanoseconds kept).
+impl std::str::FromStr for Timestamp {
+    type Err = chrono::ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let t = chrono::DateTime::parse_from_rfc3339(text)?;
+        Ok(Self::from_chrono(t.to_utc()))
+    }
+}
+
 /// A row's key value: the tie-breaker among equal timestamps.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -228,4 +238,25 @@ pub fn row_json(columns: &[String], row: &Row) -> String {
         cells.insert(name.clone(), v);
     }
     json!({"identity": row.identity, "cells": cells}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timestamp;
+
+    #[test]
+    fn an_rfc3339_instant_parses_to_utc_nanoseconds_whatever_its_offset() {
+        let utc: Timestamp = "2023-11-14T22:13:20.000000001Z".parse().unwrap();
+        assert_eq!(utc, Timestamp(1_700_000_000_000_000_001));
+        let paris: Timestamp = "2023-11-14T23:13:20.000000001+01:00".parse().unwrap();
+        assert_eq!(paris, utc);
+        assert_eq!(utc.to_string(), "2023-11-14T22:13:20.000000001Z");
+    }
+
+    #[test]
+    fn text_that_is_not_an_instant_is_refused() {
+        for text in ["yesterday", "2023-11-14", "2023-11-14T22:13:20", "1700000000"] {
+            assert!(text.parse::<Timestamp>().is_err(), "{text}");
+        }
+    }
 }

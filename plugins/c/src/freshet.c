@@ -99,29 +99,59 @@ static pipeline_plugin_string_t take_copy(freshet_str s) {
   return take(&b);
 }
 
+/* Whether none of the eight bytes of w is a quote, a backslash or a control
+ * character: the bytes a JSON string's reader or writer must look at. Exact
+ * (the classic "has a zero byte" and "has a byte less than n" tests), and
+ * about a dozen instructions for eight bytes instead of a dozen for one. */
+static inline bool plain_word(uint64_t w) {
+  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+  uint64_t found = ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash) |
+                   ((w - ones * 0x20) & ~w);
+  return !(found & highs);
+}
+
+/* Past the plain bytes (see plain_word) from p, eight at a time while eight
+ * remain. Callers then look at BYTEWISE bytes one by one before trying
+ * words again, so text dense with escapes pays the word test once per
+ * BYTEWISE bytes, not at every escape. */
+#define BYTEWISE 32
+static inline const char *skip_plain_words(const char *p, const char *end) {
+  uint64_t w;
+  while (end - p >= 8 && (memcpy(&w, p, 8), plain_word(w))) p += 8;
+  return p;
+}
+
 /* --- JSON writing ------------------------------------------------------- */
 
-void freshet_json_string(freshet_buf *b, freshet_str s) {
+/* How JSON writes the byte c inside a string, or NULL if as itself. */
+static const char *escape_of(unsigned char c, char unicode[7]) {
   static const char hex[] = "0123456789abcdef";
+  switch (c) {
+  case '"': return "\\\"";
+  case '\\': return "\\\\";
+  case '\n': return "\\n";
+  case '\r': return "\\r";
+  case '\t': return "\\t";
+  default:
+    if (c >= 0x20) return NULL;
+    memcpy(unicode, "\\u00", 4);
+    unicode[4] = hex[c >> 4];
+    unicode[5] = hex[c & 0xf];
+    unicode[6] = 0;
+    return unicode;
+  }
+}
+
+void freshet_json_string(freshet_buf *b, freshet_str s) {
   freshet_buf_put(b, "\"", 1);
   size_t plain = 0; /* start of the run of bytes that need no escape */
-  for (size_t i = 0; i < s.len; i++) {
-    unsigned char c = (unsigned char)s.ptr[i];
-    const char *escape = NULL;
-    char unicode[7];
-    if (c == '"') escape = "\\\"";
-    else if (c == '\\') escape = "\\\\";
-    else if (c == '\n') escape = "\\n";
-    else if (c == '\r') escape = "\\r";
-    else if (c == '\t') escape = "\\t";
-    else if (c < 0x20) {
-      memcpy(unicode, "\\u00", 4);
-      unicode[4] = hex[c >> 4];
-      unicode[5] = hex[c & 0xf];
-      unicode[6] = 0;
-      escape = unicode;
-    }
-    if (escape) {
+  for (size_t i = 0; i < s.len;) {
+    i = (size_t)(skip_plain_words(s.ptr + i, s.ptr + s.len) - s.ptr);
+    for (size_t stop = s.len - i > BYTEWISE ? i + BYTEWISE : s.len; i < stop; i++) {
+      char unicode[7];
+      const char *escape = escape_of((unsigned char)s.ptr[i], unicode);
+      if (!escape) continue;
       freshet_buf_put(b, s.ptr + plain, i - plain);
       freshet_buf_puts(b, escape);
       plain = i + 1;
@@ -159,10 +189,13 @@ static const char *skip_space(const char *p, const char *end) {
 /* Past the string starting at p (a quote), or NULL. */
 static const char *skip_string(const char *p, const char *end) {
   if (p >= end || *p != '"') return NULL;
-  for (p++; p < end; p++) {
-    if (*p == '"') return p + 1;
-    if ((unsigned char)*p < 0x20) return NULL;
-    if (*p == '\\' && ++p == end) return NULL;
+  for (p++; p < end;) {
+    p = skip_plain_words(p, end);
+    for (const char *stop = end - p > BYTEWISE ? p + BYTEWISE : end; p < stop; p++) {
+      if (*p == '"') return p + 1;
+      if ((unsigned char)*p < 0x20) return NULL;
+      if (*p == '\\' && ++p == end) return NULL;
+    }
   }
   return NULL;
 }
@@ -214,13 +247,6 @@ static const char *skip_value(const char *p, const char *end, int depth) {
 
 freshet_json freshet_json_of(freshet_str text) { return (freshet_json){text.ptr, text.len}; }
 
-bool freshet_json_is_object(freshet_json value) {
-  const char *end = value.ptr + value.len, *p = skip_space(value.ptr, end);
-  if (p >= end || *p != '{') return false;
-  p = skip_value(p, end, 0);
-  return p && skip_space(p, end) == end;
-}
-
 static void put_utf8(freshet_buf *out, uint32_t c) {
   char bytes[4];
   size_t n;
@@ -255,14 +281,17 @@ static bool hex4(const char *p, const char *end, uint32_t *out) {
 static bool read_string(const char *p, const char *end, freshet_buf *out) {
   const char *close = skip_string(p, end);
   if (!close) return false;
-  for (p++, end = close - 1; p < end; p++) {
-    if (*p != '\\') {
-      const char *run = p;
-      while (p < end && *p != '\\') p++;
-      freshet_buf_put(out, run, (size_t)(p - run));
-      p--;
-      continue;
+  const char *run = p + 1; /* the bytes not yet copied, which need no unescaping */
+  const char *words = run;  /* where words may be tried again */
+  for (p++, end = close - 1; p < end;) {
+    if (p >= words) {
+      p = skip_plain_words(p, end);
+      words = p + BYTEWISE;
     }
+    const char *stop = end - p > BYTEWISE ? p + BYTEWISE : end;
+    while (p < stop && *p != '\\') p++;
+    if (p == stop) continue;
+    freshet_buf_put(out, run, (size_t)(p - run));
     char c = *++p, simple = 0;
     switch (c) {
     case '"': case '\\': case '/': simple = c; break;
@@ -285,23 +314,28 @@ static bool read_string(const char *p, const char *end, freshet_buf *out) {
         return false;
       }
       put_utf8(out, unit);
+      run = ++p;
       continue;
     }
     default:
       return false;
     }
     freshet_buf_put(out, &simple, 1);
+    run = ++p;
   }
+  freshet_buf_put(out, run, (size_t)(end - run));
   return true;
 }
 
-bool freshet_json_member(freshet_json object, const char *key, freshet_json *out) {
+bool freshet_json_members(freshet_json object, const char *const *keys, size_t n,
+                          freshet_json *outs, bool *found) {
+  for (size_t i = 0; i < n; i++) found[i] = false;
   const char *end = object.ptr + object.len, *p = skip_space(object.ptr, end);
   if (p >= end || *p != '{') return false;
-  bool found = false;
-  freshet_buf name = {0};
   p = skip_space(p + 1, end);
-  if (p < end && *p == '}') return false;
+  if (p < end && *p == '}') return skip_space(p + 1, end) == end;
+  freshet_buf name = {0};
+  bool ok = false;
   while (p) {
     const char *close = skip_string(p, end);
     if (!close) break;
@@ -315,20 +349,28 @@ bool freshet_json_member(freshet_json object, const char *key, freshet_json *out
     const char *value = skip_space(p + 1, end);
     p = skip_value(value, end, 1);
     if (!p) break;
-    if (freshet_str_eq(escaped ? freshet_buf_view(&name) : raw, key)) {
-      *out = (freshet_json){value, (size_t)(p - value)};
-      found = true;
+    freshet_str member = escaped ? freshet_buf_view(&name) : raw;
+    for (size_t i = 0; i < n; i++) {
+      if (freshet_str_eq(member, keys[i])) {
+        outs[i] = (freshet_json){value, (size_t)(p - value)};
+        found[i] = true;
+      }
     }
     p = skip_space(p, end);
     if (p < end && *p == '}') {
-      freshet_buf_free(&name);
-      return found;
+      ok = skip_space(p + 1, end) == end;
+      break;
     }
     if (p >= end || *p != ',') break;
     p = skip_space(p + 1, end);
   }
   freshet_buf_free(&name);
-  return false;
+  return ok;
+}
+
+bool freshet_json_member(freshet_json object, const char *key, freshet_json *out) {
+  bool found;
+  return freshet_json_members(object, &key, 1, out, &found) && found;
 }
 
 bool freshet_json_element(freshet_json array, size_t index, freshet_json *out) {

@@ -72,12 +72,16 @@ typedef struct {
 freshet_json freshet_json_of(freshet_str text);
 /* The member `key` of an object (the last one, if repeated). */
 bool freshet_json_member(freshet_json object, const char *key, freshet_json *out);
+/* Several members in one pass over the object: outs[i] is the member
+ * keys[i] (the last one, if repeated) where found[i]. False if the object
+ * is not valid JSON (then nothing is found): a caller wanting three members
+ * of a large body reads it once, not three times. */
+bool freshet_json_members(freshet_json object, const char *const *keys, size_t n,
+                          freshet_json *outs, bool *found);
 /* Element `index` of an array. */
 bool freshet_json_element(freshet_json array, size_t index, freshet_json *out);
 /* A string value, unescaped into `out` (appended). */
 bool freshet_json_text(freshet_json value, freshet_buf *out);
-/* Whether the whole text is one valid JSON object. */
-bool freshet_json_is_object(freshet_json value);
 
 /* Cells, typed as the source column is. */
 typedef freshet_plugin_types_value_t freshet_value;

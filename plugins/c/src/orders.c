@@ -147,20 +147,13 @@ bool freshet_map_row(const freshet_row *row, freshet_events *out, freshet_error 
   return ok;
 }
 
-/* The member `name` of the body, or a rejection saying the event lacks it. */
-static bool field(const freshet_event *event, freshet_json body, freshet_str name,
-                  freshet_json *out, freshet_error *error) {
-  freshet_buf key = {0};
-  freshet_buf_str(&key, name);
-  freshet_buf_put(&key, "", 1);
-  bool found = freshet_json_member(body, key.ptr, out);
-  freshet_buf_free(&key);
-  if (found) return true;
+/* A rejection saying the event lacks the member `name`. */
+static bool lacks(const freshet_event *event, const char *name, freshet_error *error) {
   freshet_buf *message = freshet_reject(error);
   freshet_buf_puts(message, "event ");
   freshet_buf_str(message, event->id);
   freshet_buf_puts(message, " has no `");
-  freshet_buf_str(message, name);
+  freshet_buf_puts(message, name);
   freshet_buf_puts(message, "`");
   return false;
 }
@@ -189,21 +182,29 @@ enum { ORDER_ID, ORDER_STATUS, ORDER_AMOUNT, CURRENCY_CODE, CUSTOMER, NFIELDS };
 
 static bool decide_fields(const freshet_event *event, freshet_buf f[NFIELDS],
                           freshet_actions *out, freshet_error *error) {
-  freshet_json body = freshet_json_of(event->body), own, identities, commerce, emails;
-  if (!freshet_json_is_object(body)) return malformed(event, "not a JSON object", error);
+  freshet_json body = freshet_json_of(event->body), top[3], own[3], emails;
   freshet_buf key = {0};
   tenant_key(&key);
-  bool found = field(event, body, freshet_buf_view(&key), &own, error);
+  freshet_buf_put(&key, "", 1);
+  /* Each object is read once for all the members wanted from it (which
+   * also checks it is valid JSON): a large row's text is skipped twice (the
+   * body, then the tenant's fields), not once a member. */
+  const char *const top_names[3] = {key.ptr, "identityMap", "commerce"};
+  bool found[3];
+  bool ok = freshet_json_members(body, top_names, 3, top, found);
+  if (!ok) malformed(event, "not a JSON object", error);
+  for (size_t i = 0; ok && i < 3; i++)
+    if (!found[i]) ok = lacks(event, top_names[i], error);
   freshet_buf_free(&key);
-  if (!found || !field(event, body, freshet_cstr("identityMap"), &identities, error) ||
-      !field(event, body, freshet_cstr("commerce"), &commerce, error))
-    return false;
-  static const char *const order_id[] = {"orderId", NULL}, *const status[] = {"orderStatus", NULL},
-                           *const total[] = {"amount", NULL},
-                           *const currency[] = {"order", "currencyCode", NULL},
+  if (!ok) return false;
+  freshet_json identities = top[1], commerce = top[2];
+  static const char *const own_names[3] = {"orderId", "orderStatus", "amount"};
+  static const char *const currency[] = {"order", "currencyCode", NULL},
                            *const first_id[] = {"[0]", "id", NULL};
-  if (!text_at(own, order_id, &f[ORDER_ID]) || !text_at(own, status, &f[ORDER_STATUS]) ||
-      !text_at(own, total, &f[ORDER_AMOUNT]))
+  bool own_found[3];
+  if (!freshet_json_members(top[0], own_names, 3, own, own_found) || !own_found[0] ||
+      !own_found[1] || !own_found[2] || !freshet_json_text(own[0], &f[ORDER_ID]) ||
+      !freshet_json_text(own[1], &f[ORDER_STATUS]) || !freshet_json_text(own[2], &f[ORDER_AMOUNT]))
     return malformed(event, "the tenant's fields are not orderId, orderStatus and amount", error);
   if (!text_at(commerce, currency, &f[CURRENCY_CODE]))
     return malformed(event, "no commerce.order.currencyCode", error);

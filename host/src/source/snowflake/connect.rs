@@ -89,9 +89,11 @@ impl Connection {
                     .with_query_response_timeout(Duration::from_millis(config.query_timeout_ms)),
             );
         if let Some(endpoint) = &config.endpoint {
-            let url = url::Url::parse(endpoint)
-                .map_err(|e| bad("endpoint", format!("{endpoint:?}: {e}")))?;
-            client_config = client_config.with_endpoint(EndpointConfig::custom_base_url(url));
+            let url = endpoint
+                .value()
+                .map_err(|e| bad("endpoint", format!("{:?}: {e}", endpoint.text())))?;
+            client_config =
+                client_config.with_endpoint(EndpointConfig::custom_base_url(url.clone()));
         }
         let client = Client::new(client_config).map_err(|e| bad("endpoint", e.to_string()))?;
         Ok(Self {
