@@ -255,7 +255,12 @@ mod tests {
 
     #[test]
     fn text_that_is_not_an_instant_is_refused() {
-        for text in ["yesterday", "2023-11-14", "2023-11-14T22:13:20", "1700000000"] {
+        for text in [
+            "yesterday",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "1700000000",
+        ] {
             assert!(text.parse::<Timestamp>().is_err(), "{text}");
         }
     }

@@ -78,22 +78,36 @@ pub enum ActionState {
 /// share a hash with a chance of about one in 10^19. `%` and `/` in the
 /// identity are percent-encoded, so the parts never run together.
 pub fn action_key(pipeline: &str, identity: &str, event_id: &str, index: usize) -> String {
+    indexed(&key_prefix(pipeline, identity, event_id), index)
+}
+
+/// A key from its event's prefix and the action's index.
+fn indexed(prefix: &str, index: usize) -> String {
+    let mut digits = itoa::Buffer::new();
+    let index = digits.format(index);
+    let mut key = String::with_capacity(prefix.len() + index.len());
+    key.push_str(prefix);
+    key.push_str(index);
+    key
+}
+
+/// `{pipeline}/{row identity}/{_id hash}/`: what the keys of one event's
+/// actions share, built once per event.
+fn key_prefix(pipeline: &str, identity: &str, event_id: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut key = String::with_capacity(pipeline.len() + identity.len() + 24);
     key.push_str(pipeline);
     key.push('/');
-    if identity.contains('/') || identity.contains('%') {
+    if identity.contains(['/', '%']) {
         key.push_str(&identity.replace('%', "%25").replace('/', "%2F"));
     } else {
         key.push_str(identity);
     }
     key.push('/');
     let hash = fnv1a(event_id.as_bytes());
-    for shift in (0..16).rev() {
-        key.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
-    }
+    let hex: [u8; 16] = std::array::from_fn(|i| HEX[((hash >> ((15 - i) * 4)) & 0xf) as usize]);
+    key.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
     key.push('/');
-    key.push_str(itoa::Buffer::new().format(index));
     key
 }
 
@@ -114,12 +128,13 @@ impl ActionWork {
         actions: Vec<Action>,
     ) -> Vec<Self> {
         let identity: Arc<str> = identity.into();
+        let prefix = key_prefix(pipeline, &identity, event_id);
         actions
             .into_iter()
             .enumerate()
             .map(|(j, action)| ActionWork {
                 request: ActionRequest {
-                    key: action_key(pipeline, &identity, event_id, j),
+                    key: indexed(&prefix, j),
                     identity: identity.clone(),
                     action,
                 },

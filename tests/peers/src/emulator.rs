@@ -29,7 +29,7 @@ pub fn python() -> PathBuf {
 /// The adapter script.
 pub fn adapter() -> PathBuf {
     std::env::var_os("FRESHET_SNOWFLAKE_ADAPTER").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/snowflake/adapter.py"),
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../snowflake/adapter.py"),
         PathBuf::from,
     )
 }
