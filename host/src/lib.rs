@@ -22,6 +22,7 @@ pub mod config;
 pub mod deliver;
 pub mod pipeline;
 pub mod plugin;
+pub mod profile;
 pub mod retry;
 pub mod secrets;
 pub mod source;

@@ -222,7 +222,10 @@ impl Setup {
         let results = freshet::run(
             &self.config(receiver),
             CancellationToken::new(),
-            RunOptions { once: true },
+            RunOptions {
+                once: true,
+                ..Default::default()
+            },
         )
         .await?;
         Ok(results

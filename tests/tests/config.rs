@@ -52,7 +52,10 @@ async fn start_error(schema: &str, timestamp_column: &str) -> String {
     let result = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await;
     let error = format!("{:#}", result.expect_err("the pipeline must not start"));
@@ -118,7 +121,10 @@ async fn run_refuses_an_invalid_config_with_every_key_path() {
     let error = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err()

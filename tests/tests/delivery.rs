@@ -140,7 +140,10 @@ async fn an_authenticated_inlet_gets_the_bearer_token_from_the_environment() {
     let results = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -156,7 +159,10 @@ async fn an_authenticated_inlet_gets_the_bearer_token_from_the_environment() {
     let error = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err();
@@ -211,7 +217,10 @@ async fn a_file_that_is_not_a_plugin_is_named() {
     let error = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap_err();
@@ -254,7 +263,10 @@ async fn signed_webhooks_verify_at_the_receiver() {
     freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -369,7 +381,10 @@ async fn calls_over_a_targets_cap_are_refused_as_capped() {
     let stats = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap()[0]
@@ -419,7 +434,10 @@ async fn sync_validation_sends_each_message_alone_and_dead_letters_the_violation
     let results = freshet::run(
         &config,
         tokio_util::sync::CancellationToken::new(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

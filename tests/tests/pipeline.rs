@@ -296,7 +296,10 @@ timeout_ms = 5000
     let results = freshet::run(
         &config,
         Default::default(),
-        freshet::RunOptions { once: true },
+        freshet::RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -345,4 +348,24 @@ async fn a_row_with_a_300_kb_text_column_passes_at_the_default_limits() {
         hooks.iter().any(|h| h.body["email"] == big.email.as_str()),
         "the large row's webhook carries its whole e-mail"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_actions_off_events_are_delivered_and_nothing_is_decided_or_run() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.extra = "actions = false".into();
+    let rows = orders(1..121, now_ms() - 60_000);
+    setup.insert(&rows);
+
+    let stats = setup.run_once(&receiver).await.unwrap();
+    assert_eq!(
+        (stats.rows, stats.delivered, stats.dead_letters),
+        (120, 120, 0)
+    );
+    assert_eq!(receiver.messages().len(), 120);
+    assert!(rows.iter().any(|o| o.status == "confirmed"));
+    assert_eq!(stats.actions, 0);
+    assert!(receiver.hooks().is_empty(), "no webhook ran");
+    assert!(setup.ndjson("emails.ndjson").is_empty() && setup.ndjson("crm.ndjson").is_empty());
 }

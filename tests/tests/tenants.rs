@@ -43,10 +43,17 @@ fn two_tenants(good: &Setup, evil: &Setup, receiver: &Receiver) -> Config {
 
 /// Why running `config` once failed (it must fail).
 async fn run_error(config: &Config) -> String {
-    freshet::run(config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .unwrap_err()
-        .to_string()
+    freshet::run(
+        config,
+        CancellationToken::new(),
+        RunOptions {
+            once: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string()
 }
 
 fn tenant_setup(plugin: &str, name: &str, tenant: &str) -> Setup {
@@ -87,7 +94,10 @@ async fn a_hostile_tenant_is_contained_and_the_other_delivers_every_row() {
     let results = freshet::run(
         &two_tenants(&good, &evil, &receiver),
         CancellationToken::new(),
-        RunOptions { once: true },
+        RunOptions {
+            once: true,
+            ..Default::default()
+        },
     )
     .await
     .expect("the host survives");
@@ -192,9 +202,16 @@ async fn a_tenant_cannot_use_another_tenants_secrets_or_plugins() {
     std::fs::remove_file(good.path("plugins/orders.wasm")).unwrap();
     std::fs::copy(plugins::ORDERS_PLUGIN, good.path("plugins/orders.wasm")).unwrap();
     let config = freshet::config::parse(&inside).unwrap();
-    freshet::run(&config, CancellationToken::new(), RunOptions { once: true })
-        .await
-        .expect("a plugin inside its tenant's folder runs");
+    freshet::run(
+        &config,
+        CancellationToken::new(),
+        RunOptions {
+            once: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a plugin inside its tenant's folder runs");
 }
 
 /// A key file is a secret like a variable: a tenant reads only files inside

@@ -61,6 +61,7 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
     sample::create_orders(&db, args.rows, day_ago, now.minus(Duration::from_secs(60)))?;
     let rows = Arc::new(read_all(&db).await?);
 
+    let receiver = super::peers::RemoteReceiver::start(false)?;
     let mut rates = Vec::new();
     for (name, plugin) in &args.plugins {
         let cache = dir.path().join(format!("cache-{name}"));
@@ -80,10 +81,16 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
             rows: args.rows,
             page: args.page,
             batch: args.batch,
+            actions: true,
         };
         let end_to_end_dir = dir.path().join(format!("end-to-end-{name}"));
-        let rows_per_s =
-            end_to_end(&end_to_end_dir, OrdersSource::Sqlite(db.clone()), &run).await?;
+        let rows_per_s = end_to_end(
+            &end_to_end_dir,
+            OrdersSource::Sqlite(db.clone()),
+            &run,
+            &receiver,
+        )
+        .await?;
         emit(json!({
             "bench": "language", "language": name, "component_bytes": size,
             "compile_ms": ms(figures.compile), "cached_load_ms": ms(figures.cached_load),

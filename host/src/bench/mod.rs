@@ -79,6 +79,9 @@ fn bench_config(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>, aep: &str)
     config.cache_dir = run.cache.to_owned();
     config.page_size = run.page;
     config.batch_size = run.batch;
+    if !run.actions {
+        config.extra = "actions = false".into();
+    }
     for name in ["order-confirmation", "order-confirmed", "crm"] {
         config
             .targets
@@ -96,11 +99,18 @@ struct EndToEnd<'a> {
     rows: usize,
     page: usize,
     batch: usize,
+    /// Whether the plugin decides actions (else events only).
+    actions: bool,
 }
 
-/// One end-to-end run over `run.rows` rows, offsets committed; prints its
-/// line and returns its rows/s.
-async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> anyhow::Result<f64> {
+/// One end-to-end run over `run.rows` rows to `receiver` (a process of its
+/// own), offsets committed; prints its line and returns its rows/s.
+async fn end_to_end(
+    dir: &Path,
+    source: OrdersSource,
+    run: &EndToEnd<'_>,
+    receiver: &peers::RemoteReceiver,
+) -> anyhow::Result<f64> {
     let EndToEnd {
         rows, page, batch, ..
     } = *run;
@@ -109,19 +119,20 @@ async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> any
         OrdersSource::Snowflake(_) => "snowflake",
     };
     std::fs::create_dir_all(dir)?;
-    let receiver = peers::RemoteReceiver::start(false)?;
     let text = bench_config(dir, source, run, &receiver.url());
     let config = crate::config::parse(&text)?;
+    let before = receiver.counts().await?;
+    let cpu_before = crate::profile::process_cpu();
     let start = Instant::now();
-    let results = crate::run(
-        &config,
-        CancellationToken::new(),
-        crate::RunOptions { once: true },
-    )
-    .await?;
+    let options = crate::RunOptions {
+        once: true,
+        profile: true,
+    };
+    let results = crate::run(&config, CancellationToken::new(), options).await?;
     let took = start.elapsed();
+    let process = crate::profile::process_cpu().saturating_sub(cpu_before);
     let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
-    let received = receiver.counts().await?;
+    let received = receiver.counts().await?.since(&before);
     ensure!(
         received.messages == rows as u64,
         "the receiver got {} of {rows} events",
@@ -129,10 +140,12 @@ async fn end_to_end(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>) -> any
     );
     let rows_per_s = per_s(rows, took);
     emit(json!({
-        "bench": "end_to_end", "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
+        "bench": if run.actions { "end_to_end" } else { "end_to_end_events_only" },
+        "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
         "rows_per_s": rows_per_s, "aep_requests": received.requests,
         "actions": stats.actions, "batch": batch, "page": page,
         "page_queries": stats.page_queries, "probes": stats.probes,
+        "cpu_seconds_per_million_rows": stats.cpu.per_million_rows(stats.rows, process),
     }));
     Ok(rows_per_s)
 }
@@ -193,21 +206,67 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         json!({"bench": "native", "rows": rows.1.len(), "us_per_row": us_per(took, rows.1.len()), "rows_per_s": per_s(rows.1.len(), took)}),
     );
 
-    // End to end, offsets committed.
-    let run = EndToEnd {
-        plugin: &plugin_path,
-        cache: &cache,
-        rows: args.rows,
-        page: args.page,
-        batch: args.batch,
-    };
-    end_to_end(
-        &dir.path().join("end-to-end"),
-        OrdersSource::Sqlite(db),
-        &run,
-    )
-    .await?;
+    // The host against a plain native pipeline, on the same rows, to the
+    // same receiver process: freshet with actions, events only, native.
+    let receiver = peers::RemoteReceiver::start(false)?;
+    let mut figures = Vec::new();
+    for actions in [true, false] {
+        let run = EndToEnd {
+            plugin: &plugin_path,
+            cache: &cache,
+            rows: args.rows,
+            page: args.page,
+            batch: args.batch,
+            actions,
+        };
+        let dir = dir.path().join(format!("end-to-end-{actions}"));
+        let source = OrdersSource::Sqlite(db.clone());
+        figures.push(end_to_end(&dir, source, &run, &receiver).await?);
+    }
+    let native = native_pipeline(dir.path(), &db, &args, &receiver).await?;
+    let ratio = |freshet: f64| (freshet / native * 100.0).round() / 100.0;
+    emit(json!({
+        "bench": "host_vs_native", "native_rows_per_s": native,
+        "freshet_rows_per_s": figures[0], "freshet_events_only_rows_per_s": figures[1],
+        "ratio": ratio(figures[0]), "events_only_ratio": ratio(figures[1]),
+    }));
     Ok(())
+}
+
+/// The plain native pipeline (see [`native::pipeline`]) over the rows in
+/// `db`, configured as the end-to-end runs are; prints its line and
+/// returns its rows/s.
+async fn native_pipeline(
+    dir: &Path,
+    db: &Path,
+    args: &ThroughputArgs,
+    receiver: &peers::RemoteReceiver,
+) -> anyhow::Result<f64> {
+    let dir = dir.join("native-pipeline");
+    std::fs::create_dir_all(&dir)?;
+    let mut settings = OrdersPipeline::new(
+        &dir,
+        PathBuf::from("unused.wasm"),
+        OrdersSource::Sqlite(db.to_owned()),
+        receiver.url(),
+    );
+    settings.page_size = args.page;
+    let config = crate::config::parse(&settings.render())?;
+    let before = receiver.counts().await?;
+    let (rows, took) = native::pipeline(&config).await?;
+    let received = receiver.counts().await?.since(&before);
+    ensure!(
+        rows == args.rows && received.messages == rows as u64,
+        "the native pipeline delivered {rows} and the receiver got {} of {} events",
+        received.messages,
+        args.rows
+    );
+    let rows_per_s = per_s(rows, took);
+    emit(json!({
+        "bench": "native_pipeline", "rows": rows, "seconds": took.as_secs_f64(),
+        "rows_per_s": rows_per_s, "aep_requests": received.requests, "page": args.page,
+    }));
+    Ok(rows_per_s)
 }
 
 /// Runs `work` (plugin calls, which block) on the blocking pool: a guest

@@ -88,6 +88,18 @@ pub struct Counts {
     pub hooks: u64,
 }
 
+impl Counts {
+    /// What was counted after `before`: one run's share of a receiver
+    /// several runs share.
+    pub fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            messages: self.messages - before.messages,
+            requests: self.requests - before.requests,
+            hooks: self.hooks - before.hooks,
+        }
+    }
+}
+
 /// A webhook's body or an AEP message's envelope, and when it arrived.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Arrival {

@@ -66,12 +66,14 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
         rows: args.rows,
         page: args.page,
         batch: args.batch,
+        actions: true,
     };
+    let receiver = super::peers::RemoteReceiver::start(false)?;
     for (name, source) in [
         ("snowflake", snowflake),
         ("sqlite", OrdersSource::Sqlite(db)),
     ] {
-        end_to_end(&dir.path().join(name), source, &run).await?;
+        end_to_end(&dir.path().join(name), source, &run, &receiver).await?;
     }
     Ok(())
 }

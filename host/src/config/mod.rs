@@ -73,6 +73,11 @@ pub struct PipelineConfig {
     /// Rows per call into the plugin.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// `false`: events only. The plugin's `decide` is not called and no
+    /// action runs (e.g. a backfill of history that must not e-mail anyone
+    /// again); the events are delivered as ever.
+    #[serde(default = "default_actions")]
+    pub actions: bool,
     /// Sandbox limits.
     #[serde(default)]
     pub limits: Limits,
@@ -90,6 +95,10 @@ pub struct PipelineConfig {
 
 fn default_batch_size() -> usize {
     500
+}
+
+fn default_actions() -> bool {
+    true
 }
 
 /// Why a config file could not be used: every problem found, each with its

@@ -219,6 +219,7 @@ async fn build(
         executors,
         state,
         batch_size: config.batch_size,
+        actions: config.actions,
         page_size: polling.page_size,
         poll_interval: Duration::from_millis(polling.poll_interval_ms),
         delay: Duration::from_millis(polling.delay_ms),

@@ -6,6 +6,7 @@
 
 use super::work::{ActionState, ActionWork};
 use crate::actions::{ActionResult, Executors};
+use crate::profile::Stage;
 use crate::state::{Finished, StateStore};
 use futures::stream::{self, StreamExt as _};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub(crate) async fn run(
         Some(Finished::Failed) => rerun == Rerun::Nothing,
         None => false,
     };
-    let finished = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let finished = crate::profile::spawn_blocking(Stage::Actions, move || -> anyhow::Result<_> {
         let finished = store.finished_actions(&keys)?;
         // Usually none: the page is new.
         let todo = if finished.is_empty() {

@@ -16,7 +16,7 @@ mod replay;
 mod watch_config;
 mod work;
 
-pub use build::{build_all, initial_cursor, open_source};
+pub use build::{build_all, build_sink, initial_cursor, open_source};
 pub use replay::{replay, ActionCounts, Replayed};
 pub use work::action_key;
 
@@ -25,6 +25,7 @@ use crate::deliver::{EnvelopeBuilder, Sink};
 use crate::plugin::reload::ReloadCounts;
 use crate::plugin::scheduler::Scheduler;
 use crate::plugin::{FailureCounts, Runtime, Sandbox};
+use crate::profile::{Profile, Stage, StageCpu};
 use crate::source::{Cursor, Source, SourceError};
 use crate::state::StateStore;
 use serde::Serialize;
@@ -37,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 pub struct RunOptions {
     /// Drain what is there and stop, instead of polling forever.
     pub once: bool,
+    /// Measure the CPU time of each stage ([`Stats::cpu`]).
+    pub profile: bool,
 }
 
 /// Counters of one pipeline's run. All but `polls`, `probes` and
@@ -72,6 +75,9 @@ pub struct Stats {
     pub reloads: u64,
     /// New plugin versions refused (the running one kept).
     pub reload_failures: u64,
+    /// CPU time per stage, with [`RunOptions::profile`].
+    #[serde(skip)]
+    pub cpu: StageCpu,
 }
 
 impl Stats {
@@ -91,6 +97,7 @@ impl Stats {
         self.plugin_errors.add(&other.plugin_errors);
         self.reloads += other.reloads;
         self.reload_failures += other.reload_failures;
+        self.cpu.add(&other.cpu);
     }
 }
 
@@ -107,6 +114,8 @@ pub struct Pipeline {
     executors: Executors,
     state: Arc<dyn StateStore>,
     batch_size: usize,
+    /// Whether the plugin decides actions (`false`: events only).
+    actions: bool,
     page_size: usize,
     poll_interval: Duration,
     delay: Duration,
@@ -158,6 +167,7 @@ impl Pipeline {
         options: RunOptions,
     ) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
+        let profile = Profile::new(options.profile);
         let mut committed = self.start_cursor().await?;
         tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         // The watcher stops with the pipeline, whether at shutdown or on a
@@ -178,7 +188,7 @@ impl Pipeline {
         while !shutdown.is_cancelled() {
             let pages = stats.pages;
             match self
-                .stream(&mut committed, &shutdown, options, &mut stats)
+                .stream(&mut committed, &shutdown, options, &profile, &mut stats)
                 .await
             {
                 Ok(()) => break,
@@ -201,6 +211,7 @@ impl Pipeline {
                 }
             }
         }
+        stats.cpu = profile.snapshot();
         let queries = self.source.query_counts();
         stats.probes = queries.probes;
         stats.page_queries = queries.page_queries;
@@ -224,6 +235,7 @@ impl Pipeline {
         committed: &mut Cursor,
         shutdown: &CancellationToken,
         options: RunOptions,
+        profile: &Arc<Profile>,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -236,8 +248,12 @@ impl Pipeline {
         let mut cursor = committed.clone();
         let reader = async {
             while !stop.is_cancelled() {
-                let upper = self.source.now().await?.minus(self.delay);
-                let page = self.source.page(&cursor, upper, self.page_size).await?;
+                let source = &self.source;
+                let upper = profile.measure(Stage::Source, source.now()).await?;
+                let upper = upper.minus(self.delay);
+                let page = profile
+                    .measure(Stage::Source, source.page(&cursor, upper, self.page_size))
+                    .await?;
                 polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let full = page.full;
                 if full && progress.lock().expect("progress lock").is_none() {
@@ -246,7 +262,8 @@ impl Pipeline {
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
-                if let Some(work) = self.map_page(page, &stop).await? {
+                let mapped = self.map_page(page, &stop, profile);
+                if let Some(work) = profile.measure(Stage::PageRecord, mapped).await? {
                     cursor = work.last.clone();
                     if tx.send((work, full)).await.is_err() {
                         break;
@@ -275,7 +292,7 @@ impl Pipeline {
         let writer = async {
             while let Some((work, full)) = rx.recv().await {
                 let rows = stats.rows;
-                match self.finish(work, stats).await {
+                match self.finish(work, profile, stats).await {
                     Ok(cursor) => {
                         *committed = cursor;
                         let mut progress = progress.lock().expect("progress lock");
@@ -297,7 +314,7 @@ impl Pipeline {
             anyhow::Ok(())
         };
         // A failed read still lets the writer commit what was read before it.
-        let (read, written) = tokio::join!(reader, writer);
+        let (read, written) = profile.scope(async { tokio::join!(reader, writer) }).await;
         stats.polls += polls.into_inner();
         written.and(read)
     }

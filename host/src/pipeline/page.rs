@@ -11,6 +11,7 @@ use crate::plugin::calls::{Runner, DECIDE, MAP_ROWS};
 use crate::plugin::contract::{Action, Event, Row, RowBatch};
 use crate::plugin::scheduler::{CpuMeter, Scheduler};
 use crate::plugin::{Outcome, PluginError};
+use crate::profile::{Profile, Stage};
 use crate::source::{Cursor, Page};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 struct Scheduled<'a> {
     scheduler: &'a Scheduler,
     cpu: &'a Arc<CpuMeter>,
+    profile: &'a Arc<Profile>,
 }
 
 impl Runner for Scheduled<'_> {
@@ -27,7 +29,9 @@ impl Runner for Scheduled<'_> {
         &self,
         job: impl FnOnce() -> R + Send + 'static,
     ) -> impl std::future::Future<Output = R> + Send {
-        self.scheduler.run(self.cpu, job)
+        let profile = self.profile.clone();
+        self.scheduler
+            .run(self.cpu, move || profile.time(Stage::Plugin, job))
     }
 }
 
@@ -68,6 +72,7 @@ impl Pipeline {
         &self,
         page: Page,
         stop: &CancellationToken,
+        profile: &Arc<Profile>,
     ) -> anyhow::Result<Option<PageWork>> {
         let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
             return Ok(None);
@@ -76,6 +81,7 @@ impl Pipeline {
         let runner = Scheduled {
             scheduler: &self.scheduler,
             cpu: self.sandbox.cpu(),
+            profile,
         };
         // Every call of the page runs the version current now.
         let session = self.sandbox.session();
@@ -108,7 +114,12 @@ impl Pipeline {
             .into_iter()
             .map(Arc::new)
             .collect();
-        let decided = DECIDE.call(&session, &event_batches, &runner, stop).await?;
+        let decided = if self.actions {
+            DECIDE.call(&session, &event_batches, &runner, stop).await?
+        } else {
+            // Events only: every event decided on, to no action.
+            (0..count).map(|_| Ok(Vec::new())).collect()
+        };
         if let Some(e) = unavailable(&shapes).or_else(|| unavailable(&decided)) {
             anyhow::bail!("{e}");
         }
@@ -154,25 +165,27 @@ impl Pipeline {
     pub(super) async fn finish(
         &self,
         mut work: PageWork,
+        profile: &Arc<Profile>,
         total: &mut Stats,
     ) -> anyhow::Result<Cursor> {
-        self.deliver(&mut work).await?;
+        self.deliver(&mut work, profile).await?;
         let actions = work.deliverable_actions();
-        ledger::run(
+        let run = ledger::run(
             &self.state,
             &self.name,
             &self.executors,
             actions,
             Rerun::Nothing,
-        )
-        .await?;
+        );
+        profile.measure(Stage::Actions, run).await?;
         // Counted apart and added only once committed: the counters say what
         // is done, not what was attempted.
         let mut page = Stats::default();
         let last = work.last.clone();
-        let commit = work.settle(&mut page)?;
+        let commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
         let (state, name) = (self.state.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || state.commit(&name, &commit)).await??;
+        crate::profile::spawn_blocking(Stage::Commit, move || state.commit(&name, &commit))
+            .await??;
         page.pages = 1;
         total.add(&page);
         Ok(last)
@@ -180,17 +193,19 @@ impl Pipeline {
 
     /// Renders every event's envelope, delivers them, and records what the
     /// destination did with each (keeping the envelopes it refused).
-    async fn deliver(&self, work: &mut PageWork) -> anyhow::Result<()> {
-        let version = work.version.clone();
-        let mut messages = Vec::new();
-        for row in &work.rows {
-            for event in row.result.iter().flatten() {
-                messages.push(Message {
-                    json: self.envelopes.render(&event.event, &version),
-                });
-            }
-        }
-        let deliveries = self.sink.deliver(&messages).await?;
+    async fn deliver(&self, work: &mut PageWork, profile: &Profile) -> anyhow::Result<()> {
+        let version = &work.version;
+        let messages: Vec<Message> = profile.time(Stage::Envelopes, || {
+            let events = work.rows.iter().flat_map(|r| r.result.iter().flatten());
+            events
+                .map(|event| Message {
+                    json: self.envelopes.render(&event.event, version),
+                })
+                .collect()
+        });
+        let deliveries = profile
+            .measure(Stage::Delivery, self.sink.deliver(&messages))
+            .await?;
         anyhow::ensure!(
             deliveries.len() == messages.len(),
             "the destination answered {} times for {} events",

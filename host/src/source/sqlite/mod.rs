@@ -8,6 +8,7 @@
 use super::{identity, Cursor, Key, Page, QueryCounts, Source, SourceError, SourceRow, Timestamp};
 use crate::config::{SqliteSourceConfig, TimestampUnit};
 use crate::plugin::contract::{Row, Value};
+use crate::profile::Stage;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use schema::{check_columns, table_info, transient, warn_without_index};
@@ -286,7 +287,7 @@ impl Source for Arc<SqliteSource> {
     ) -> Result<Page, SourceError> {
         let this = Arc::clone(self);
         let after = after.clone();
-        tokio::task::spawn_blocking(move || this.read_page(&after, upper, limit))
+        crate::profile::spawn_blocking(Stage::Source, move || this.read_page(&after, upper, limit))
             .await
             .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
     }
@@ -298,7 +299,7 @@ impl Source for Arc<SqliteSource> {
     ) -> Result<Option<u64>, SourceError> {
         let this = Arc::clone(self);
         let after = after.clone();
-        tokio::task::spawn_blocking(move || this.count(&after, upper))
+        crate::profile::spawn_blocking(Stage::Source, move || this.count(&after, upper))
             .await
             .map_err(|e| SourceError::Transient(format!("source task failed: {e}")))?
             .map(Some)
