@@ -7,7 +7,7 @@
 # per run: wall seconds (start-up included), rows/s, peak RSS. One warm-up run
 # per binary fills the component cache first.
 # Env: ROWS (200000), RUNS (3), PLUGIN, PEERS (the freshet-peers binary),
-# PERF=1 to record each run with `perf record -g` into the work folder.
+# PERF=1 to record each run with `perf record -g` into perf.BINARY.N.data here.
 set -euo pipefail
 target="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 PEERS="${PEERS:-$target/release/freshet-peers}"
@@ -71,7 +71,7 @@ kind = "record"
 path = "$dir/crm.ndjson"
 TOML
   local perf=()
-  [[ -n "${PERF:-}" ]] && perf=(perf record -q -F 1999 -g -o "$work/$label.$RANDOM.data" --)
+  [[ -n "${PERF:-}" ]] && perf=(perf record -q -F 1999 -g -o "perf.$(basename "$label").$RANDOM.data" --)
   local t0 t1
   t0=$(date +%s.%N)
   FRESHET_LOG=warn /usr/bin/time -f %M -o "$dir/rss" "${perf[@]}" "$bin" run --once \
