@@ -26,7 +26,7 @@ use crate::plugin::reload::ReloadCounts;
 use crate::plugin::scheduler::Scheduler;
 use crate::plugin::{FailureCounts, Runtime, Sandbox};
 use crate::profile::{Profile, Stage, StageCpu};
-use crate::source::{Cursor, Source, SourceError};
+use crate::source::{Cursor, Page, Source, SourceError, Timestamp};
 use crate::state::StateStore;
 use serde::Serialize;
 use std::sync::Arc;
@@ -224,6 +224,15 @@ impl Pipeline {
         Ok(stats)
     }
 
+    /// One poll: the source's clock less the delay, and the page after
+    /// `cursor` up to that instant.
+    async fn poll(&self, cursor: &Cursor, profile: &Profile) -> anyhow::Result<(Page, Timestamp)> {
+        let upper = profile.measure(Stage::Source, self.source.now()).await?;
+        let upper = upper.minus(self.delay);
+        let page = self.source.page(cursor, upper, self.page_size);
+        Ok((profile.measure(Stage::Source, page).await?, upper))
+    }
+
     /// Reads and maps pages ahead of the one being delivered: the reader
     /// (source and plugin, CPU on the blocking pool) runs one page ahead of
     /// the writer (delivery, actions, commit, I/O), so the two overlap.
@@ -247,13 +256,15 @@ impl Pipeline {
         let stop = shutdown.child_token();
         let mut cursor = committed.clone();
         let reader = async {
+            // A full page's successor is read while the page is mapped: the
+            // source's query (on the blocking pool, or the warehouse's
+            // time) overlaps the plugin's work instead of waiting for it.
+            let mut ahead = None;
             while !stop.is_cancelled() {
-                let source = &self.source;
-                let upper = profile.measure(Stage::Source, source.now()).await?;
-                let upper = upper.minus(self.delay);
-                let page = profile
-                    .measure(Stage::Source, source.page(&cursor, upper, self.page_size))
-                    .await?;
+                let (page, upper) = match ahead.take() {
+                    Some(read) => read,
+                    None => self.poll(&cursor, profile).await?,
+                };
                 polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let full = page.full;
                 if full && progress.lock().expect("progress lock").is_none() {
@@ -262,8 +273,17 @@ impl Pipeline {
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
-                let mapped = self.map_page(page, &stop, profile);
-                if let Some(work) = profile.measure(Stage::PageRecord, mapped).await? {
+                let next = page.rows.last().map(|r| r.cursor.clone()).filter(|_| full);
+                let mapped =
+                    profile.measure(Stage::PageRecord, self.map_page(page, &stop, profile));
+                let (mapped, read) = match &next {
+                    Some(after) => {
+                        let (mapped, read) = tokio::join!(mapped, self.poll(after, profile));
+                        (mapped, Some(read))
+                    }
+                    None => (mapped.await, None),
+                };
+                if let Some(work) = mapped? {
                     cursor = work.last.clone();
                     if tx.send((work, full)).await.is_err() {
                         break;
@@ -275,7 +295,10 @@ impl Pipeline {
                         p.finish();
                     }
                 }
-                if full {
+                // A failed read ahead fails only after the page before it
+                // went to the writer, which commits it.
+                if let Some(read) = read {
+                    ahead = Some(read?);
                     continue;
                 }
                 if options.once {
