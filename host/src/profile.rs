@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A stage of a page's way.
+/// A stage of a page's way; its discriminant indexes [`STAGES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Page queries and their rows (and the source's clock).
@@ -34,6 +34,7 @@ pub enum Stage {
     Commit,
 }
 
+/// Each stage with its name in the figures, in [`Stage`] order.
 const STAGES: [(Stage, &str); 7] = [
     (Stage::Source, "source"),
     (Stage::Plugin, "plugin"),
@@ -73,8 +74,7 @@ impl Profile {
     }
 
     fn add(&self, stage: Stage, spent: Duration) {
-        let i = STAGES.iter().position(|(s, _)| *s == stage).unwrap_or(0);
-        self.nanos[i].fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        self.nanos[stage as usize].fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Runs `work` here, its CPU time counted to `stage`.
@@ -206,10 +206,7 @@ mod tests {
         let polled = async { spin(Duration::from_millis(10)) };
         profile.measure(Stage::Delivery, polled).await;
         let cpu = profile.snapshot();
-        let ms = |stage: Stage| {
-            let i = STAGES.iter().position(|(s, _)| *s == stage).unwrap();
-            cpu.0[i] / 1_000_000
-        };
+        let ms = |stage: Stage| cpu.0[stage as usize] / 1_000_000;
         assert!((20..40).contains(&ms(Stage::Envelopes)), "{cpu:?}");
         assert!((30..50).contains(&ms(Stage::Commit)), "{cpu:?}");
         assert!((10..30).contains(&ms(Stage::Delivery)), "{cpu:?}");
@@ -223,6 +220,13 @@ mod tests {
         let blocking = spawn_blocking(Stage::Commit, || spin(Duration::from_millis(5)));
         profile.scope(blocking).await.unwrap();
         assert_eq!(profile.snapshot(), StageCpu::default());
+    }
+
+    #[test]
+    fn the_names_are_in_stage_order() {
+        for (i, (stage, _)) in STAGES.iter().enumerate() {
+            assert_eq!(*stage as usize, i);
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ target="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
 PEERS="${PEERS:-$target/release/freshet-peers}"
 PLUGIN="${PLUGIN:-$target/wasm-guests/wasm32-wasip2/release/freshet_orders_plugin.wasm}"
 ROWS="${ROWS:-200000}"
-for f in "$PEERS" "$PLUGIN" "$@"; do [[ -e "$f" ]] || { echo "missing: $f" >&2; exit 2; }; done
+for f in "$PEERS" "$PLUGIN" "$@" /usr/bin/time; do [[ -e "$f" ]] || { echo "missing: $f" >&2; exit 2; }; done
+command -v curl >/dev/null || { echo "missing: curl" >&2; exit 2; }
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$1" sample --db "$work/orders.db" --rows "$ROWS" >/dev/null

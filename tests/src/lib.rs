@@ -41,6 +41,18 @@ pub fn freshet() -> std::process::Command {
     command
 }
 
+/// Runs `command` to its end; fails the test, showing its stderr, unless it
+/// exited 0.
+pub fn succeed(command: &mut std::process::Command) -> std::process::Output {
+    let out = command.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `freshet plugin test` of `plugin` over the rows file `rows`, with the
 /// setting `tenant=acme` the orders plugins name their field group by.
 pub fn plugin_test(plugin: &str, rows: impl AsRef<std::ffi::OsStr>) -> std::process::Command {

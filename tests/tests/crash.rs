@@ -75,16 +75,7 @@ async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
     assert_eq!(kills, KILLS, "the run ended before ten kills");
 
     // A last, clean run drains the rest.
-    let out = freshet()
-        .args(["run", "--once", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(freshet().args(["run", "--once", "--config"]).arg(&config));
 
     // Events: at least once each (AEP dedupes by the deterministic `_id`).
     let mut delivered = received_order_ids(&receiver);
@@ -175,16 +166,7 @@ async fn sigterm_finishes_and_commits_the_pages_in_flight() {
     );
 
     // A restart drains the rest: nothing committed before is sent again.
-    let out = freshet()
-        .args(["run", "--once", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(freshet().args(["run", "--once", "--config"]).arg(&config));
     assert_exactly_once(received_order_ids(&receiver), 1..=ROWS);
     let mut keys: Vec<String> = receiver
         .hooks()

@@ -8,10 +8,10 @@ fn orders(ids: std::ops::Range<i64>, status: &str) -> Vec<Order> {
     ids.map(|id| Order::new(id, status, base + id)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_event_and_a_failed_action_are_replayed_and_removed() {
+/// Order 1 (pending) and order 2 (`status`) in a new setup, with AEP
+/// scripted to refuse order 2's event (`http_400`) on the first run.
+async fn second_event_refused(status: &str) -> (Receiver, Setup) {
     let receiver = Receiver::start(true).await.unwrap();
-    // AEP refuses order 2's event; order 3's webhook answers 404.
     receiver.script_aep(Scripted::RejectMessage {
         index: 1,
         status: 400,
@@ -19,7 +19,14 @@ async fn a_refused_event_and_a_failed_action_are_replayed_and_removed() {
     });
     let setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.insert(&orders(1..2, "pending"));
-    setup.insert(&orders(2..3, "pending"));
+    setup.insert(&orders(2..3, status));
+    (receiver, setup)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_and_a_failed_action_are_replayed_and_removed() {
+    // AEP refuses order 2's event; order 3's webhook answers 404.
+    let (receiver, setup) = second_event_refused("pending").await;
     setup.run_once(&receiver).await.unwrap();
     receiver.script_hook(Scripted::Status {
         status: 404,
@@ -126,16 +133,11 @@ fn the_cli_replays_only_the_ids_given_and_fails_when_one_fails_again() {
     assert_eq!(after[0].code, "http_410", "the new reason is kept");
 
     // Then only the second: it is done, the first stays.
-    let out = freshet()
-        .args(["dlq", "replay", "--config"])
-        .arg(&config)
-        .args(["--id", &dead[1].id.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        freshet()
+            .args(["dlq", "replay", "--config"])
+            .arg(&config)
+            .args(["--id", &dead[1].id.to_string()]),
     );
     assert_eq!(
         setup
@@ -160,17 +162,9 @@ fn the_cli_replays_only_the_ids_given_and_fails_when_one_fails_again() {
 /// envelope, and its replay settled without running them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_confirmed_order_runs_its_actions_once_its_replay_is_delivered() {
-    let receiver = Receiver::start(true).await.unwrap();
     // AEP refuses order 2's event; order 2 is confirmed: an e-mail and a
     // webhook wait on it.
-    receiver.script_aep(Scripted::RejectMessage {
-        index: 1,
-        status: 400,
-        message: "schema mismatch".into(),
-    });
-    let setup = Setup::new(plugins::ORDERS_PLUGIN);
-    setup.insert(&orders(1..2, "pending"));
-    setup.insert(&orders(2..3, "confirmed"));
+    let (receiver, setup) = second_event_refused("confirmed").await;
     let stats = setup.run_once(&receiver).await.unwrap();
     assert_eq!((stats.delivered, stats.rejected, stats.actions), (1, 1, 0));
     assert!(
