@@ -7,7 +7,7 @@
 use super::work::{ActionState, ActionWork};
 use crate::actions::{ActionResult, Executors};
 use crate::profile::Stage;
-use crate::state::{Finished, StateStore};
+use crate::state::StateStore;
 use futures::stream::{self, StreamExt as _};
 use std::sync::Arc;
 
@@ -40,28 +40,15 @@ pub(crate) async fn run(
     }
     let keys: Vec<String> = actions.iter().map(|a| a.request.key.clone()).collect();
     let (store, name) = (state.clone(), pipeline.to_owned());
-    let skip = move |finished: Option<&Finished>| match finished {
-        Some(Finished::Done) => true,
-        Some(Finished::Failed) => rerun == Rerun::Nothing,
-        None => false,
-    };
-    let finished = crate::profile::spawn_blocking(Stage::Actions, move || -> anyhow::Result<_> {
-        let finished = store.finished_actions(&keys)?;
-        // Usually none: the page is new.
-        let todo = if finished.is_empty() {
-            keys
-        } else {
-            keys.into_iter()
-                .filter(|k| !skip(finished.get(k)))
-                .collect()
-        };
-        store.begin_actions(&name, &todo)?;
-        Ok(finished)
+    let rerun_failed = rerun == Rerun::Failed;
+    let finished = crate::profile::spawn_blocking(Stage::Actions, move || {
+        store.start_actions(&name, &keys, rerun_failed)
     })
     .await??;
     let mut todo = Vec::with_capacity(actions.len());
     for action in actions {
-        if !finished.is_empty() && skip(finished.get(&action.request.key)) {
+        // Usually none: the page is new.
+        if !finished.is_empty() && finished.contains_key(&action.request.key) {
             action.state = ActionState::Skipped;
         } else {
             todo.push(action);

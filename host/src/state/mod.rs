@@ -87,9 +87,16 @@ pub trait StateStore: Send + Sync {
     /// and how.
     fn finished_actions(&self, keys: &[String]) -> Result<HashMap<String, Finished>, StateError>;
 
-    /// Records that these actions are about to run, before they run, so the
-    /// ledger shows an action that started but never finished.
-    fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError>;
+    /// Before actions run: of `keys`, returns those the ledger has finished
+    /// and how, and marks every other one `started` (so the ledger shows an
+    /// action that started and never finished) — a `failed` one too when
+    /// `rerun_failed` (`dlq replay`), which then leaves it out of the answer.
+    fn start_actions(
+        &self,
+        pipeline: &str,
+        keys: &[String],
+        rerun_failed: bool,
+    ) -> Result<HashMap<String, Finished>, StateError>;
 
     /// Writes a page's outcomes, dead letters and offset atomically.
     fn commit(&self, pipeline: &str, commit: &Commit) -> Result<(), StateError>;

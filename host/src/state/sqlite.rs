@@ -4,7 +4,7 @@
 use super::{Commit, DeadLetter, Finished, Letter, Settled, StateError, StateStore, StoredOffset};
 use crate::source::{Cursor, Key, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -128,36 +128,85 @@ impl SqliteState {
             .map_err(|_| StateError("state connection lock poisoned".into()))
     }
 
-    /// Marks `keys` started, in one transaction.
+    /// Marks `keys` started unless finished, in one transaction; returns
+    /// the finished ones (see [`StateStore::start_actions`]).
     fn mark_started(
         conn: &mut Connection,
         pipeline: &str,
         keys: &[String],
-    ) -> Result<(), StateError> {
+        rerun_failed: bool,
+    ) -> Result<HashMap<String, Finished>, StateError> {
         let tx = conn.transaction().map_err(err)?;
         let now = now_ms();
+        let mut finished = HashMap::new();
         for chunk in keys.chunks(CHUNK) {
-            // ?1 pipeline, ?2 now, then one key each.
+            // ?1 pipeline, ?2 now, then one key each. A page's keys are
+            // usually all new, and then this one statement is the lookup
+            // and the mark: one B-tree probe per key, not two.
             let values = (0..chunk.len())
                 .map(|i| format!("(?{}, ?1, 'started', ?2)", i + 3))
                 .collect::<Vec<_>>()
                 .join(",");
-            // An action that failed for good and runs again (`dlq replay`)
-            // is `started` again; a finished one is never touched.
             let sql = format!(
                 "INSERT INTO ledger (idempotency_key, pipeline, state, updated_ms) VALUES {values}
-                 ON CONFLICT (idempotency_key) DO UPDATE
-                 SET state = 'started', updated_ms = excluded.updated_ms WHERE state <> 'finished'"
+                 ON CONFLICT (idempotency_key) DO NOTHING"
             );
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
             params.extend(chunk.iter().map(|k| k as &dyn rusqlite::ToSql));
-            tx.prepare_cached(&sql)
+            let inserted = tx
+                .prepare_cached(&sql)
                 .map_err(err)?
                 .execute(params.as_slice())
                 .map_err(err)?;
+            if inserted == chunk.len() {
+                continue;
+            }
+            // Some were there: finished, failed, or started by a run that
+            // never committed (which runs again, marked anew).
+            let mut again = Vec::new();
+            for (key, how) in lookup(&tx, chunk)? {
+                match how {
+                    Some(Finished::Failed) if rerun_failed => again.push(key),
+                    Some(how) => {
+                        finished.insert(key, how);
+                    }
+                    None => again.push(key),
+                }
+            }
+            let mut mark = tx
+                .prepare_cached(
+                    "UPDATE ledger SET state = 'started', updated_ms = ?2 WHERE idempotency_key = ?1",
+                )
+                .map_err(err)?;
+            for key in &again {
+                mark.execute(params![key, now]).map_err(err)?;
+            }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(finished)
     }
+}
+
+/// The ledger's rows among `keys` (at most [`CHUNK`]): each key with how it
+/// finished, or `None` while it is only `started`.
+fn lookup(conn: &Connection, keys: &[String]) -> Result<Vec<(String, Option<Finished>)>, StateError> {
+    let sql = format!(
+        "SELECT idempotency_key, state FROM ledger WHERE idempotency_key IN ({})",
+        numbered(1, keys.len())
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(keys), |r| {
+            let state: String = r.get(1)?;
+            let how = match state.as_str() {
+                "finished" => Some(Finished::Done),
+                "failed" => Some(Finished::Failed),
+                _ => None,
+            };
+            Ok((r.get::<_, String>(0)?, how))
+        })
+        .map_err(err)?;
+    rows.collect::<Result<_, _>>().map_err(err)
 }
 
 impl StateStore for SqliteState {
@@ -231,33 +280,21 @@ impl StateStore for SqliteState {
         let conn = self.conn()?;
         let mut finished = HashMap::new();
         for chunk in keys.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT idempotency_key, state = 'finished' FROM ledger
-                 WHERE state IN ('finished', 'failed') AND idempotency_key IN ({})",
-                numbered(1, chunk.len())
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(chunk), |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-                })
-                .map_err(err)?;
-            for row in rows {
-                let (key, done) = row.map_err(err)?;
-                finished.insert(
-                    key,
-                    if done {
-                        Finished::Done
-                    } else {
-                        Finished::Failed
-                    },
-                );
+            for (key, how) in lookup(&conn, chunk)? {
+                if let Some(how) = how {
+                    finished.insert(key, how);
+                }
             }
         }
         Ok(finished)
     }
 
-    fn begin_actions(&self, pipeline: &str, keys: &[String]) -> Result<(), StateError> {
+    fn start_actions(
+        &self,
+        pipeline: &str,
+        keys: &[String],
+        rerun_failed: bool,
+    ) -> Result<HashMap<String, Finished>, StateError> {
         let mut conn = self.conn()?;
         // `started` marks tell an operator what began; they decide nothing
         // (an action not finished runs again whether marked or not). So
@@ -265,10 +302,10 @@ impl StateStore for SqliteState {
         // at `synchronous = FULL`, makes them durable together with it.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        let written = Self::mark_started(&mut conn, pipeline, keys);
+        let started = Self::mark_started(&mut conn, pipeline, keys, rerun_failed);
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        written
+        started
     }
 
     fn commit(&self, pipeline: &str, commit: &Commit) -> Result<(), StateError> {
@@ -357,30 +394,44 @@ fn write(
     commit: &Commit,
 ) -> Result<(), StateError> {
     let now = now_ms();
-    let states: Vec<&str> = (commit.actions.iter())
-        .map(|a| if a.done { "finished" } else { "failed" })
-        .collect();
-    for (chunk, states) in commit.actions.chunks(CHUNK).zip(states.chunks(CHUNK)) {
-        // ?1 pipeline, ?2 now, then (key, state, outcome) triples.
-        let values = (0..chunk.len())
-            .map(|i| format!("(?{}, ?1, ?{}, ?{}, ?2)", 3 * i + 3, 3 * i + 4, 3 * i + 5))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms) VALUES {values}
-             ON CONFLICT (idempotency_key) DO UPDATE
-             SET state = excluded.state, outcome = excluded.outcome, updated_ms = excluded.updated_ms"
-        );
-        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&pipeline, &now];
-        for (action, state) in chunk.iter().zip(states) {
-            params.push(&action.key);
-            params.push(state);
-            params.push(&action.outcome);
+    // Outcomes grouped by what they set, most of a page's actions sharing
+    // one (`recorded`, `http_200`): an UPDATE per group and chunk of rows the
+    // `started` marks created, instead of an upsert per action.
+    let mut groups: BTreeMap<(bool, &str), Vec<&String>> = BTreeMap::new();
+    for a in &commit.actions {
+        groups.entry((a.done, &a.outcome)).or_default().push(&a.key);
+    }
+    for ((done, outcome), keys) in groups {
+        let state = if done { "finished" } else { "failed" };
+        for chunk in keys.chunks(CHUNK) {
+            // ?1 state, ?2 outcome, ?3 now, then one key each.
+            let sql = format!(
+                "UPDATE ledger SET state = ?1, outcome = ?2, updated_ms = ?3
+                 WHERE idempotency_key IN ({})",
+                numbered(4, chunk.len())
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&state, &outcome, &now];
+            params.extend(chunk.iter().map(|k| *k as &dyn rusqlite::ToSql));
+            let updated = tx
+                .prepare_cached(&sql)
+                .map_err(err)?
+                .execute(params.as_slice())
+                .map_err(err)?;
+            if updated < chunk.len() {
+                // A key never marked started (not through `start_actions`).
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT INTO ledger (idempotency_key, pipeline, state, outcome, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (idempotency_key) DO NOTHING",
+                    )
+                    .map_err(err)?;
+                for key in chunk {
+                    upsert
+                        .execute(params![key, pipeline, state, outcome, now])
+                        .map_err(err)?;
+                }
+            }
         }
-        tx.prepare_cached(&sql)
-            .map_err(err)?
-            .execute(params.as_slice())
-            .map_err(err)?;
     }
     let mut dead = tx
         .prepare_cached(
@@ -409,4 +460,78 @@ fn write(
         .map_err(err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ActionOutcome;
+
+    fn outcome(key: &str, outcome: &str, done: bool) -> ActionOutcome {
+        ActionOutcome {
+            key: key.into(),
+            outcome: outcome.into(),
+            done,
+        }
+    }
+
+    fn states(state: &SqliteState) -> Vec<(String, String, Option<String>)> {
+        let conn = state.conn().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT idempotency_key, state, outcome FROM ledger ORDER BY idempotency_key")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    fn row(key: &str, state: &str, outcome: Option<&str>) -> (String, String, Option<String>) {
+        (key.into(), state.into(), outcome.map(Into::into))
+    }
+
+    #[test]
+    fn the_ledger_marks_new_keys_skips_finished_ones_and_reruns_failed_ones_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SqliteState::open(&dir.path().join("state.db")).unwrap();
+        // More keys than one statement takes, all new: nothing is finished.
+        let keys: Vec<String> = (0..CHUNK + 5).map(|i| format!("p/r{i:04}/0")).collect();
+        assert!(state.start_actions("p", &keys, false).unwrap().is_empty());
+        assert!(states(&state).iter().all(|(_, s, o)| s == "started" && o.is_none()));
+        // The page commits: most done alike, one failed, one done otherwise.
+        let mut actions: Vec<_> = keys.iter().map(|k| outcome(k, "recorded", true)).collect();
+        actions[1] = outcome(&keys[1], "http_500", false);
+        actions[2] = outcome(&keys[2], "http_201", true);
+        // One never marked started (a caller that skipped `start_actions`).
+        actions.push(outcome("p/unmarked/0", "recorded", true));
+        let commit = Commit {
+            actions,
+            ..Commit::default()
+        };
+        state.commit("p", &commit).unwrap();
+        let rows = states(&state);
+        assert_eq!(rows.len(), keys.len() + 1);
+        assert_eq!(rows[0], row(&keys[0], "finished", Some("recorded")));
+        assert_eq!(rows[1], row(&keys[1], "failed", Some("http_500")));
+        assert_eq!(rows[2], row(&keys[2], "finished", Some("http_201")));
+        assert_eq!(rows[CHUNK + 4], row(&keys[CHUNK + 4], "finished", Some("recorded")));
+        assert_eq!(rows[CHUNK + 5], row("p/unmarked/0", "finished", Some("recorded")));
+
+        // Read again, with one key the crash left only started.
+        let fresh = "p/r9999/0".to_string();
+        state.start_actions("p", &[fresh.clone()], false).unwrap();
+        let again = [keys[0].clone(), keys[1].clone(), fresh.clone()];
+        let finished = state.start_actions("p", &again, false).unwrap();
+        assert_eq!(finished.len(), 2, "{finished:?}");
+        assert_eq!(finished[&keys[0]], Finished::Done);
+        assert_eq!(finished[&keys[1]], Finished::Failed);
+        assert_eq!(states(&state)[1], row(&keys[1], "failed", Some("http_500")));
+        // `dlq replay`: the failed one runs again, marked started; the done
+        // one never does.
+        let finished = state.start_actions("p", &again, true).unwrap();
+        assert_eq!(finished.len(), 1, "{finished:?}");
+        assert_eq!(finished[&keys[0]], Finished::Done);
+        assert_eq!(states(&state)[1], row(&keys[1], "started", Some("http_500")));
+        assert_eq!(states(&state)[0], row(&keys[0], "finished", Some("recorded")));
+    }
 }
