@@ -4,7 +4,8 @@
 # Each run is `freshet run --once` over the same sample orders (SQLite, page
 # 5,000, batch 500, the Rust orders plugin, its actions to `record` targets),
 # against a fresh `freshet-peers receiver` process; it prints one JSON line
-# per run: wall seconds (start-up included), rows/s, peak RSS. One warm-up run
+# per run: wall seconds (start-up included), rows/s, peak RSS, and the CPU
+# seconds per million rows of freshet and of the receiver. One warm-up run
 # per binary fills the component cache first.
 # Env: ROWS (200000), RUNS (3), PLUGIN, PEERS (the freshet-peers binary),
 # PERF=1 to record each run with `perf record -g` into perf.BINARY.N.data here.
@@ -75,22 +76,27 @@ TOML
   [[ -n "${PERF:-}" ]] && perf=(perf record -q -F 1999 -g -o "perf.$(basename "$label").$RANDOM.data" --)
   local t0 t1
   t0=$(date +%s.%N)
-  FRESHET_LOG=warn /usr/bin/time -f %M -o "$dir/rss" "${perf[@]}" "$bin" run --once \
+  FRESHET_LOG=warn /usr/bin/time -f "%M %U %S" -o "$dir/rss" "${perf[@]}" "$bin" run --once \
     --config "$dir/config.toml" >/dev/null
   t1=$(date +%s.%N)
   local counts
   counts="$(curl -sf "$url/freshet-peer/counts")"
+  local ticks # the receiver's user + system CPU, in clock ticks
+  ticks="$(awk '{print $14 + $15}' "/proc/$peer/stat")"
   exec 7>&-
   wait "$peer" || true
-  python3 - "$label" "$t0" "$t1" "$ROWS" "$counts" "$dir/rss" <<'PY'
+  python3 - "$label" "$t0" "$t1" "$ROWS" "$counts" "$dir/rss" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-label, t0, t1, rows, counts, rss = sys.argv[1:]
+label, t0, t1, rows, counts, rss, ticks, hz = sys.argv[1:]
 counts, rows, seconds = json.loads(counts), int(rows), float(t1) - float(t0)
 if counts["messages"] != rows:
     sys.exit(f"{label}: the receiver got {counts['messages']} of {rows} events")
-peak = int(open(rss).read().split()[-1])
+peak, user, system = open(rss).read().split()[-3:]
+per_m = lambda s: round(s * 1e6 / rows, 2)
 print(json.dumps({"binary": label, "seconds": round(seconds, 3),
-                  "rows_per_s": round(rows / seconds), "peak_rss_mb": round(peak / 1024)}))
+                  "rows_per_s": round(rows / seconds), "peak_rss_mb": round(int(peak) / 1024),
+                  "cpu_s_per_m_rows": per_m(float(user) + float(system)),
+                  "receiver_cpu_s_per_m_rows": per_m(int(ticks) / int(hz))}))
 PY
   rm -rf "$dir"
 }

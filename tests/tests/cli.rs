@@ -107,7 +107,7 @@ fn validate_prints_every_problem_with_its_key_and_fails() {
             .lines()
             .filter(|l| l.starts_with("pipelines."))
             .count(),
-        18,
+        19,
         "{stderr}"
     );
 

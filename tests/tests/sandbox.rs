@@ -5,6 +5,8 @@
 use freshet::plugin::{CallContext, Grants, Limits, PluginError, Runtime, Sandbox};
 use freshet::state::DeadKind;
 use freshet_tests::*;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 
 /// The hostile plugin, loaded (compiled once, then from the tests' cache).
 fn hostile_plugin() -> freshet::plugin::Plugin {
@@ -164,6 +166,97 @@ fn the_runtime_reports_each_breach_as_its_own_error() {
         probe("internal", Limits::default()).0.unwrap_err(),
         PluginError::Guest(_)
     ));
+}
+
+/// Runs each job on a thread of its own, and holds it until every job the
+/// calls handed out has started (or two seconds pass): the jobs overlap.
+struct Together {
+    expected: usize,
+    started: Arc<AtomicUsize>,
+}
+
+impl freshet::plugin::calls::Runner for Together {
+    fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> impl std::future::Future<Output = R> + Send {
+        let (started, expected) = (self.started.clone(), self.expected);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            started.fetch_add(1, SeqCst);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while started.load(SeqCst) < expected && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            let _ = tx.send(job());
+        });
+        async move { rx.await.expect("the job's thread answers") }
+    }
+}
+
+/// A pipeline's `instances`: its batches are shared out, in order, among
+/// that many calls at once, each on its own warm instance, and the answers
+/// are those of one instance, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_instances_map_a_page_at_once_and_answer_in_order() {
+    use freshet::plugin::calls::MAP_ROWS;
+    use freshet::plugin::contract::{Row, RowBatch, Value};
+    let plugin = hostile_plugin();
+    let columns = vec!["status".to_owned()];
+    // Batches long enough (milliseconds) that calls started together overlap.
+    const ROWS: usize = 10_000;
+    let batches: Vec<Arc<RowBatch>> = (0..6)
+        .map(|b| {
+            let rows = (0..ROWS)
+                .map(|r| Row {
+                    identity: format!("{}@0", b * ROWS + r),
+                    cells: vec![Value::Text(if r == 3 { "reject" } else { "fine" }.into())],
+                })
+                .collect();
+            Arc::new(RowBatch {
+                columns: columns.clone(),
+                rows,
+            })
+        })
+        .collect();
+    let context = |instances| CallContext {
+        instances,
+        ..CallContext::new(
+            "t",
+            "p",
+            Limits::default(),
+            Default::default(),
+            Grants::default(),
+        )
+    };
+    let one = Sandbox::new(plugin.clone(), context(1));
+    let expected: Vec<_> = batches.iter().flat_map(|b| one.map_rows(b)).collect();
+
+    let three = Sandbox::new(plugin, context(3));
+    let runner = Together {
+        expected: 3,
+        started: Arc::default(),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let got = MAP_ROWS
+        .call(&three.session(), &batches, &runner, &never)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 6 * ROWS);
+    assert_eq!(got, expected, "the same answers, in the same order");
+    assert!(
+        matches!(got[3], Err(PluginError::Reject(_))),
+        "{:?}",
+        got[3]
+    );
+    assert_eq!(runner.started.load(SeqCst), 3, "three calls of two batches");
+    assert_eq!(
+        three.warm_instances(),
+        3,
+        "each on its own instance, kept warm"
+    );
+    three.release();
+    assert_eq!(three.warm_instances(), 0);
 }
 
 /// A plugin built with Rust's std imports WASI; it links, and every ambient

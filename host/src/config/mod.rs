@@ -78,6 +78,12 @@ pub struct PipelineConfig {
     /// again); the events are delivered as ever.
     #[serde(default = "default_actions")]
     pub actions: bool,
+    /// Plugin calls that may run at once, each on its own instance (its own
+    /// memory, up to `limits.memory_mib`); delivery, actions and commits stay
+    /// in source order. Default: one per plugin thread (core), fewer when
+    /// `engine.max_instances` is shared by many pipelines
+    /// ([`Config::instances_of`]).
+    pub instances: Option<usize>,
     /// Sandbox limits.
     #[serde(default)]
     pub limits: Limits,
@@ -158,6 +164,16 @@ pub fn load_explained(path: &Path) -> anyhow::Result<Config> {
 }
 
 impl Config {
+    /// The plugin calls a pipeline runs at once: its `instances`, or one
+    /// per plugin thread, but no more than leaves every pipeline its share
+    /// of `engine.max_instances` (the pooled slots all calls draw from).
+    pub fn instances_of(&self, pipeline: &PipelineConfig) -> usize {
+        pipeline.instances.unwrap_or_else(|| {
+            let share = self.engine.max_instances as usize / self.pipelines.len().max(1);
+            self.engine.plugin_threads().min(share).max(1)
+        })
+    }
+
     /// Makes every relative path in the config relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {

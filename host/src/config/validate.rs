@@ -79,6 +79,7 @@ impl Config {
             validate_pipeline(
                 pipeline,
                 engine.max_memory_mib,
+                engine.max_instances,
                 Errors {
                     prefix,
                     out: &mut out,
@@ -90,13 +91,27 @@ impl Config {
     }
 }
 
-fn validate_pipeline(p: &PipelineConfig, max_memory_mib: u64, mut e: Errors<'_>) {
+fn validate_pipeline(
+    p: &PipelineConfig,
+    max_memory_mib: u64,
+    max_instances: u32,
+    mut e: Errors<'_>,
+) {
     e.check(
         !p.plugin.as_os_str().is_empty(),
         "plugin",
         "must name a .wasm file",
     );
     e.range(p.batch_size, 1, 10_000, "batch_size");
+    if let Some(instances) = p.instances {
+        e.check(
+            (1..=max_instances as usize).contains(&instances),
+            "instances",
+            format!(
+                "must be between 1 and engine.max_instances ({max_instances}), not {instances}"
+            ),
+        );
+    }
     validate_limits(&p.limits, max_memory_mib, &mut e);
     validate_polling(&p.source.polling(), &mut e);
     match &p.source {

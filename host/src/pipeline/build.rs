@@ -199,13 +199,16 @@ async fn build(
         source,
         sandbox: Sandbox::new(
             plugin,
-            CallContext::new(
-                tenant,
-                name,
-                config.limits.clone(),
-                config.plugin_settings.clone(),
-                config.grants,
-            ),
+            CallContext {
+                instances: all.instances_of(config),
+                ..CallContext::new(
+                    tenant,
+                    name,
+                    config.limits.clone(),
+                    config.plugin_settings.clone(),
+                    config.grants,
+                )
+            },
         ),
         scheduler: runtime.scheduler().clone(),
         reload: (reload_every > 0).then(|| super::Reload {

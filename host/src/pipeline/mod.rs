@@ -1,5 +1,6 @@
 //! A pipeline: source → plugin → deliver → actions → commit, page by page
-//! (the next page is read and mapped while the last one is delivered), and
+//! (reading and mapping, delivering, and acting and committing overlap, on
+//! successive pages), and
 //! [`run`], which builds every pipeline of a config and runs them side by
 //! side until shutdown.
 //!
@@ -233,12 +234,16 @@ impl Pipeline {
         Ok((profile.measure(Stage::Source, page).await?, upper))
     }
 
-    /// Reads and maps pages ahead of the one being delivered: the reader
-    /// (source and plugin, CPU on the blocking pool) runs one page ahead of
-    /// the writer (delivery, actions, commit, I/O), so the two overlap.
-    /// Pages commit strictly in order; `committed` follows the writer.
-    /// Ends when the reader stops (shutdown, or `once` and nothing new) and
-    /// the writer has committed everything read; or on the first error.
+    /// Runs a page's stages as a pipeline of their own: the reader (source
+    /// and plugin, CPU on the plugin threads) maps page N+2 while the
+    /// deliverer sends page N+1's events and the writer runs page N's
+    /// actions and commits it, so the three overlap. Pages commit strictly
+    /// in order, and a page's actions run only after the page before it
+    /// committed (so a crash leaves one page's actions in doubt, never
+    /// two); `committed` follows the writer. Ends when the reader stops
+    /// (shutdown, or `once` and nothing new) and the writer has committed
+    /// everything read; or on the first error, after the writer committed
+    /// what was delivered before it.
     async fn stream(
         &self,
         committed: &mut Cursor,
@@ -247,12 +252,13 @@ impl Pipeline {
         profile: &Arc<Profile>,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (mapped_tx, mut mapped_rx) = tokio::sync::mpsc::channel(1);
+        let (delivered_tx, mut delivered_rx) = tokio::sync::mpsc::channel(1);
         let polls = std::sync::atomic::AtomicU64::new(0);
         // Started by the reader when it finds the pipeline behind, advanced
         // and ended by the writer as pages commit.
         let progress = std::sync::Mutex::new(None::<progress::Progress>);
-        // Stops the reader when the writer fails.
+        // Stops the reader when a later stage fails.
         let stop = shutdown.child_token();
         let mut cursor = committed.clone();
         let reader = async {
@@ -285,18 +291,18 @@ impl Pipeline {
                 };
                 if let Some(work) = mapped? {
                     cursor = work.last.clone();
-                    if tx.send((work, full)).await.is_err() {
+                    if mapped_tx.send((work, full)).await.is_err() {
                         break;
                     }
                 } else {
-                    // Idle: hand the warm instance's pooled slot back.
+                    // Idle: hand the warm instances' pooled slots back.
                     self.sandbox.release();
                     if let Some(p) = progress.lock().expect("progress lock").take() {
                         p.finish();
                     }
                 }
                 // A failed read ahead fails only after the page before it
-                // went to the writer, which commits it.
+                // went on, to be committed.
                 if let Some(read) = read {
                     ahead = Some(read?);
                     continue;
@@ -309,11 +315,24 @@ impl Pipeline {
                     () = stop.cancelled() => {}
                 }
             }
-            drop(tx);
+            drop(mapped_tx);
+            anyhow::Ok(())
+        };
+        let deliverer = async {
+            while let Some((mut work, full)) = mapped_rx.recv().await {
+                if let Err(e) = self.deliver(&mut work, profile).await {
+                    stop.cancel();
+                    return Err(e);
+                }
+                if delivered_tx.send((work, full)).await.is_err() {
+                    break;
+                }
+            }
+            drop(delivered_tx);
             anyhow::Ok(())
         };
         let writer = async {
-            while let Some((work, full)) = rx.recv().await {
+            while let Some((work, full)) = delivered_rx.recv().await {
                 let rows = stats.rows;
                 match self.finish(work, profile, stats).await {
                     Ok(cursor) => {
@@ -336,10 +355,13 @@ impl Pipeline {
             }
             anyhow::Ok(())
         };
-        // A failed read still lets the writer commit what was read before it.
-        let (read, written) = profile.scope(async { tokio::join!(reader, writer) }).await;
+        // A failed read or delivery still lets the writer commit what came
+        // through before it.
+        let (read, delivered, written) = profile
+            .scope(async { tokio::join!(reader, deliverer, writer) })
+            .await;
         stats.polls += polls.into_inner();
-        written.and(read)
+        written.and(delivered).and(read)
     }
 }
 

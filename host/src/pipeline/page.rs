@@ -17,9 +17,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Runs plugin calls on the plugin threads, in the class the pipeline's
-/// recent CPU use earns it (see [`crate::plugin::scheduler`]).
+/// recent CPU use earns it and in its tenant's turn (see
+/// [`crate::plugin::scheduler`]).
 struct Scheduled<'a> {
     scheduler: &'a Scheduler,
+    tenant: &'a Arc<str>,
     cpu: &'a Arc<CpuMeter>,
     profile: &'a Arc<Profile>,
 }
@@ -30,8 +32,9 @@ impl Runner for Scheduled<'_> {
         job: impl FnOnce() -> R + Send + 'static,
     ) -> impl std::future::Future<Output = R> + Send {
         let profile = self.profile.clone();
-        self.scheduler
-            .run(self.cpu, move || profile.time(Stage::Plugin, job))
+        self.scheduler.run(self.tenant, self.cpu, move || {
+            profile.time(Stage::Plugin, job)
+        })
     }
 }
 
@@ -80,6 +83,7 @@ impl Pipeline {
         let columns = self.source.columns().to_vec();
         let runner = Scheduled {
             scheduler: &self.scheduler,
+            tenant: &self.sandbox.context().tenant,
             cpu: self.sandbox.cpu(),
             profile,
         };
@@ -160,15 +164,14 @@ impl Pipeline {
         }
     }
 
-    /// Delivers a mapped page, runs its actions and commits; returns the
-    /// committed cursor and adds the page's counters to `total`.
+    /// Runs a delivered page's actions and commits; returns the committed
+    /// cursor and adds the page's counters to `total`.
     pub(super) async fn finish(
         &self,
         mut work: PageWork,
         profile: &Arc<Profile>,
         total: &mut Stats,
     ) -> anyhow::Result<Cursor> {
-        self.deliver(&mut work, profile).await?;
         let actions = work.deliverable_actions();
         let run = ledger::run(
             &self.state,
@@ -193,7 +196,11 @@ impl Pipeline {
 
     /// Renders every event's envelope, delivers them, and records what the
     /// destination did with each (keeping the envelopes it refused).
-    async fn deliver(&self, work: &mut PageWork, profile: &Profile) -> anyhow::Result<()> {
+    pub(super) async fn deliver(
+        &self,
+        work: &mut PageWork,
+        profile: &Profile,
+    ) -> anyhow::Result<()> {
         let version = &work.version;
         let messages: Vec<Message> = profile.time(Stage::Envelopes, || {
             let events = work.rows.iter().flat_map(|r| r.result.iter().flatten());

@@ -1,5 +1,6 @@
-//! The one retry policy for plugin calls: every batch in one call on the
-//! warm instance; a batch the sandbox stopped (fuel, deadline, memory, trap)
+//! The one retry policy for plugin calls: every batch in one call on a
+//! warm instance (up to the pipeline's `instances` calls at once); a batch
+//! the sandbox stopped (fuel, deadline, memory, trap)
 //! is retried input by input, each in a fresh instance, so only the guilty
 //! inputs fail. Where the calls run is the caller's: the pipeline hands each
 //! to its scheduler (so a plugin burning its budget moves to background
@@ -73,8 +74,10 @@ pub struct Stopped;
 
 impl<I: Send + Sync + 'static, T: Send + 'static> Export<I, T> {
     /// Calls the export over `inputs`: one outcome per input of every batch,
-    /// in order. All batches go in one job; then each input of a batch the
-    /// sandbox stopped alone, each a job of its own.
+    /// in order. The batches are shared out, in order, among up to the
+    /// session's `instances` jobs that run at once, each on its own warm
+    /// instance; then each input of a batch the sandbox stopped goes alone,
+    /// a job of its own.
     pub async fn call(
         self,
         session: &Session,
@@ -82,17 +85,24 @@ impl<I: Send + Sync + 'static, T: Send + 'static> Export<I, T> {
         runner: &impl Runner,
         stop: &CancellationToken,
     ) -> Result<Vec<Outcome<T>>, Stopped> {
-        let job = {
-            let (inputs, stop, s) = (inputs.to_vec(), stop.clone(), session.clone());
-            move || {
-                let live = || !stop.is_cancelled();
-                let attempts = inputs.iter().take_while(|_| live());
-                attempts
-                    .map(|input| (self.whole)(&s, input))
-                    .collect::<Vec<_>>()
-            }
-        };
-        let attempts = runner.run(job).await;
+        let lanes = session.instances().min(inputs.len()).max(1);
+        let jobs = inputs
+            .chunks(inputs.len().div_ceil(lanes).max(1))
+            .map(|lane| {
+                let (lane, stop, s) = (lane.to_vec(), stop.clone(), session.clone());
+                runner.run(move || {
+                    let live = || !stop.is_cancelled();
+                    let attempts = lane.iter().take_while(|_| live());
+                    attempts
+                        .map(|input| (self.whole)(&s, input))
+                        .collect::<Vec<_>>()
+                })
+            });
+        let attempts: Vec<Attempt<T>> = futures::future::join_all(jobs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if attempts.len() < inputs.len() {
             return Err(Stopped);
         }

@@ -125,6 +125,9 @@ pub struct CallContext {
     pub grants: Grants,
     /// Where the plugin's log lines go.
     pub logs: Arc<LogRoute>,
+    /// Calls that may run at once, each on its own instance (the
+    /// pipeline's `instances`; 1 unless set).
+    pub instances: usize,
 }
 
 impl CallContext {
@@ -149,6 +152,7 @@ impl CallContext {
             settings: Arc::new(settings),
             grants,
             logs,
+            instances: 1,
         }
     }
 }

@@ -1,12 +1,12 @@
-//! One pipeline's sandbox: its current plugin (swappable while running), a
-//! warm instance reused from call to call, and calls under the pipeline's
-//! limits.
+//! One pipeline's sandbox: its current plugin (swappable while running),
+//! warm instances reused from call to call (one per call running at once, up
+//! to the pipeline's `instances`), and calls under the pipeline's limits.
 //!
 //! Every call gets a fresh budget (fuel, epoch deadline, log bytes); the
-//! store's memory and table caps hold throughout. The warm instance is
-//! discarded after any failure the sandbox stopped, so a trap never leaves a
-//! broken instance behind, and a batch whose call was stopped is retried
-//! input by input in fresh instances so only the guilty inputs fail.
+//! store's memory and table caps hold throughout. An instance is discarded
+//! after any failure the sandbox stopped, so a trap never leaves a broken
+//! instance behind, and a batch whose call was stopped is retried input by
+//! input in fresh instances so only the guilty inputs fail.
 
 use super::bindings::PipelinePlugin;
 use super::call::{arm, classify, decide_call, event_size, map_call, outcomes, row_size, Call};
@@ -45,8 +45,17 @@ pub struct Sandbox {
 struct Inner {
     current: Mutex<Plugin>,
     ctx: CallContext,
-    warm: Mutex<Option<Instance>>,
+    /// Warm instances not in a call: at most `ctx.instances`.
+    warm: Mutex<Vec<Instance>>,
     cpu: Arc<CpuMeter>,
+}
+
+impl Inner {
+    fn warm(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The plugin as it was when a page started: every call of the page uses
@@ -76,7 +85,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 current: Mutex::new(plugin),
                 ctx,
-                warm: Mutex::new(None),
+                warm: Mutex::new(Vec::new()),
                 cpu: Arc::new(CpuMeter::default()),
             }),
         }
@@ -112,14 +121,15 @@ impl Sandbox {
         old
     }
 
-    /// Drops the warm instance (the pipeline is idle): its pooled slot and
-    /// memory go back to the engine.
+    /// Drops the warm instances (the pipeline is idle): their pooled slots
+    /// and memory go back to the engine.
     pub fn release(&self) {
-        self.inner
-            .warm
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.inner.warm().clear();
+    }
+
+    /// Warm instances waiting for a call.
+    pub fn warm_instances(&self) -> usize {
+        self.inner.warm().len()
     }
 
     /// The current plugin, held for a page.
@@ -155,6 +165,11 @@ impl Session {
         &self.sandbox.inner.ctx.limits
     }
 
+    /// Calls that may run at once, each on its own instance.
+    pub fn instances(&self) -> usize {
+        self.sandbox.inner.ctx.instances.max(1)
+    }
+
     /// The version (content hash) this session's calls run.
     pub fn version(&self) -> &str {
         self.plugin.version()
@@ -172,18 +187,32 @@ impl Session {
         super::calls::DECIDE.call_in_place(self, events.to_vec())
     }
 
-    /// Makes the warm instance of this session's plugin, if there is none.
+    /// Makes a warm instance of this session's plugin, if there is none.
     pub fn warm_up(&self) -> Result<(), PluginError> {
-        let mut slot = self
-            .sandbox
-            .inner
-            .warm
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !matches!(&*slot, Some(instance) if instance.from.same(&self.plugin)) {
-            *slot = Some(self.instantiate()?);
-        }
+        let instance = self.take_warm()?;
+        self.give_back(instance);
         Ok(())
+    }
+
+    /// A warm instance of this session's plugin, or a new one. Instances of
+    /// another version (before a reload) are dropped on the way.
+    fn take_warm(&self) -> Result<Instance, PluginError> {
+        let mut warm = self.sandbox.inner.warm();
+        while let Some(instance) = warm.pop() {
+            if instance.from.same(&self.plugin) {
+                return Ok(instance);
+            }
+        }
+        drop(warm);
+        self.instantiate()
+    }
+
+    /// Keeps an instance that finished its call for the next one.
+    fn give_back(&self, instance: Instance) {
+        let mut warm = self.sandbox.inner.warm();
+        if warm.len() < self.instances() {
+            warm.push(instance);
+        }
     }
 
     /// Maps a batch in one call in the warm instance. Rows over the input
@@ -276,7 +305,7 @@ impl Session {
         })
     }
 
-    /// Runs `call` over all `n` inputs in the warm instance (discarded if
+    /// Runs `call` over all `n` inputs in a warm instance (discarded if
     /// the sandbox stops the call).
     fn batched<T>(
         &self,
@@ -288,27 +317,16 @@ impl Session {
         if n == 0 {
             return Attempt::Done(Vec::new());
         }
-        let mut slot = self
-            .sandbox
-            .inner
-            .warm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let warm = match slot.take() {
-            Some(instance) if instance.from.same(&self.plugin) => Ok(instance),
-            _ => self.instantiate(),
-        };
-        let error = match warm {
+        let error = match self.take_warm() {
             Ok(mut instance) => match self.call(&mut instance, 0..n, budget, call, check).0 {
                 Ok(outcomes) => {
-                    *slot = Some(instance);
+                    self.give_back(instance);
                     return Attempt::Done(outcomes);
                 }
                 Err(e) => e,
             },
             Err(e) => e,
         };
-        drop(slot);
         self.note(&error);
         if n == 1 || !error.is_sandbox_failure() {
             return Attempt::Done((0..n).map(|_| Err(error.clone())).collect());

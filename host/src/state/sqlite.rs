@@ -189,7 +189,10 @@ impl SqliteState {
 
 /// The ledger's rows among `keys` (at most [`CHUNK`]): each key with how it
 /// finished, or `None` while it is only `started`.
-fn lookup(conn: &Connection, keys: &[String]) -> Result<Vec<(String, Option<Finished>)>, StateError> {
+fn lookup(
+    conn: &Connection,
+    keys: &[String],
+) -> Result<Vec<(String, Option<Finished>)>, StateError> {
     let sql = format!(
         "SELECT idempotency_key, state FROM ledger WHERE idempotency_key IN ({})",
         numbered(1, keys.len())
@@ -497,7 +500,9 @@ mod tests {
         // More keys than one statement takes, all new: nothing is finished.
         let keys: Vec<String> = (0..CHUNK + 5).map(|i| format!("p/r{i:04}/0")).collect();
         assert!(state.start_actions("p", &keys, false).unwrap().is_empty());
-        assert!(states(&state).iter().all(|(_, s, o)| s == "started" && o.is_none()));
+        assert!(states(&state)
+            .iter()
+            .all(|(_, s, o)| s == "started" && o.is_none()));
         // The page commits: most done alike, one failed, one done otherwise.
         let mut actions: Vec<_> = keys.iter().map(|k| outcome(k, "recorded", true)).collect();
         actions[1] = outcome(&keys[1], "http_500", false);
@@ -514,8 +519,14 @@ mod tests {
         assert_eq!(rows[0], row(&keys[0], "finished", Some("recorded")));
         assert_eq!(rows[1], row(&keys[1], "failed", Some("http_500")));
         assert_eq!(rows[2], row(&keys[2], "finished", Some("http_201")));
-        assert_eq!(rows[CHUNK + 4], row(&keys[CHUNK + 4], "finished", Some("recorded")));
-        assert_eq!(rows[CHUNK + 5], row("p/unmarked/0", "finished", Some("recorded")));
+        assert_eq!(
+            rows[CHUNK + 4],
+            row(&keys[CHUNK + 4], "finished", Some("recorded"))
+        );
+        assert_eq!(
+            rows[CHUNK + 5],
+            row("p/unmarked/0", "finished", Some("recorded"))
+        );
 
         // Read again, with one key the crash left only started.
         let fresh = "p/r9999/0".to_string();
@@ -531,7 +542,13 @@ mod tests {
         let finished = state.start_actions("p", &again, true).unwrap();
         assert_eq!(finished.len(), 1, "{finished:?}");
         assert_eq!(finished[&keys[0]], Finished::Done);
-        assert_eq!(states(&state)[1], row(&keys[1], "started", Some("http_500")));
-        assert_eq!(states(&state)[0], row(&keys[0], "finished", Some("recorded")));
+        assert_eq!(
+            states(&state)[1],
+            row(&keys[1], "started", Some("http_500"))
+        );
+        assert_eq!(
+            states(&state)[0],
+            row(&keys[0], "finished", Some("recorded"))
+        );
     }
 }

@@ -26,12 +26,26 @@ pub fn python() -> PathBuf {
     cache.join("peers-venv/bin/python")
 }
 
-/// The adapter script.
+/// The adapter script: `FRESHET_SNOWFLAKE_ADAPTER`, else the checkout's
+/// `tests/snowflake/adapter.py` found from the package `cargo test` runs
+/// (its `CARGO_MANIFEST_DIR` at run time), else the one beside this crate's
+/// sources when it was compiled. Run time first: a target folder shared by
+/// several checkouts (CI's fresh clone) can hold this crate compiled in
+/// another one, since moved or deleted.
 pub fn adapter() -> PathBuf {
-    std::env::var_os("FRESHET_SNOWFLAKE_ADAPTER").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../snowflake/adapter.py"),
-        PathBuf::from,
-    )
+    if let Some(path) = std::env::var_os("FRESHET_SNOWFLAKE_ADAPTER") {
+        return PathBuf::from(path);
+    }
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../snowflake/adapter.py");
+    let running = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let found = running
+        .iter()
+        .flat_map(|dir| dir.ancestors())
+        .find_map(|dir| {
+            let script = dir.join("tests/snowflake/adapter.py");
+            script.is_file().then_some(script)
+        });
+    found.unwrap_or(compiled)
 }
 
 /// What an emulator saw.
