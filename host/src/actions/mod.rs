@@ -60,8 +60,8 @@ pub enum Target {
     Email(Box<EmailTarget>),
     /// A CRM upsert.
     Crm(Box<CrmTarget>),
-    /// A line in a file.
-    Record(RecordTarget),
+    /// A line in a file (shared with the blocking job that syncs it).
+    Record(std::sync::Arc<RecordTarget>),
 }
 
 /// The name of an action's kind and its target.
@@ -106,21 +106,30 @@ impl Executors {
                     Target::Email(Box::new(EmailTarget::build(m, &key, secrets)?))
                 }
                 TargetConfig::Crm(c) => Target::Crm(Box::new(CrmTarget::build(c, &key, secrets)?)),
-                TargetConfig::Record(r) => Target::Record(RecordTarget::open(&r.path, &key)?),
+                TargetConfig::Record(r) => {
+                    Target::Record(std::sync::Arc::new(RecordTarget::open(&r.path, &key)?))
+                }
             };
             targets.insert(name.clone(), (target, cap));
         }
         Ok(Self { targets })
     }
 
-    /// Makes what record targets wrote durable, before the page commits.
-    pub fn sync(&self) -> std::io::Result<()> {
-        for (target, _) in self.targets.values() {
-            if let Target::Record(r) = target {
-                r.sync()?;
-            }
+    /// Makes what record targets wrote durable, before the page commits:
+    /// file syncs, on the blocking pool rather than the pipeline's thread.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let records: Vec<_> = (self.targets.values())
+            .filter_map(|(target, _)| match target {
+                Target::Record(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let sync = move || records.iter().try_for_each(|r| r.sync());
+        let synced = crate::profile::spawn_blocking(crate::profile::Stage::Actions, sync);
+        synced.await.map_err(std::io::Error::other)?
     }
 
     /// Runs one action to its final result.

@@ -21,6 +21,7 @@
 use super::auth::Tokens;
 use super::{DeliverError, Delivery, Message, Sink};
 use crate::retry::{classify, retry_after, Backoff, Verdict};
+use bytes::Bytes;
 use futures::stream::{self, StreamExt as _};
 use serde::Deserialize;
 use std::time::Duration;
@@ -182,7 +183,7 @@ impl AepSink {
 
     async fn post(
         &self,
-        body: String,
+        body: Bytes,
         token: Option<&str>,
     ) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
         let mut request = self
@@ -211,7 +212,7 @@ impl AepSink {
     /// request timeout); only waits to retry are.
     async fn exchange(
         &self,
-        body: String,
+        body: Bytes,
         backoff: &mut Backoff,
     ) -> Result<(u16, reqwest::header::HeaderMap, String), DeliverError> {
         loop {
@@ -223,6 +224,7 @@ impl AepSink {
                     continue;
                 }
             };
+            // A retry sends the same bytes again: shared, not copied.
             match self.post(body.clone(), token.as_deref()).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
@@ -246,7 +248,7 @@ impl AepSink {
             let mut renewed = false;
             loop {
                 let (status, headers, text) = self
-                    .exchange(self.body(messages, &batch), &mut backoff)
+                    .exchange(self.body(messages, &batch).into(), &mut backoff)
                     .await?;
                 match classify(status) {
                     Verdict::Success if self.sync_validation => {

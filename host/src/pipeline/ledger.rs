@@ -61,7 +61,7 @@ pub(crate) async fn run(
         .buffered(ACTION_CONCURRENCY)
         .collect()
         .await;
-    executors.sync()?;
+    executors.sync().await?;
     for (action, result) in todo.into_iter().zip(results) {
         if let ActionResult::Failed { outcome, reason } = &result {
             tracing::warn!(%pipeline, key = %action.request.key, %outcome, %reason, "action failed");
