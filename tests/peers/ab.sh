@@ -7,7 +7,8 @@
 # per run: wall seconds (start-up included), rows/s, peak RSS, and the CPU
 # seconds per million rows of freshet and of the receiver. One warm-up run
 # per binary fills the component cache first.
-# Env: ROWS (200000), RUNS (3), PLUGIN, PEERS (the freshet-peers binary),
+# Env: ROWS (200000), RUNS (3), PLUGIN, INSTANCES (the pipeline's; default
+# its own), PEERS (the freshet-peers binary),
 # PERF=1 to record each run with `perf record -g` into perf.BINARY.N.data here.
 set -euo pipefail
 target="${CARGO_TARGET_DIR:-$HOME/.cache/freshet/target}"
@@ -40,6 +41,7 @@ path = "$dir/state.db"
 [pipelines.orders]
 plugin = "$PLUGIN"
 batch_size = 500
+${INSTANCES:+instances = $INSTANCES}
 plugin_settings = { tenant = "acme" }
 
 [pipelines.orders.source]
