@@ -153,10 +153,12 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
     assert_eq!(kinds, ["email", "webhook"]);
     let usage = &first["usage"];
     assert!(usage["fuel"].as_u64().unwrap() > 1_000);
-    // The map call's and the one decide call's budgets: each the base per
-    // input plus the allowance for its bytes (a few hundred here).
+    // The orders plugin speaks contract 0.2: one `process` call, whose
+    // budget is the base per row plus the allowance for its bytes (a few
+    // hundred here); it maps and decides, so all its fuel is the map's.
     let limit = usage["fuel_limit"].as_u64().unwrap();
-    assert!((22_000_000..23_000_000).contains(&limit), "{limit}");
+    assert!((11_000_000..12_000_000).contains(&limit), "{limit}");
+    assert_eq!(usage["map_fuel"], usage["fuel"]);
     assert!(usage["peak_memory_bytes"].as_u64().unwrap() > 0);
     assert_eq!(reports[1]["error"]["code"], "reject");
     assert!(reports[1]["error"]["message"]

@@ -98,30 +98,27 @@ fn transcript(plugin: &str, fixture: &str, settings: &[(&str, &str)]) -> Vec<Jso
     let (columns, rows) = rows_file::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture))
         .expect("fixture parses");
     let batch = RowBatch { columns, rows };
-    let sandbox = sandbox(plugin, settings);
-    let session = sandbox.session();
-    let mapped = session.map_rows(&batch);
-    assert_eq!(mapped.len(), batch.rows.len(), "one answer per row");
-    let events: Vec<Event> = mapped.iter().flatten().flatten().cloned().collect();
-    let mut decided = session.decide(&events).into_iter();
+    // One `process` call for a 0.2 plugin; `map-rows`, then `decide`, for 0.1.
+    let answers = sandbox(plugin, settings).process(&batch);
+    assert_eq!(answers.len(), batch.rows.len(), "one answer per row");
     batch
         .rows
         .iter()
-        .zip(&mapped)
+        .zip(answers)
         .map(|(row, answer)| {
             let answer = match answer {
-                Err(e) => error_json(e),
-                Ok(events) => Json::Array(
-                    events
+                Err(e) => error_json(&e),
+                Ok(decided) => Json::Array(
+                    decided
                         .iter()
-                        .map(|event| {
-                            let actions = match decided.next().expect("one decision per event") {
+                        .map(|d| {
+                            let actions = match &d.actions {
                                 Ok(actions) => {
                                     Json::Array(actions.iter().map(action_json).collect())
                                 }
-                                Err(e) => error_json(&e),
+                                Err(e) => error_json(e),
                             };
-                            json!({"event": event_json(event), "actions": actions})
+                            json!({"event": event_json(&d.event), "actions": actions})
                         })
                         .collect(),
                 ),

@@ -259,6 +259,46 @@ async fn several_instances_map_a_page_at_once_and_answer_in_order() {
     assert_eq!(three.warm_instances(), 0);
 }
 
+/// An event left without an `_id` gets the host's, from the row's identity
+/// and the event's index: the same on every call, in a pipeline's calls and
+/// in `plugin test`'s alike.
+#[test]
+fn events_without_an_id_get_one_derived_from_the_row() {
+    use freshet::plugin::contract::{Row, RowBatch, Value};
+    let sandbox = Sandbox::new(
+        hostile_plugin(),
+        CallContext::new(
+            "t",
+            "p",
+            Limits::default(),
+            Default::default(),
+            Grants::default(),
+        ),
+    );
+    let row = Row {
+        identity: "9@5".into(),
+        cells: vec![Value::Text("no-ids".into())],
+    };
+    let columns = vec!["status".to_owned()];
+    let batch = RowBatch {
+        columns: columns.clone(),
+        rows: vec![row.clone()],
+    };
+    let expected = [
+        freshet::plugin::derived_id("9@5", 0),
+        freshet::plugin::derived_id("9@5", 1),
+    ];
+    let ids = |decided: Vec<freshet::plugin::Outcome<freshet::plugin::Decided>>| -> Vec<String> {
+        let row = decided.into_iter().next().unwrap().unwrap();
+        row.into_iter().map(|d| d.event.id).collect()
+    };
+    assert_eq!(ids(sandbox.process(&batch)), expected);
+    assert_eq!(ids(sandbox.process(&batch)), expected, "the same again");
+    let (events, _) = sandbox.probe(&columns, &row).0.unwrap();
+    let probed: Vec<String> = events.into_iter().map(|e| e.id).collect();
+    assert_eq!(probed, expected);
+}
+
 /// A plugin built with Rust's std imports WASI; it links, and every ambient
 /// capability it reaches for is denied: no file, no directory, no
 /// environment, no socket (even to a port that is listening), a clock

@@ -7,7 +7,7 @@ use super::ledger::{self, Rerun};
 use super::work::{ActionWork, EventWork, PageWork, RowWork};
 use super::{Pipeline, Stats};
 use crate::deliver::{Delivery, Message};
-use crate::plugin::calls::{Runner, DECIDE, MAP_ROWS};
+use crate::plugin::calls::{self, batches, unshare, Runner};
 use crate::plugin::contract::{Action, Event, Row, RowBatch};
 use crate::plugin::scheduler::{CpuMeter, Scheduler};
 use crate::plugin::{Outcome, PluginError};
@@ -46,27 +46,6 @@ fn unavailable<T>(outcomes: &[Result<T, PluginError>]) -> Option<&PluginError> {
     })
 }
 
-/// `items` in batches of at most `size`, each item moved once.
-fn batches<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
-    let mut out = Vec::with_capacity(items.len().div_ceil(size));
-    let mut items = items.into_iter();
-    loop {
-        let batch: Vec<T> = items.by_ref().take(size).collect();
-        if batch.is_empty() {
-            return out;
-        }
-        out.push(batch);
-    }
-}
-
-/// The inputs back from the calls that borrowed them (the calls are over,
-/// so each is held once; a clone only if something still holds one).
-fn unshare<T: Clone>(shared: Vec<Arc<T>>) -> impl Iterator<Item = T> {
-    shared
-        .into_iter()
-        .map(|a| Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
-}
-
 impl Pipeline {
     /// Runs the plugin over a page; `None` for an empty page. Fails, so
     /// the page is read again later, if no instance could be made or `stop`
@@ -97,48 +76,35 @@ impl Pipeline {
                 Arc::new(RowBatch { columns, rows })
             })
             .collect();
-        let mapped = MAP_ROWS.call(&session, &row_batches, &runner, stop).await?;
-        let rows = unshare(row_batches).flat_map(|b| b.rows);
-
-        // The events, moved into batches for `decide` and back; each row
-        // keeps how many are its own.
-        let mut events = Vec::new();
-        let shapes: Vec<Result<usize, PluginError>> = mapped
-            .into_iter()
-            .map(|outcome| {
-                outcome.map(|mut mine| {
-                    let n = mine.len();
-                    events.append(&mut mine);
-                    n
-                })
-            })
-            .collect();
-        let count = events.len();
-        let event_batches: Vec<Arc<Vec<Event>>> = batches(events, self.batch_size)
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let decided = if self.actions {
-            DECIDE.call(&session, &event_batches, &runner, stop).await?
-        } else {
-            // Events only: every event decided on, to no action.
-            (0..count).map(|_| Ok(Vec::new())).collect()
-        };
-        if let Some(e) = unavailable(&shapes).or_else(|| unavailable(&decided)) {
+        let decided = calls::process(
+            &session,
+            &row_batches,
+            self.batch_size,
+            self.actions,
+            &runner,
+            stop,
+        )
+        .await?;
+        if let Some(e) = unavailable(&decided) {
             anyhow::bail!("{e}");
         }
-        anyhow::ensure!(
-            decided.len() == count,
-            "the plugin decided on {} events of {count}",
-            decided.len()
-        );
-        let mut events = unshare(event_batches).flatten().zip(decided);
+        let rows = unshare(row_batches).flat_map(|b| b.rows);
         let rows = rows
-            .zip(shapes)
-            .map(|(row, shape)| {
-                let result = shape.map(|n| {
-                    let mine = events.by_ref().take(n);
-                    mine.map(|(e, decided)| self.event_work(&row.identity, e, decided))
+            .zip(decided)
+            .map(|(row, outcome)| {
+                let result = outcome.map(|decided| {
+                    let events = decided.into_iter();
+                    events
+                        .map(|d| {
+                            // Events only: a 0.2 plugin decided anyway; its
+                            // actions are dropped, as if there were none.
+                            let actions = if self.actions {
+                                d.actions
+                            } else {
+                                Ok(Vec::new())
+                            };
+                            self.event_work(&row.identity, d.event, actions)
+                        })
                         .collect()
                 });
                 RowWork { row, result }

@@ -2,8 +2,8 @@
 //! inputs, the budget a call is armed with, the checks on its answer, and
 //! the name of whatever stopped it.
 
-use super::bindings::PipelinePlugin;
-use super::contract::{Action, Event, GuestError, Row, RowBatch, Value};
+use super::contract::{Action, DecidedEvent, Event, GuestError, Row, RowBatch, Value};
+use super::runtime::Bound;
 use super::runtime::EPOCH_TICK;
 use super::sandbox::Outcome;
 use super::store::StoreState;
@@ -13,7 +13,7 @@ use wasmtime::Store;
 
 /// A call into an instance over a range of the inputs.
 pub(super) type Call<'a, T> =
-    dyn Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<T> + 'a;
+    dyn Fn(&Bound, &mut Store<StoreState>, Range<usize>) -> Answer<T> + 'a;
 
 /// What an export answers: one result per input, or a trap.
 pub(super) type Answer<T> = wasmtime::Result<Vec<Result<Vec<T>, GuestError>>>;
@@ -33,10 +33,7 @@ pub(super) fn outcomes<T>(
         )));
     }
     let checked = |result: Result<Vec<T>, GuestError>| {
-        let outputs = result.map_err(|e| match e {
-            GuestError::Reject(reason) => PluginError::Reject(reason),
-            GuestError::Internal(reason) => PluginError::Guest(reason),
-        })?;
+        let outputs = result.map_err(guest_error)?;
         let mut size = 0usize;
         for output in &outputs {
             size += check(output).map_err(PluginError::Contract)?;
@@ -49,28 +46,68 @@ pub(super) fn outcomes<T>(
     Ok(answer.into_iter().map(checked).collect())
 }
 
-/// `map-rows` over `batch`, or over a range of it.
-pub(super) fn map_call(
-    batch: &RowBatch,
-) -> impl Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<Event> + '_ {
-    move |plugin, store, range| {
-        if range.len() == batch.rows.len() {
-            plugin.call_map_rows(store, batch)
-        } else {
-            let sub = RowBatch {
-                columns: batch.columns.clone(),
-                rows: batch.rows[range].to_vec(),
-            };
-            plugin.call_map_rows(store, &sub)
-        }
+/// What the plugin said was wrong with an input, as the host names it.
+pub(super) fn guest_error(e: GuestError) -> PluginError {
+    match e {
+        GuestError::Reject(reason) => PluginError::Reject(reason),
+        GuestError::Internal(reason) => PluginError::Guest(reason),
     }
 }
 
-/// `decide` over a range of `events`.
+/// `batch`, or the range of its rows.
+fn rows_of(batch: &RowBatch, range: Range<usize>) -> std::borrow::Cow<'_, RowBatch> {
+    if range.len() == batch.rows.len() {
+        std::borrow::Cow::Borrowed(batch)
+    } else {
+        std::borrow::Cow::Owned(RowBatch {
+            columns: batch.columns.clone(),
+            rows: batch.rows[range].to_vec(),
+        })
+    }
+}
+
+/// A call to an export the instance's contract does not have: the host
+/// chose the wrong path (a bug), reported as a trap of the call.
+fn missing(export: &str) -> wasmtime::Error {
+    wasmtime::format_err!("the plugin's contract has no `{export}` export")
+}
+
+/// An export over rows, as a [`Call`] over a batch of them.
+pub(super) type RowsCall<T> = fn(&RowBatch) -> Box<Call<'_, T>>;
+
+/// `map-rows` (contract 0.1) over `batch`, or over a range of it.
+pub(super) fn map_call(batch: &RowBatch) -> Box<Call<'_, Event>> {
+    Box::new(move |plugin, store, range| match plugin {
+        Bound::V0_1(p) => p.call_map_rows(store, &rows_of(batch, range)),
+        Bound::V0_2(_) => Err(missing("map-rows")),
+    })
+}
+
+/// `process` (contract 0.2) over `batch`, or over a range of it.
+pub(super) fn process_call(batch: &RowBatch) -> Box<Call<'_, DecidedEvent>> {
+    process_with(batch, true)
+}
+
+/// `process` asked for events only (`decide` false).
+pub(super) fn events_call(batch: &RowBatch) -> Box<Call<'_, DecidedEvent>> {
+    process_with(batch, false)
+}
+
+fn process_with(batch: &RowBatch, decide: bool) -> Box<Call<'_, DecidedEvent>> {
+    Box::new(move |plugin, store, range| match plugin {
+        Bound::V0_2(p) => p.call_process(store, &rows_of(batch, range), decide),
+        Bound::V0_1(_) => Err(missing("process")),
+    })
+}
+
+/// `decide` (either contract) over a range of `events`.
 pub(super) fn decide_call(
     events: &[Event],
-) -> impl Fn(&PipelinePlugin, &mut Store<StoreState>, Range<usize>) -> Answer<Action> + '_ {
-    move |plugin, store, range| plugin.call_decide(store, &events[range])
+) -> impl Fn(&Bound, &mut Store<StoreState>, Range<usize>) -> Answer<Action> + '_ {
+    move |plugin, store, range| match plugin {
+        Bound::V0_1(p) => p.call_decide(store, &events[range]),
+        Bound::V0_2(p) => p.call_decide(store, &events[range]),
+    }
 }
 
 /// The bytes an event brings into `decide`: its id and body.

@@ -7,8 +7,9 @@
 //! priority between retries), `freshet plugin test` and the tests run them
 //! in place.
 
-use super::contract::{Action, Event, RowBatch};
-use super::sandbox::{Attempt, Outcome, Session};
+use super::contract::{Action, Event, RowBatch, Version};
+use super::sandbox::{Attempt, Decided, Outcome, Session};
+use super::PluginError;
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,21 @@ impl<I, T> Clone for Export<I, T> {
 }
 impl<I, T> Copy for Export<I, T> {}
 
-/// `map-rows`: rows to events.
+/// `process` (contract 0.2): rows to events with their actions.
+pub const PROCESS: Export<RowBatch, Decided> = Export {
+    whole: |s, batch| s.try_process(batch, true),
+    one: |s, batch, i| s.process_row(batch, i, true),
+    len: |batch| batch.rows.len(),
+};
+
+/// `process` for events only: the plugin is told not to decide.
+pub const PROCESS_EVENTS: Export<RowBatch, Decided> = Export {
+    whole: |s, batch| s.try_process(batch, false),
+    one: |s, batch, i| s.process_row(batch, i, false),
+    len: |batch| batch.rows.len(),
+};
+
+/// `map-rows` (contract 0.1): rows to events.
 pub const MAP_ROWS: Export<RowBatch, Event> = Export {
     whole: |s, batch| s.try_map_rows(batch),
     one: |s, batch, i| s.map_row(batch, i),
@@ -130,4 +145,80 @@ impl<I: Send + Sync + 'static, T: Send + 'static> Export<I, T> {
         futures::executor::block_on(self.call(session, &inputs, &InPlace, &never))
             .unwrap_or_default()
     }
+}
+
+/// Rows through the session's contract: per row, its events each with its
+/// decision, in order. 0.2: one `process` call per batch. 0.1: `map-rows`
+/// over the batches, then `decide` over their events in batches of
+/// `batch_size` (skipped, every event deciding on no action, unless
+/// `decide`; a 0.2 plugin is asked not to decide, and callers drop any
+/// actions it sends anyway).
+pub async fn process(
+    session: &Session,
+    rows: &[Arc<RowBatch>],
+    batch_size: usize,
+    decide: bool,
+    runner: &impl Runner,
+    stop: &CancellationToken,
+) -> Result<Vec<Outcome<Decided>>, Stopped> {
+    if session.contract() == Version::V0_2 {
+        let export = if decide { PROCESS } else { PROCESS_EVENTS };
+        return export.call(session, rows, runner, stop).await;
+    }
+    let mapped = MAP_ROWS.call(session, rows, runner, stop).await?;
+    // The events, moved into batches for `decide` and back; each row keeps
+    // how many are its own.
+    let mut events = Vec::new();
+    let shapes: Vec<Result<usize, PluginError>> = mapped
+        .into_iter()
+        .map(|outcome| {
+            outcome.map(|mut mine| {
+                let n = mine.len();
+                events.append(&mut mine);
+                n
+            })
+        })
+        .collect();
+    let count = events.len();
+    let event_batches: Vec<Arc<Vec<Event>>> = batches(events, batch_size.max(1))
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let decisions = if decide {
+        DECIDE.call(session, &event_batches, runner, stop).await?
+    } else {
+        (0..count).map(|_| Ok(Vec::new())).collect()
+    };
+    let mut decided = unshare(event_batches).flatten().zip(decisions);
+    Ok(shapes
+        .into_iter()
+        .map(|shape| {
+            shape.map(|n| {
+                let mine = decided.by_ref().take(n);
+                mine.map(|(event, actions)| Decided { event, actions })
+                    .collect()
+            })
+        })
+        .collect())
+}
+
+/// `items` in batches of at most `size`, each item moved once.
+pub fn batches<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut items = items.into_iter();
+    loop {
+        let batch: Vec<T> = items.by_ref().take(size).collect();
+        if batch.is_empty() {
+            return out;
+        }
+        out.push(batch);
+    }
+}
+
+/// The inputs back from the calls that borrowed them (the calls are over,
+/// so each is held once; a clone only if something still holds one).
+pub fn unshare<T: Clone>(shared: Vec<Arc<T>>) -> impl Iterator<Item = T> {
+    shared
+        .into_iter()
+        .map(|a| Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()))
 }

@@ -3,7 +3,7 @@
 //! action payloads are JSON of the right shape. The checks run once per
 //! output on the hot path, so they walk the JSON without building it.
 
-use super::contract::{Action, Event};
+use super::contract::{Action, DecidedEvent, Event};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use std::fmt;
 
@@ -71,12 +71,10 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 }
 
 /// An event's body must be a JSON object and must not set `_id` or
-/// `timestamp` itself (the host writes them from the typed fields). Returns
-/// the bytes it counts against the output limit.
+/// `timestamp` itself (the host writes them from the typed fields; an empty
+/// id it derives, [`super::derived_id`]). Returns the bytes it counts
+/// against the output limit.
 pub(super) fn check_event(event: &Event) -> Result<usize, String> {
-    if event.id.is_empty() {
-        return Err("an event has an empty id".to_owned());
-    }
     match object_with_keys(&event.body, &["_id", "timestamp"]) {
         Ok(None) => Ok(event.body.len() + event.id.len()),
         Ok(Some(key)) => Err(format!(
@@ -84,6 +82,29 @@ pub(super) fn check_event(event: &Event) -> Result<usize, String> {
             event.id
         )),
         Err(e) => Err(format!("event {} body is not a JSON object: {e}", event.id)),
+    }
+}
+
+/// A 0.2 event and its actions: the event as [`check_event`]; the actions
+/// only counted here, and checked with [`check_action`] one by one when the
+/// answer is taken apart, so a bad action fails its event's decision, as a
+/// failed `decide` would, not the row.
+pub(super) fn check_decided(decided: &DecidedEvent) -> Result<usize, String> {
+    let actions = decided
+        .actions
+        .as_ref()
+        .map_or(0, |actions| actions.iter().map(action_size).sum());
+    Ok(check_event(&decided.event)? + actions)
+}
+
+/// The bytes of an action's text fields.
+fn action_size(action: &Action) -> usize {
+    match action {
+        Action::Email(e) => e.target.len() + e.to.len() + e.template.len() + e.variables.len(),
+        Action::Webhook(w) => w.target.len() + w.body.len(),
+        Action::CrmUpdate(c) => {
+            c.target.len() + c.object.len() + c.external_id.len() + c.fields.len()
+        }
     }
 }
 

@@ -31,9 +31,10 @@ pub use error::{FailureCounts, PluginError};
 pub use limits::{Grants, Limits};
 pub use probe::Probe;
 pub use runtime::{LoadError, Origin, Plugin, Runtime};
-pub use sandbox::{Attempt, Outcome, Sandbox, Session};
+pub use sandbox::{Attempt, Decided, Outcome, Sandbox, Session};
 
 use logs::LogRoute;
+use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,12 +51,36 @@ mod bindings {
     });
 }
 
+/// Contract 0.2 (`wit/0.2`): its `types` are 0.1's, mapped onto the same
+/// Rust types, so rows and events cross either contract without conversion.
+#[allow(missing_docs)] // generated from the documented WIT
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2",
+        world: "pipeline-plugin",
+        imports: { "freshet:plugin/host.log": trappable },
+        with: { "freshet:plugin/types": super::bindings::freshet::plugin::types },
+    });
+}
+
 /// The contract's types (`freshet:plugin/types`), as the host sees them.
 pub mod contract {
     pub use super::bindings::freshet::plugin::types::{
         Action, CrmUpdateRequest, EmailRequest, Event, Instant, PluginError as GuestError, Row,
         RowBatch, Value, WebhookRequest,
     };
+    pub use super::bindings_v2::freshet::plugin::decisions::DecidedEvent;
+
+    /// The contract versions the host links.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+    pub enum Version {
+        /// `map-rows`, then `decide`: a row crosses the boundary twice.
+        #[serde(rename = "0.1")]
+        V0_1,
+        /// `process`: a row's events and their actions from one call.
+        #[serde(rename = "0.2")]
+        V0_2,
+    }
 }
 
 /// Engine-wide settings (`[engine]` in the config).
@@ -169,4 +194,16 @@ pub struct Usage {
     pub map: Option<(u64, u64)>,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
+}
+
+/// The `_id` the host gives an event its plugin left empty: the SHA-256 of
+/// `{identity}#{index}` in 64 hex digits, where `index` counts the row's
+/// events from 0. It depends on the row's identity and the event's place
+/// only, so every replay of the row sends the same `_id`.
+pub fn derived_id(identity: &str, index: usize) -> String {
+    let mut hash = Sha256::new();
+    hash.update(identity.as_bytes());
+    hash.update(b"#");
+    hash.update(itoa::Buffer::new().format(index).as_bytes());
+    hex::encode(hash.finalize())
 }

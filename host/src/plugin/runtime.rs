@@ -11,6 +11,10 @@
 //! result thrown away (not cached), whenever it finishes.
 
 use super::bindings::{PipelinePlugin, PipelinePluginPre};
+use super::bindings_v2::{
+    PipelinePlugin as PipelinePluginV2, PipelinePluginPre as PipelinePluginPreV2,
+};
+use super::contract::Version;
 use super::scheduler::Scheduler;
 use super::store::StoreState;
 use super::EngineSettings;
@@ -217,16 +221,25 @@ impl Runtime {
     fn link(
         &self,
         component: Component,
-        version: String,
+        content: String,
         origin: Origin,
     ) -> Result<Loaded, LoadError> {
         let engine = &self.inner.engine;
         let contract = |e: wasmtime::Error| LoadError::Contract(format!("{e:#}"));
         let mut linker = Linker::<StoreState>::new(engine);
-        PipelinePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(contract)?;
-        let uses_wasi = component
-            .component_type()
+        let kind = component.component_type();
+        // A 0.2 component exports `process`; anything else is held to 0.1
+        // (and a component of neither fails to link, naming what it lacks).
+        let version = if kind.exports(engine).any(|(name, _)| name == "process") {
+            PipelinePluginV2::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+                .map_err(contract)?;
+            Version::V0_2
+        } else {
+            PipelinePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+                .map_err(contract)?;
+            Version::V0_1
+        };
+        let uses_wasi = kind
             .imports(engine)
             .any(|(name, _)| name.starts_with("wasi:"));
         if uses_wasi {
@@ -235,11 +248,14 @@ impl Runtime {
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(contract)?;
         }
         let pre = linker.instantiate_pre(&component).map_err(contract)?;
-        let pre = PipelinePluginPre::new(pre).map_err(contract)?;
+        let pre = match version {
+            Version::V0_1 => Pre::V0_1(PipelinePluginPre::new(pre).map_err(contract)?),
+            Version::V0_2 => Pre::V0_2(PipelinePluginPreV2::new(pre).map_err(contract)?),
+        };
         Ok(Loaded {
             engine: engine.clone(),
             pre,
-            version,
+            version: content,
             uses_wasi,
             origin,
         })
@@ -324,9 +340,38 @@ fn write_cache(component: &Component, path: &Path) -> anyhow::Result<()> {
 #[derive(Clone)]
 pub struct Plugin(Arc<Loaded>);
 
+/// A component ready to instantiate, linked against the contract it was
+/// built for.
+pub(crate) enum Pre {
+    V0_1(PipelinePluginPre<StoreState>),
+    V0_2(PipelinePluginPreV2<StoreState>),
+}
+
+/// An instance's exports, under its contract.
+pub(crate) enum Bound {
+    V0_1(PipelinePlugin),
+    V0_2(PipelinePluginV2),
+}
+
+impl Pre {
+    pub fn version(&self) -> Version {
+        match self {
+            Pre::V0_1(_) => Version::V0_1,
+            Pre::V0_2(_) => Version::V0_2,
+        }
+    }
+
+    pub fn instantiate(&self, store: &mut wasmtime::Store<StoreState>) -> wasmtime::Result<Bound> {
+        Ok(match self {
+            Pre::V0_1(pre) => Bound::V0_1(pre.instantiate(store)?),
+            Pre::V0_2(pre) => Bound::V0_2(pre.instantiate(store)?),
+        })
+    }
+}
+
 pub(crate) struct Loaded {
     pub engine: Engine,
-    pub pre: PipelinePluginPre<StoreState>,
+    pub pre: Pre,
     version: String,
     uses_wasi: bool,
     origin: Origin,
@@ -337,6 +382,11 @@ impl Plugin {
     /// plugin produced an event.
     pub fn version(&self) -> &str {
         &self.0.version
+    }
+
+    /// The contract the component was built against.
+    pub fn contract(&self) -> Version {
+        self.0.pre.version()
     }
 
     /// Whether the component imports WASI interfaces (linked, all denied).

@@ -8,11 +8,13 @@
 //! instance behind, and a batch whose call was stopped is retried input by
 //! input in fresh instances so only the guilty inputs fail.
 
-use super::bindings::PipelinePlugin;
-use super::call::{arm, classify, decide_call, event_size, map_call, outcomes, row_size, Call};
-use super::check::{check_action, check_event};
-use super::contract::{Action, Event, RowBatch};
-use super::runtime::Plugin;
+use super::call::{
+    arm, classify, decide_call, event_size, events_call, guest_error, map_call, outcomes,
+    process_call, row_size, Call, RowsCall,
+};
+use super::check::{check_action, check_decided, check_event};
+use super::contract::{Action, DecidedEvent, Event, RowBatch};
+use super::runtime::{Bound, Plugin};
 use super::scheduler::CpuMeter;
 use super::store::StoreState;
 use super::{CallContext, Limits, PluginError, Usage};
@@ -26,8 +28,58 @@ pub type Outcome<T> = Result<Vec<T>, PluginError>;
 /// A live instance, its store, and the plugin it was made from.
 struct Instance {
     store: Store<StoreState>,
-    plugin: PipelinePlugin,
+    plugin: Bound,
     from: Plugin,
+}
+
+/// One event of a row and what the plugin decided for it (contract 0.2's
+/// answer, checked; a 0.1 plugin's `map-rows` and `decide` paired up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The event, its `_id` filled in if the plugin left it empty.
+    pub event: Event,
+    /// Its actions, or why there are none: the plugin's error, or an action
+    /// that failed the host's checks.
+    pub actions: Outcome<Action>,
+}
+
+/// A row's 0.2 answer, taken apart: actions checked one by one (a bad one
+/// fails its event's decision, not the row) and empty `_id`s filled.
+pub(super) fn decided(identity: &str, outcome: Outcome<DecidedEvent>) -> Outcome<Decided> {
+    let mut decided: Vec<Decided> = outcome?
+        .into_iter()
+        .map(|d| Decided {
+            event: d.event,
+            actions: d.actions.map_err(guest_error).and_then(|actions| {
+                for action in &actions {
+                    check_action(action).map_err(PluginError::Contract)?;
+                }
+                Ok(actions)
+            }),
+        })
+        .collect();
+    for (index, d) in decided.iter_mut().enumerate() {
+        if d.event.id.is_empty() {
+            d.event.id = super::derived_id(identity, index);
+        }
+    }
+    Ok(decided)
+}
+
+/// Gives the events of a row's outcome that have no `_id` the host's.
+pub(super) fn fill_ids<T>(
+    identity: &str,
+    outcome: &mut Outcome<T>,
+    event: fn(&mut T) -> &mut Event,
+) {
+    if let Ok(outputs) = outcome {
+        for (index, output) in outputs.iter_mut().enumerate() {
+            let event = event(output);
+            if event.id.is_empty() {
+                event.id = super::derived_id(identity, index);
+            }
+        }
+    }
 }
 
 /// One pipeline's view of its plugin. Cheap to clone (shared state).
@@ -157,6 +209,24 @@ impl Sandbox {
     pub fn decide(&self, events: &[Event]) -> Vec<Outcome<Action>> {
         self.session().decide(events)
     }
+
+    /// Maps rows and decides their events with the current plugin, on the
+    /// calling thread, under either contract ([`super::calls::process`]).
+    pub fn process(&self, batch: &RowBatch) -> Vec<Outcome<Decided>> {
+        let session = self.session();
+        let batches = [Arc::new(batch.clone())];
+        let never = tokio_util::sync::CancellationToken::new();
+        let size = batch.rows.len().max(1);
+        let calls = super::calls::process(
+            &session,
+            &batches,
+            size,
+            true,
+            &super::calls::InPlace,
+            &never,
+        );
+        futures::executor::block_on(calls).unwrap_or_default()
+    }
 }
 
 impl Session {
@@ -168,6 +238,11 @@ impl Session {
     /// Calls that may run at once, each on its own instance.
     pub fn instances(&self) -> usize {
         self.sandbox.inner.ctx.instances.max(1)
+    }
+
+    /// The contract this session's plugin was built against.
+    pub fn contract(&self) -> super::contract::Version {
+        self.plugin.contract()
     }
 
     /// The version (content hash) this session's calls run.
@@ -215,9 +290,56 @@ impl Session {
         }
     }
 
-    /// Maps a batch in one call in the warm instance. Rows over the input
-    /// limit fail without reaching the plugin.
+    /// Maps a batch in one call in a warm instance (contract 0.1). Rows
+    /// over the input limit fail without reaching the plugin; events left
+    /// without an `_id` get the host's ([`super::derived_id`]).
     pub fn try_map_rows(&self, batch: &RowBatch) -> Attempt<Event> {
+        let mut attempt = self.try_rows(batch, map_call, check_event);
+        if let Attempt::Done(outcomes) = &mut attempt {
+            for (row, outcome) in batch.rows.iter().zip(outcomes) {
+                fill_ids(&row.identity, outcome, |e| e);
+            }
+        }
+        attempt
+    }
+
+    /// Maps row `i` of `batch` alone, in a fresh instance (contract 0.1).
+    pub fn map_row(&self, batch: &RowBatch, i: usize) -> Outcome<Event> {
+        let mut outcome = self.one_row(batch, i, map_call, check_event);
+        fill_ids(&batch.rows[i].identity, &mut outcome, |e| e);
+        outcome
+    }
+
+    /// Maps and (with `decide`) decides a batch in one call in a warm
+    /// instance (contract 0.2): per row, its events with their actions.
+    pub fn try_process(&self, batch: &RowBatch, decide: bool) -> Attempt<Decided> {
+        let call = if decide { process_call } else { events_call };
+        match self.try_rows(batch, call, check_decided) {
+            Attempt::Done(outcomes) => Attempt::Done(
+                (batch.rows.iter().zip(outcomes))
+                    .map(|(row, outcome)| decided(&row.identity, outcome))
+                    .collect(),
+            ),
+            Attempt::Stopped(e) => Attempt::Stopped(e),
+        }
+    }
+
+    /// [`Session::try_process`] for row `i` of `batch` alone, in a fresh
+    /// instance.
+    pub fn process_row(&self, batch: &RowBatch, i: usize, decide: bool) -> Outcome<Decided> {
+        let call = if decide { process_call } else { events_call };
+        let outcome = self.one_row(batch, i, call, check_decided);
+        decided(&batch.rows[i].identity, outcome)
+    }
+
+    /// `call` over a batch of rows in one call in a warm instance; rows over
+    /// the input limit fail without reaching the plugin.
+    fn try_rows<T>(
+        &self,
+        batch: &RowBatch,
+        call: RowsCall<T>,
+        check: fn(&T) -> Result<usize, String>,
+    ) -> Attempt<T> {
         let limits = self.limits();
         let limit = limits.input_bytes_per_row;
         let sizes: Vec<usize> = batch.rows.iter().map(row_size).collect();
@@ -228,7 +350,7 @@ impl Session {
             .map(|&s| limits.budget(s))
             .sum();
         if sizes.iter().all(|&s| fits(s)) {
-            return self.batched(batch.rows.len(), budget, &map_call(batch), check_event);
+            return self.batched(batch.rows.len(), budget, &*call(batch), check);
         }
         let fitting = RowBatch {
             columns: batch.columns.clone(),
@@ -237,8 +359,7 @@ impl Session {
                 .map(|(r, _)| r.clone())
                 .collect(),
         };
-        let call = map_call(&fitting);
-        let mapped = match self.batched(fitting.rows.len(), budget, &call, check_event) {
+        let mapped = match self.batched(fitting.rows.len(), budget, &*call(&fitting), check) {
             Attempt::Done(mapped) => mapped,
             stopped => return stopped,
         };
@@ -257,14 +378,20 @@ impl Session {
         )
     }
 
-    /// Maps row `i` of `batch` alone, in a fresh instance.
-    pub fn map_row(&self, batch: &RowBatch, i: usize) -> Outcome<Event> {
+    /// `call` over row `i` of `batch` alone, in a fresh instance.
+    fn one_row<T>(
+        &self,
+        batch: &RowBatch,
+        i: usize,
+        call: RowsCall<T>,
+        check: fn(&T) -> Result<usize, String>,
+    ) -> Outcome<T> {
         let limits = self.limits();
         let (size, limit) = (row_size(&batch.rows[i]), limits.input_bytes_per_row);
         if size as u64 > limit {
             return Err(PluginError::InputTooLarge { size, limit });
         }
-        self.one(i, limits.budget(size), &map_call(batch), check_event)
+        self.one(i, limits.budget(size), &*call(batch), check)
     }
 
     /// Decides a batch of events in one call in the warm instance.
@@ -405,5 +532,75 @@ impl Session {
             .map_err(|e| classify(e, store, budget, limits))
             .and_then(|answer| outcomes(answer, n, limits.output_bytes_per_row, check));
         (outcomes, usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::contract::{GuestError, Instant, WebhookRequest};
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            timestamp: Instant {
+                seconds: 0,
+                nanos: 0,
+            },
+            body: "{}".into(),
+        }
+    }
+
+    fn webhook(body: &str) -> Action {
+        Action::Webhook(WebhookRequest {
+            target: "hook".into(),
+            body: body.into(),
+        })
+    }
+
+    #[test]
+    fn a_02_answer_keeps_its_events_and_fails_only_the_decision_a_bad_action_spoils() {
+        let answer = vec![
+            DecidedEvent {
+                event: event(""),
+                actions: Ok(vec![webhook("{\"ok\":1}")]),
+            },
+            DecidedEvent {
+                event: event("own"),
+                actions: Ok(vec![webhook("{\"ok\":1}"), webhook("not json")]),
+            },
+            DecidedEvent {
+                event: event(""),
+                actions: Err(GuestError::Reject("no".into())),
+            },
+        ];
+        let row = decided("7@1", Ok(answer)).unwrap();
+        assert_eq!(row.len(), 3, "every event stays");
+        assert_eq!(row[0].event.id, super::super::derived_id("7@1", 0));
+        assert_eq!(row[0].actions.as_ref().unwrap().len(), 1);
+        assert_eq!(row[1].event.id, "own", "a plugin's own id is kept");
+        assert!(
+            matches!(&row[1].actions, Err(PluginError::Contract(m)) if m.contains("webhook body")),
+            "{:?}",
+            row[1].actions
+        );
+        assert_eq!(row[2].event.id, super::super::derived_id("7@1", 2));
+        assert_eq!(row[2].actions, Err(PluginError::Reject("no".into())));
+        // A failed row stays failed.
+        let failed = decided("7@1", Err(PluginError::Reject("row".into())));
+        assert_eq!(failed, Err(PluginError::Reject("row".into())));
+    }
+
+    #[test]
+    fn derived_ids_are_the_documented_hash() {
+        // `printf '7@1#0' | sha256sum`
+        assert_eq!(
+            super::super::derived_id("7@1", 0),
+            "8d3b5e3914aaf74000a57b7bdf38a2a4f780cbd9ca97d054df6065e9d7a654cf"
+        );
+        assert_ne!(
+            super::super::derived_id("7@1", 1),
+            super::super::derived_id("7@1", 0)
+        );
     }
 }

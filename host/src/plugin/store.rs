@@ -5,6 +5,7 @@
 //! unless the operator grants the real ones to the pipeline.
 
 use super::bindings::freshet::plugin::{host, types};
+use super::bindings_v2::freshet::plugin::{decisions, host as host_v2};
 use super::limits::{Grants, Meter};
 use super::logs::{Level, LogRoute};
 use super::CallContext;
@@ -136,5 +137,25 @@ impl host::Host for StoreState {
 
     fn get_setting(&mut self, name: String) -> Option<String> {
         self.settings.get(&name).cloned()
+    }
+}
+
+impl decisions::Host for StoreState {}
+
+/// Contract 0.2's `host` is 0.1's, under the new package version.
+impl host_v2::Host for StoreState {
+    fn log(&mut self, level: host_v2::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            host_v2::Level::Trace => host::Level::Trace,
+            host_v2::Level::Debug => host::Level::Debug,
+            host_v2::Level::Info => host::Level::Info,
+            host_v2::Level::Warn => host::Level::Warn,
+            host_v2::Level::Error => host::Level::Error,
+        };
+        host::Host::log(self, level, message)
+    }
+
+    fn get_setting(&mut self, name: String) -> Option<String> {
+        host::Host::get_setting(self, name)
     }
 }

@@ -1,4 +1,6 @@
-//! The example orders plugin in Rust: binds [`mapping`] to the freshet contract.
+//! The example orders plugin in Rust: binds [`mapping`] to the freshet
+//! contract 0.2 (`process`: a row's events and their actions in one call;
+//! `decide`: actions for stored events).
 //!
 //! Reads an `orders` row (`id`, `customer_email`, `status`, `amount`,
 //! `currency`, `updated_at`), maps it to an XDM ExperienceEvent and decides:
@@ -13,7 +15,7 @@ use freshet::plugin::types::{CrmUpdateRequest, EmailRequest, Row, Value, Webhook
 use mapping::{Decision, Order, Rejection};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/0.2",
     world: "pipeline-plugin",
 });
 
@@ -82,7 +84,13 @@ fn text(row: &Row, index: usize, column: &str) -> Result<String, PluginError> {
     }
 }
 
-fn map_row(row: &Row, cols: &Columns, tenant: &str) -> Result<Vec<Event>, PluginError> {
+/// A row's one event, with its actions decided from the row itself.
+fn process_row(
+    row: &Row,
+    cols: &Columns,
+    tenant: &str,
+    decide: bool,
+) -> Result<Vec<DecidedEvent>, PluginError> {
     let order = Order {
         id: text(row, cols.id, "id")?,
         email: text(row, cols.email, "customer_email")?,
@@ -100,11 +108,32 @@ fn map_row(row: &Row, cols: &Columns, tenant: &str) -> Result<Vec<Event>, Plugin
         }
     };
     let body = mapping::event_body(&order, tenant).map_err(reject)?;
-    Ok(vec![Event {
-        id: mapping::event_id(&row.identity),
-        timestamp,
-        body,
+    let id = mapping::event_id(&row.identity);
+    let actions = if decide {
+        actions(&id, mapping::decisions(&id, &order.fields()))
+    } else {
+        Ok(Vec::new())
+    };
+    Ok(vec![DecidedEvent {
+        event: Event {
+            id,
+            timestamp,
+            body,
+        },
+        actions,
     }])
+}
+
+/// Decisions as the contract's actions (a debug line when there are none).
+fn actions(
+    event_id: &str,
+    decisions: Result<Vec<Decision>, Rejection>,
+) -> Result<Vec<Action>, PluginError> {
+    let decisions = decisions.map_err(reject)?;
+    if decisions.is_empty() {
+        log(Level::Debug, &format!("event {event_id}: no action"));
+    }
+    Ok(decisions.into_iter().map(into_action).collect())
 }
 
 fn reject(Rejection(reason): Rejection) -> PluginError {
@@ -112,7 +141,7 @@ fn reject(Rejection(reason): Rejection) -> PluginError {
 }
 
 impl Guest for OrdersPlugin {
-    fn map_rows(batch: RowBatch) -> Vec<Result<Vec<Event>, PluginError>> {
+    fn process(batch: RowBatch, decide: bool) -> Vec<Result<Vec<DecidedEvent>, PluginError>> {
         let cols = match Columns::resolve(&batch.columns) {
             Ok(cols) => cols,
             Err(e) => return batch.rows.iter().map(|_| Err(e.clone())).collect(),
@@ -121,7 +150,7 @@ impl Guest for OrdersPlugin {
         batch
             .rows
             .iter()
-            .map(|row| map_row(row, &cols, &tenant))
+            .map(|row| process_row(row, &cols, &tenant, decide))
             .collect()
     }
 
@@ -129,13 +158,7 @@ impl Guest for OrdersPlugin {
         let tenant = tenant();
         events
             .iter()
-            .map(|event| {
-                let decisions = mapping::decide(&event.id, &event.body, &tenant).map_err(reject)?;
-                if decisions.is_empty() {
-                    log(Level::Debug, &format!("event {}: no action", event.id));
-                }
-                Ok(decisions.into_iter().map(into_action).collect())
-            })
+            .map(|event| actions(&event.id, mapping::decide(&event.id, &event.body, &tenant)))
             .collect()
     }
 }

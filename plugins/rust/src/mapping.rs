@@ -243,22 +243,63 @@ pub fn decide(event_id: &str, body: &str, tenant: &str) -> Result<Vec<Decision>,
         .first()
         .map(|i| i.id.as_ref())
         .unwrap_or_default();
-    if email.is_empty() || own.order_id.is_empty() {
+    let order = OrderRef {
+        id: &own.order_id,
+        email,
+        status: &own.status,
+        amount: &own.amount,
+        currency: &commerce.order.currency,
+    };
+    decisions(event_id, &order)
+}
+
+/// The fields [`decisions`] reads, borrowed from an [`Order`] or from an
+/// event body.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRef<'a> {
+    /// The order id.
+    pub id: &'a str,
+    /// The customer's e-mail address.
+    pub email: &'a str,
+    /// Order status.
+    pub status: &'a str,
+    /// The amount as exact decimal text.
+    pub amount: &'a str,
+    /// ISO 4217 currency code.
+    pub currency: &'a str,
+}
+
+impl Order {
+    /// The order's fields, borrowed.
+    pub fn fields(&self) -> OrderRef<'_> {
+        OrderRef {
+            id: &self.id,
+            email: &self.email,
+            status: &self.status,
+            amount: &self.amount,
+            currency: &self.currency,
+        }
+    }
+}
+
+/// The actions for an order: a confirmed order gets the confirmation
+/// e-mail and the `order-confirmed` webhook; a cancelled one updates the
+/// CRM contact; others trigger nothing. The same from an event body
+/// ([`decide`], contract 0.1) or from the row itself (contract 0.2's
+/// `process`, which never reads its own JSON back).
+pub fn decisions(event_id: &str, order: &OrderRef<'_>) -> Result<Vec<Decision>, Rejection> {
+    let (email, order_id, amount, currency) = (order.email, order.id, order.amount, order.currency);
+    if email.is_empty() || order_id.is_empty() {
         return Err(Rejection(format!(
             "event {event_id} has no order id or e-mail"
         )));
     }
-    let (order_id, amount, currency) = (
-        own.order_id.as_ref(),
-        own.amount.as_ref(),
-        commerce.order.currency.as_ref(),
-    );
     let json = |fields: &[(&str, &str)]| {
         let mut out = String::with_capacity(160);
         push_object(&mut out, fields);
         out
     };
-    Ok(match own.status.as_ref() {
+    Ok(match order.status {
         "confirmed" => vec![
             Decision::Email {
                 target: "order-confirmation".to_owned(),
@@ -337,6 +378,19 @@ mod tests {
             assert_eq!(decimal(bad), None, "{bad:?}");
         }
         assert_eq!(decimal(&format!("1{}", "0".repeat(400))), None);
+    }
+
+    #[test]
+    fn deciding_from_the_row_equals_deciding_from_its_event() {
+        for status in ["confirmed", "cancelled", "pending"] {
+            let order = order(status);
+            let body = event_body(&order, "acme").unwrap();
+            assert_eq!(
+                decisions("e", &order.fields()).unwrap(),
+                decide("e", &body, "acme").unwrap(),
+                "{status}"
+            );
+        }
     }
 
     #[test]

@@ -126,6 +126,17 @@ impl Guest for Hostile {
                             body: format!("{{\"status\":\"pair\",\"part\":\"{part}\"}}"),
                         })
                         .collect()),
+                    // Two events that leave their `_id` to the host.
+                    "no-ids" => Ok((0..2)
+                        .map(|part| Event {
+                            id: String::new(),
+                            timestamp: Instant {
+                                seconds: 1_700_000_000,
+                                nanos: 0,
+                            },
+                            body: format!("{{\"part\":{part}}}"),
+                        })
+                        .collect()),
                     "huge" => Ok(vec![Event {
                         id: row.identity.clone(),
                         timestamp: Instant {
