@@ -40,10 +40,14 @@ impl Runner for Scheduled<'_> {
 
 /// A failure that is the host's, not the input's: no instance could be made.
 fn unavailable<T>(outcomes: &[Result<T, PluginError>]) -> Option<&PluginError> {
-    outcomes.iter().find_map(|o| match o {
+    outcomes.iter().find_map(is_unavailable)
+}
+
+fn is_unavailable<T>(outcome: &Result<T, PluginError>) -> Option<&PluginError> {
+    match outcome {
         Err(e @ PluginError::Unavailable(_)) => Some(e),
         _ => None,
-    })
+    }
 }
 
 impl Pipeline {
@@ -85,7 +89,10 @@ impl Pipeline {
             stop,
         )
         .await?;
-        if let Some(e) = unavailable(&decided) {
+        // No instance for a row's call or for an event's `decide` (0.1) is
+        // the host's failure, not the input's: the page is read again.
+        let mut decisions = decided.iter().flatten().flatten().map(|d| &d.actions);
+        if let Some(e) = unavailable(&decided).or_else(|| decisions.find_map(is_unavailable)) {
             anyhow::bail!("{e}");
         }
         let rows = unshare(row_batches).flat_map(|b| b.rows);
@@ -95,16 +102,7 @@ impl Pipeline {
                 let result = outcome.map(|decided| {
                     let events = decided.into_iter();
                     events
-                        .map(|d| {
-                            // Events only: a 0.2 plugin decided anyway; its
-                            // actions are dropped, as if there were none.
-                            let actions = if self.actions {
-                                d.actions
-                            } else {
-                                Ok(Vec::new())
-                            };
-                            self.event_work(&row.identity, d.event, actions)
-                        })
+                        .map(|d| self.event_work(&row.identity, d.event, d.actions))
                         .collect()
                 });
                 RowWork { row, result }

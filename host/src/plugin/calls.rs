@@ -150,9 +150,9 @@ impl<I: Send + Sync + 'static, T: Send + 'static> Export<I, T> {
 /// Rows through the session's contract: per row, its events each with its
 /// decision, in order. 0.2: one `process` call per batch. 0.1: `map-rows`
 /// over the batches, then `decide` over their events in batches of
-/// `batch_size` (skipped, every event deciding on no action, unless
-/// `decide`; a 0.2 plugin is asked not to decide, and callers drop any
-/// actions it sends anyway).
+/// `batch_size`. Unless `decide`, every event decides on no action: a 0.1
+/// plugin's `decide` is not called, a 0.2 plugin is asked not to decide and
+/// any actions it sends anyway are dropped.
 pub async fn process(
     session: &Session,
     rows: &[Arc<RowBatch>],
@@ -162,8 +162,15 @@ pub async fn process(
     stop: &CancellationToken,
 ) -> Result<Vec<Outcome<Decided>>, Stopped> {
     if session.contract() == Version::V0_2 {
-        let export = if decide { PROCESS } else { PROCESS_EVENTS };
-        return export.call(session, rows, runner, stop).await;
+        if decide {
+            return PROCESS.call(session, rows, runner, stop).await;
+        }
+        let mut answers = PROCESS_EVENTS.call(session, rows, runner, stop).await?;
+        // Asked not to decide: whatever actions came anyway are dropped.
+        for decided in answers.iter_mut().flatten().flatten() {
+            decided.actions = Ok(Vec::new());
+        }
+        return Ok(answers);
     }
     let mapped = MAP_ROWS.call(session, rows, runner, stop).await?;
     // The events, moved into batches for `decide` and back; each row keeps

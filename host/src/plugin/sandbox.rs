@@ -46,24 +46,22 @@ pub struct Decided {
 /// A row's 0.2 answer, taken apart: actions checked one by one (a bad one
 /// fails its event's decision, not the row) and empty `_id`s filled.
 pub(super) fn decided(identity: &str, outcome: Outcome<DecidedEvent>) -> Outcome<Decided> {
-    let mut decided: Vec<Decided> = outcome?
-        .into_iter()
-        .map(|d| Decided {
-            event: d.event,
-            actions: d.actions.map_err(guest_error).and_then(|actions| {
-                for action in &actions {
-                    check_action(action).map_err(PluginError::Contract)?;
-                }
-                Ok(actions)
-            }),
-        })
-        .collect();
-    for (index, d) in decided.iter_mut().enumerate() {
-        if d.event.id.is_empty() {
-            d.event.id = super::derived_id(identity, index);
-        }
-    }
-    Ok(decided)
+    let mut decided = outcome.map(|answer| {
+        answer
+            .into_iter()
+            .map(|d| Decided {
+                event: d.event,
+                actions: d.actions.map_err(guest_error).and_then(|actions| {
+                    for action in &actions {
+                        check_action(action).map_err(PluginError::Contract)?;
+                    }
+                    Ok(actions)
+                }),
+            })
+            .collect()
+    });
+    fill_ids(identity, &mut decided, |d| &mut d.event);
+    decided
 }
 
 /// Gives the events of a row's outcome that have no `_id` the host's.
