@@ -160,6 +160,18 @@ fn plugin_test_prints_events_actions_and_usage_and_touches_nothing() {
     assert!((11_000_000..12_000_000).contains(&limit), "{limit}");
     assert_eq!(usage["map_fuel"], usage["fuel"]);
     assert!(usage["peak_memory_bytes"].as_u64().unwrap() > 0);
+    // Where the row's time went: all three sides took some (the plugin asks
+    // the host for its `tenant` setting, and the host checks the answer).
+    for side in ["guest_us", "boundary_us", "host_us"] {
+        let us = usage["time"][side].as_f64().unwrap_or(-1.0);
+        assert!(us > 0.0, "{side}: {}", usage["time"]);
+    }
+    // The event's `_id` is the host's derivation, and the webhook quotes it.
+    let derived = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        "42@1700000000000000000#0",
+    ));
+    assert_eq!(first["events"][0]["_id"], derived.as_str());
+    assert_eq!(first["actions"][0][1]["body"]["eventId"], derived.as_str());
     assert_eq!(reports[1]["error"]["code"], "reject");
     assert!(reports[1]["error"]["message"]
         .as_str()

@@ -50,8 +50,8 @@ async fn rows_become_aep_envelopes_and_confirmed_orders_fire_webhooks() {
         let identity = format!("{}@{}", order.id, order.updated_at * 1_000_000);
         assert_eq!(
             entity["_id"],
-            hex::encode(Sha256::digest(identity.as_bytes())),
-            "deterministic _id"
+            hex::encode(Sha256::digest(format!("{identity}#0").as_bytes())),
+            "deterministic _id: the host's derivation for the row's first event"
         );
         let ts =
             chrono::DateTime::parse_from_rfc3339(entity["timestamp"].as_str().unwrap()).unwrap();

@@ -62,7 +62,7 @@ fn order(row: &Row, cols: &OrderColumns) -> mapping::Order {
 /// Maps and decides one row natively; returns (events, actions) produced.
 pub fn map_and_decide(row: &Row, cols: &OrderColumns, tenant: &str) -> (usize, usize) {
     let order = order(row, cols);
-    let id = mapping::event_id(&row.identity);
+    let id = mapping::event_id(&row.identity, 0);
     match mapping::event_body(&order, tenant) {
         Ok(body) => (
             1,
@@ -80,7 +80,7 @@ fn event(row: &Row, cols: &OrderColumns, tenant: &str) -> Option<Event> {
     };
     let body = mapping::event_body(&order(row, cols), tenant).ok()?;
     Some(Event {
-        id: mapping::event_id(&row.identity),
+        id: mapping::event_id(&row.identity, 0),
         timestamp,
         body,
     })

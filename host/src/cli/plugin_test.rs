@@ -93,10 +93,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     for (n, row) in rows.iter().enumerate() {
         let (result, usage) = sandbox.probe(&columns, row);
         let (map_fuel, map_limit) = usage.map.unwrap_or_default();
+        let micros = |d: std::time::Duration| (d.as_nanos() as f64 / 100.0).round() / 10.0;
+        let time = usage.timing.map(|t| {
+            json!({"guest_us": micros(t.guest), "boundary_us": micros(t.boundary), "host_us": micros(t.host)})
+        });
         let usage = json!({
             "fuel": usage.fuel, "fuel_limit": usage.budget,
             "map_fuel": map_fuel, "map_fuel_limit": map_limit,
             "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
+            "time": time,
         });
         let error = |e: &PluginError| json!({"code": e.code(), "message": e.to_string()});
         let report = match result {

@@ -26,12 +26,14 @@ mod runtime;
 mod sandbox;
 pub mod scheduler;
 mod store;
+mod timing;
 
 pub use error::{FailureCounts, PluginError};
 pub use limits::{Grants, Limits};
 pub use probe::Probe;
 pub use runtime::{LoadError, Origin, Plugin, Runtime};
 pub use sandbox::{Attempt, Decided, Outcome, Sandbox, Session};
+pub use timing::Timing;
 
 use logs::LogRoute;
 use sha2::{Digest as _, Sha256};
@@ -194,6 +196,8 @@ pub struct Usage {
     pub map: Option<(u64, u64)>,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
+    /// Where the time went, for a timed call (a probe's).
+    pub timing: Option<Timing>,
 }
 
 /// The `_id` the host gives an event its plugin left empty: the SHA-256 of

@@ -469,7 +469,7 @@ impl Session {
         check: fn(&T) -> Result<usize, String>,
     ) -> Outcome<T> {
         let result = self
-            .fresh(i..i + 1, budget, call, check)
+            .fresh(i..i + 1, budget, call, check, false)
             .0
             .map(|mut one| one.pop().unwrap_or_else(|| Ok(Vec::new())));
         result.unwrap_or_else(|e| {
@@ -485,16 +485,23 @@ impl Session {
         }
     }
 
-    /// One call over `range` in a fresh instance (see [`Session::call`]).
+    /// One call over `range` in a fresh instance (see [`Session::call`]),
+    /// timed ([`Usage::timing`]) if asked.
     pub(super) fn fresh<T>(
         &self,
         range: Range<usize>,
         budget: u64,
         call: &Call<'_, T>,
         check: fn(&T) -> Result<usize, String>,
+        timed: bool,
     ) -> (Result<Vec<Outcome<T>>, PluginError>, Usage) {
         match self.instantiate() {
-            Ok(mut instance) => self.call(&mut instance, range, budget, call, check),
+            Ok(mut instance) => {
+                if timed {
+                    StoreState::time_calls(&mut instance.store);
+                }
+                self.call(&mut instance, range, budget, call, check)
+            }
             Err(e) => (Err(e), Usage::default()),
         }
     }
@@ -516,19 +523,23 @@ impl Session {
         if let Err(e) = arm(store, budget, limits, n as u64) {
             return (Err(e), Usage::default());
         }
+        let started = std::time::Instant::now();
         let answer = call(&instance.plugin, store, range);
+        let wall = started.elapsed();
         store.data().finish_call();
         let used = budget - store.get_fuel().unwrap_or(0);
         self.sandbox.inner.cpu.record(used, budget);
+        let checking = std::time::Instant::now();
+        let outcomes = answer
+            .map_err(|e| classify(e, store, budget, limits))
+            .and_then(|answer| outcomes(answer, n, limits.output_bytes_per_row, check));
         let usage = Usage {
             fuel: used,
             budget,
             peak_memory: store.data().meter.peak_memory,
             map: None,
+            timing: (store.data().clock.as_ref()).map(|c| c.timing(wall, checking.elapsed())),
         };
-        let outcomes = answer
-            .map_err(|e| classify(e, store, budget, limits))
-            .and_then(|answer| outcomes(answer, n, limits.output_bytes_per_row, check));
         (outcomes, usage)
     }
 }

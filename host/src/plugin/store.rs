@@ -7,6 +7,7 @@
 use super::bindings::freshet::plugin::{host, types};
 use super::bindings_v2::freshet::plugin::{decisions, host as host_v2};
 use super::limits::{Grants, Meter};
+use super::timing::Clock;
 use super::logs::{Level, LogRoute};
 use super::CallContext;
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub(crate) struct StoreState {
     log_budget: u64,
     wasi: WasiCtx,
     table: wasmtime::component::ResourceTable,
+    /// Set for a timed instance (see [`StoreState::time_calls`]).
+    pub clock: Option<Clock>,
 }
 
 impl StoreState {
@@ -37,7 +40,20 @@ impl StoreState {
             log_budget: ctx.limits.log_bytes_per_row,
             wasi: wasi_context(ctx.grants),
             table: wasmtime::component::ResourceTable::new(),
+            clock: None,
         }
+    }
+
+    /// Times the store's calls from now on: the guest's side and the host's
+    /// of every crossing, through wasmtime's call hook.
+    pub fn time_calls(store: &mut wasmtime::Store<StoreState>) {
+        store.data_mut().clock = Some(Clock::default());
+        store.call_hook(|mut ctx, hook| {
+            if let Some(clock) = &mut ctx.data_mut().clock {
+                clock.transition(hook);
+            }
+            Ok(())
+        });
     }
 
     /// Starts a call over `inputs` inputs: a fresh log budget and a clean
@@ -142,7 +158,8 @@ impl host::Host for StoreState {
 
 impl decisions::Host for StoreState {}
 
-/// Contract 0.2's `host` is 0.1's, under the new package version.
+/// Contract 0.2's `host` is 0.1's, under the new package version, and
+/// `event-id`.
 impl host_v2::Host for StoreState {
     fn log(&mut self, level: host_v2::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
@@ -157,5 +174,9 @@ impl host_v2::Host for StoreState {
 
     fn get_setting(&mut self, name: String) -> Option<String> {
         host::Host::get_setting(self, name)
+    }
+
+    fn event_id(&mut self, identity: String, index: u32) -> String {
+        super::derived_id(&identity, index as usize)
     }
 }

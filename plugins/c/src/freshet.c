@@ -1,6 +1,7 @@
 /*
  * The helper behind freshet.h: turns the generated bindings' batch calls into
- * one freshet_map_row / freshet_decide call per input, owns every allocation
+ * one freshet_map_row call per row and one decision per event (the row's own,
+ * or freshet_decide's), owns every allocation
  * that crosses the boundary, and writes and reads the little JSON a plugin
  * needs.
  */
@@ -436,11 +437,6 @@ const freshet_value *freshet_row_cell(const freshet_row *row, const char *column
 
 /* --- answers ------------------------------------------------------------ */
 
-struct freshet_events {
-  pipeline_plugin_event_t *ptr;
-  size_t len, cap;
-};
-
 struct freshet_actions {
   pipeline_plugin_action_t *ptr;
   size_t len, cap;
@@ -450,6 +446,21 @@ struct freshet_error {
   bool set;
   uint8_t tag;
   freshet_buf message;
+};
+
+/* An event's actions while its row is being mapped: given by map_row, or not
+ * (then freshet_decide decides them). */
+typedef struct {
+  bool given;
+  freshet_actions actions;
+  freshet_error error;
+} pending_actions;
+
+struct freshet_events {
+  pipeline_plugin_decided_event_t *ptr;
+  pending_actions *pending; /* one per event, same capacity */
+  size_t len, cap;
+  bool deciding;
 };
 
 #define PUSH(list, item)                                                     \
@@ -463,8 +474,31 @@ struct freshet_error {
 
 void freshet_emit_event(freshet_events *out, freshet_buf *id, freshet_instant timestamp,
                         freshet_buf *body) {
-  pipeline_plugin_event_t event = {take(id), timestamp, take(body)};
-  PUSH(out, event);
+  freshet_buf none = {0};
+  pipeline_plugin_decided_event_t decided = {.event = {take(id ? id : &none), timestamp, take(body)}};
+  if (out->len == out->cap) {
+    out->pending = grow(out->pending, (out->cap ? out->cap * 2 : 2) * sizeof *out->pending);
+  }
+  PUSH(out, decided);
+  out->pending[out->len - 1] = (pending_actions){0};
+}
+
+bool freshet_deciding(const freshet_events *out) { return out->deciding; }
+
+void freshet_event_actions(freshet_events *out, freshet_actions **actions, freshet_error **error) {
+  if (!out->len) abort(); /* a plugin bug: no event to decide for */
+  pending_actions *last = &out->pending[out->len - 1];
+  last->given = true;
+  *actions = &last->actions;
+  *error = &last->error;
+}
+
+void freshet_event_id(const freshet_row *row, uint32_t index, freshet_buf *out) {
+  pipeline_plugin_string_t id;
+  /* The bindings take a non-const pointer; the host only reads it. */
+  freshet_plugin_host_event_id((pipeline_plugin_string_t *)&row->raw->identity, index, &id);
+  freshet_buf_put(out, (const char *)id.ptr, id.len);
+  pipeline_plugin_string_free(&id);
 }
 
 static pipeline_plugin_string_t literal(const char *s) { return take_copy(freshet_cstr(s)); }
@@ -538,22 +572,96 @@ void freshet_log(freshet_level level, freshet_str message) {
 
 /* --- the exports -------------------------------------------------------- */
 
-void exports_pipeline_plugin_map_rows(pipeline_plugin_row_batch_t *batch,
-                                      pipeline_plugin_list_result_list_event_plugin_error_t *ret) {
+/* Settles one entry of an answer (`entry->is_err`, `->val.ok`, `->val.err`)
+ * with a decision's outcome: its actions, or, when it failed, its error (the
+ * actions it had pushed are freed). A macro: the bindings declare a distinct
+ * result type for each place a result of actions appears. */
+#define SETTLE(entry, failed, actions, error)                                \
+  do {                                                                       \
+    if (failed) {                                                            \
+      pipeline_plugin_list_action_t partial = {(actions)->ptr, (actions)->len}; \
+      pipeline_plugin_list_action_free(&partial);                            \
+      (entry)->is_err = true;                                                \
+      (entry)->val.err = into_error(error);                                  \
+    } else {                                                                 \
+      (entry)->is_err = false;                                               \
+      (entry)->val.ok.ptr = (actions)->ptr;                                  \
+      (entry)->val.ok.len = (actions)->len;                                  \
+    }                                                                        \
+    freshet_buf_free(&(error)->message);                                     \
+  } while (0)
+
+/* freshet_decide on an event as the bindings hold it. */
+static bool decide_raw(const pipeline_plugin_event_t *raw, freshet_actions *actions,
+                       freshet_error *error) {
+  freshet_event event = {{(const char *)raw->id.ptr, raw->id.len},
+                         raw->timestamp,
+                         {(const char *)raw->body.ptr, raw->body.len}};
+  return freshet_decide(&event, actions, error);
+}
+
+/* Decides an event the row left undecided, through freshet_decide; the
+ * event keeps its place in the answer. */
+static void decide_event(const freshet_row *row, size_t index, pipeline_plugin_decided_event_t *out) {
+  pipeline_plugin_event_t *raw = &out->event;
+  if (!raw->id.len) { /* decide sees the event as it will be stored: with its `_id` */
+    freshet_buf id = {0};
+    freshet_event_id(row, (uint32_t)index, &id);
+    raw->id = take(&id);
+  }
+  freshet_actions actions = {0};
+  freshet_error error = {0};
+  bool ok = decide_raw(raw, &actions, &error);
+  SETTLE(&out->actions, !ok, &actions, &error);
+}
+
+/* One mapped row's events with their actions settled. */
+static pipeline_plugin_list_decided_event_t settle_events(const freshet_row *row, freshet_events *events) {
+  for (size_t j = 0; j < events->len; j++) {
+    pending_actions *pending = &events->pending[j];
+    pipeline_plugin_decided_event_t *decided = &events->ptr[j];
+    if (!events->deciding) { /* events only: whatever was decided is dropped */
+      SETTLE(&decided->actions, false, &(freshet_actions){0}, &pending->error);
+      pipeline_plugin_list_action_t given = {pending->actions.ptr, pending->actions.len};
+      pipeline_plugin_list_action_free(&given);
+    } else if (pending->given) {
+      SETTLE(&decided->actions, pending->error.set, &pending->actions, &pending->error);
+    } else {
+      decide_event(row, j, decided);
+    }
+  }
+  free(events->pending);
+  return (pipeline_plugin_list_decided_event_t){events->ptr, events->len};
+}
+
+/* Frees the events of a row that failed, with whatever actions they had. */
+static void discard_events(freshet_events *events) {
+  for (size_t j = 0; j < events->len; j++) {
+    pending_actions *pending = &events->pending[j];
+    pipeline_plugin_list_action_t given = {pending->actions.ptr, pending->actions.len};
+    pipeline_plugin_list_action_free(&given);
+    freshet_buf_free(&pending->error.message);
+    pipeline_plugin_event_free(&events->ptr[j].event);
+  }
+  free(events->pending);
+  free(events->ptr);
+}
+
+void exports_pipeline_plugin_process(pipeline_plugin_row_batch_t *batch, bool decide,
+                                     pipeline_plugin_list_result_list_decided_event_plugin_error_t *ret) {
   size_t n = batch->rows.len;
   ret->len = n;
   ret->ptr = n ? grow(NULL, n * sizeof *ret->ptr) : NULL;
   for (size_t i = 0; i < n; i++) {
     freshet_row row = {&batch->columns, &batch->rows.ptr[i]};
-    freshet_events events = {0};
+    freshet_events events = {.deciding = decide};
     freshet_error error = {0};
-    pipeline_plugin_result_list_event_plugin_error_t *entry = &ret->ptr[i];
+    pipeline_plugin_result_list_decided_event_plugin_error_t *entry = &ret->ptr[i];
     if (freshet_map_row(&row, &events, &error)) {
       entry->is_err = false;
-      entry->val.ok = (pipeline_plugin_list_event_t){events.ptr, events.len};
+      entry->val.ok = settle_events(&row, &events);
     } else {
-      pipeline_plugin_list_event_t partial = {events.ptr, events.len};
-      pipeline_plugin_list_event_free(&partial);
+      discard_events(&events);
       entry->is_err = true;
       entry->val.err = into_error(&error);
     }
@@ -568,23 +676,10 @@ void exports_pipeline_plugin_decide(pipeline_plugin_list_event_t *events,
   ret->len = n;
   ret->ptr = n ? grow(NULL, n * sizeof *ret->ptr) : NULL;
   for (size_t i = 0; i < n; i++) {
-    const pipeline_plugin_event_t *raw = &events->ptr[i];
-    freshet_event event = {{(const char *)raw->id.ptr, raw->id.len},
-                           raw->timestamp,
-                           {(const char *)raw->body.ptr, raw->body.len}};
     freshet_actions actions = {0};
     freshet_error error = {0};
-    pipeline_plugin_result_list_action_plugin_error_t *entry = &ret->ptr[i];
-    if (freshet_decide(&event, &actions, &error)) {
-      entry->is_err = false;
-      entry->val.ok = (pipeline_plugin_list_action_t){actions.ptr, actions.len};
-    } else {
-      pipeline_plugin_list_action_t partial = {actions.ptr, actions.len};
-      pipeline_plugin_list_action_free(&partial);
-      entry->is_err = true;
-      entry->val.err = into_error(&error);
-    }
-    freshet_buf_free(&error.message);
+    bool ok = decide_raw(&events->ptr[i], &actions, &error);
+    SETTLE(&ret->ptr[i], !ok, &actions, &error);
   }
   pipeline_plugin_list_event_free(events);
 }

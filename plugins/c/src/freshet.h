@@ -1,5 +1,5 @@
 /*
- * The freshet plugin contract, the C way.
+ * The freshet plugin contract (freshet:plugin@0.2.0), the C way.
  *
  * The bindings `wit-bindgen c` generates (pipeline_plugin.h) speak in tagged
  * unions, ownership rules and list structs; this helper hides them. A plugin
@@ -12,6 +12,12 @@
  * filling `error` with freshet_reject() (bad input: the row is dead-lettered
  * with the message) or freshet_internal() (the plugin's own failure). One
  * input failing never fails the others.
+ *
+ * A row crosses the boundary once: map_row may decide each event's actions
+ * from the row in hand (freshet_event_actions, when freshet_deciding); an
+ * event it leaves undecided is handed to freshet_decide, which also serves
+ * events stored earlier (`freshet dlq replay`). An event may leave its id
+ * empty: the host derives it (freshet_event_id tells the value).
  *
  * Strings are length-delimited (freshet_str), never NUL-terminated: a cell may
  * hold NUL bytes. Text is built in a freshet_buf, which also writes JSON.
@@ -112,9 +118,22 @@ typedef struct freshet_actions freshet_actions;
 typedef struct freshet_error freshet_error;
 
 /* Adds an event; `body` is the xdmEntity without `_id` and `timestamp`. The
- * buffers are taken (left empty). */
+ * buffers are taken (left empty). `id` may be NULL or empty: the host then
+ * derives the event's `_id` from the row's identity and the event's index. */
 void freshet_emit_event(freshet_events *out, freshet_buf *id, freshet_instant timestamp,
                         freshet_buf *body);
+/* Whether this call wants actions: false for an events-only pipeline, which
+ * drops them; deciding then is wasted work. */
+bool freshet_deciding(const freshet_events *out);
+/* The actions of the event added last, decided here from the row instead of
+ * by freshet_decide: push them onto `*actions`, or fail them through
+ * `*error` (freshet_reject(*error)): the event is still delivered, its
+ * actions are dead-lettered. Call only when freshet_deciding(). */
+void freshet_event_actions(freshet_events *out, freshet_actions **actions, freshet_error **error);
+/* Appends to `out` the `_id` the host gives the row's event number `index`
+ * when its id is left empty (SHA-256 of `{identity}#{index}`, hex): for
+ * quoting it in an action's payload. */
+void freshet_event_id(const freshet_row *row, uint32_t index, freshet_buf *out);
 /* Adds an action; JSON payloads are taken from their buffers. */
 void freshet_emit_email(freshet_actions *out, const char *target, freshet_str to,
                         const char *template_name, freshet_buf *variables);

@@ -6,13 +6,15 @@
  * e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
  * update of the contact. Setting `tenant` (default `freshet`) names the
  * `_{tenant}` field group.
+ *
+ * Contract 0.2: each event carries its actions, decided from the row's own
+ * fields (map_row); freshet_decide reads them back from a stored event's body.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "freshet.h"
-#include "sha256.h"
 
 static const char *const COLUMNS[] = {"id", "customer_email", "status",
                                       "amount", "currency", "updated_at"};
@@ -82,6 +84,62 @@ static void free_all(freshet_buf *bufs, size_t n) {
   for (size_t i = 0; i < n; i++) freshet_buf_free(&bufs[i]);
 }
 
+/* The event's `_id` as the actions quote it: a stored event's own, or, for a
+ * row's event (whose id the host derives), asked of the host when first
+ * quoted. */
+typedef struct {
+  freshet_str known;
+  const freshet_row *row;
+  freshet_buf derived;
+} event_id;
+
+static freshet_str id_of(event_id *id) {
+  if (!id->row) return id->known;
+  if (!id->derived.len) freshet_event_id(id->row, 0, &id->derived);
+  return freshet_buf_view(&id->derived);
+}
+
+/* What deciding needs of an order: read from a row, or from a stored event. */
+typedef struct {
+  freshet_str id, email, status, amount, currency;
+} order;
+
+/* An order's actions, from the row or from a stored event alike. */
+static bool order_actions(event_id *event, order o, freshet_actions *out, freshet_error *error) {
+  if (!o.email.len || !o.id.len) {
+    freshet_buf *message = freshet_reject(error);
+    freshet_buf_puts(message, "event ");
+    freshet_buf_str(message, id_of(event));
+    freshet_buf_puts(message, " has no order id or e-mail");
+    return false;
+  }
+  if (freshet_str_eq(o.status, "confirmed")) {
+    freshet_buf variables = {0}, hook = {0};
+    freshet_buf_puts(&variables, "{");
+    member(&variables, "orderId", o.id, true);
+    member(&variables, "amount", o.amount, false);
+    member(&variables, "currency", o.currency, false);
+    freshet_buf_puts(&variables, "}");
+    freshet_emit_email(out, "order-confirmation", o.email, "order-confirmation", &variables);
+    freshet_buf_puts(&hook, "{");
+    member(&hook, "eventId", id_of(event), true);
+    member(&hook, "orderId", o.id, false);
+    member(&hook, "email", o.email, false);
+    member(&hook, "amount", o.amount, false);
+    member(&hook, "currency", o.currency, false);
+    freshet_buf_puts(&hook, "}");
+    freshet_emit_webhook(out, "order-confirmed", &hook);
+  } else if (freshet_str_eq(o.status, "cancelled")) {
+    freshet_buf fields = {0};
+    freshet_buf_puts(&fields, "{");
+    member(&fields, "last_order_id", o.id, true);
+    member(&fields, "last_order_status", freshet_cstr("cancelled"), false);
+    freshet_buf_puts(&fields, "}");
+    freshet_emit_crm_update(out, "crm", "Contact", o.email, &fields);
+  }
+  return true;
+}
+
 static bool map_fields(const freshet_row *row, freshet_buf field[5], freshet_events *out,
                        freshet_error *error) {
   const freshet_value *cells[NCOLUMNS];
@@ -124,19 +182,20 @@ static bool map_fields(const freshet_row *row, freshet_buf field[5], freshet_eve
   member(&body, "amount", freshet_buf_view(&field[AMOUNT]), false);
   freshet_buf_puts(&body, "}}");
 
-  /* The event _id: SHA-256 of the row's identity, so a replay repeats it. */
-  static const char hex[] = "0123456789abcdef";
-  uint8_t digest[32];
-  freshet_str identity = freshet_row_identity(row);
-  sha256(identity.ptr, identity.len, digest);
-  freshet_buf event_id = {0};
-  for (int i = 0; i < 32; i++) {
-    char pair[2] = {hex[digest[i] >> 4], hex[digest[i] & 0xf]};
-    freshet_buf_put(&event_id, pair, 2);
-  }
-  freshet_emit_event(out, &event_id, cells[UPDATED_AT]->val.timestamp, &body);
+  /* The `_id` is left to the host (SHA-256 of the identity and index 0). */
+  freshet_emit_event(out, NULL, cells[UPDATED_AT]->val.timestamp, &body);
   freshet_buf_free(&type);
   freshet_buf_free(&key);
+  if (freshet_deciding(out)) {
+    freshet_actions *actions;
+    freshet_error *failure;
+    freshet_event_actions(out, &actions, &failure);
+    event_id event = {.row = row};
+    order o = {id, freshet_buf_view(&field[EMAIL]), status, freshet_buf_view(&field[AMOUNT]),
+               freshet_buf_view(&field[CURRENCY])};
+    order_actions(&event, o, actions, failure);
+    freshet_buf_free(&event.derived);
+  }
   return true;
 }
 
@@ -212,48 +271,11 @@ static bool decide_fields(const freshet_event *event, freshet_buf f[NFIELDS],
   if (freshet_json_member(identities, "Email", &emails) && freshet_json_element(emails, 0, &emails) &&
       !text_at(emails, first_id + 1, &f[CUSTOMER]))
     return malformed(event, "an Email identity has no id", error);
-  if (!f[CUSTOMER].len || !f[ORDER_ID].len) {
-    freshet_buf *message = freshet_reject(error);
-    freshet_buf_puts(message, "event ");
-    freshet_buf_str(message, event->id);
-    freshet_buf_puts(message, " has no order id or e-mail");
-    return false;
-  }
-  freshet_str customer = freshet_buf_view(&f[CUSTOMER]), id = freshet_buf_view(&f[ORDER_ID]);
-  freshet_str amount_text = freshet_buf_view(&f[ORDER_AMOUNT]),
-              currency_code = freshet_buf_view(&f[CURRENCY_CODE]);
-  if (freshet_str_eq(freshet_buf_view(&f[ORDER_STATUS]), "confirmed")) {
-    freshet_buf variables = {0}, hook = {0};
-    freshet_buf_puts(&variables, "{");
-    member(&variables, "orderId", id, true);
-    member(&variables, "amount", amount_text, false);
-    member(&variables, "currency", currency_code, false);
-    freshet_buf_puts(&variables, "}");
-    freshet_emit_email(out, "order-confirmation", customer, "order-confirmation", &variables);
-    freshet_buf_puts(&hook, "{");
-    member(&hook, "eventId", event->id, true);
-    member(&hook, "orderId", id, false);
-    member(&hook, "email", customer, false);
-    member(&hook, "amount", amount_text, false);
-    member(&hook, "currency", currency_code, false);
-    freshet_buf_puts(&hook, "}");
-    freshet_emit_webhook(out, "order-confirmed", &hook);
-  } else if (freshet_str_eq(freshet_buf_view(&f[ORDER_STATUS]), "cancelled")) {
-    freshet_buf fields = {0};
-    freshet_buf_puts(&fields, "{");
-    member(&fields, "last_order_id", id, true);
-    member(&fields, "last_order_status", freshet_cstr("cancelled"), false);
-    freshet_buf_puts(&fields, "}");
-    freshet_emit_crm_update(out, "crm", "Contact", customer, &fields);
-  } else {
-    freshet_buf line = {0};
-    freshet_buf_puts(&line, "event ");
-    freshet_buf_str(&line, event->id);
-    freshet_buf_puts(&line, ": no action");
-    freshet_log(FRESHET_DEBUG, freshet_buf_view(&line));
-    freshet_buf_free(&line);
-  }
-  return true;
+  event_id id = {.known = event->id};
+  order o = {freshet_buf_view(&f[ORDER_ID]), freshet_buf_view(&f[CUSTOMER]),
+             freshet_buf_view(&f[ORDER_STATUS]), freshet_buf_view(&f[ORDER_AMOUNT]),
+             freshet_buf_view(&f[CURRENCY_CODE])};
+  return order_actions(&id, o, out, error);
 }
 
 bool freshet_decide(const freshet_event *event, freshet_actions *out, freshet_error *error) {

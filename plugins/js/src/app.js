@@ -5,11 +5,12 @@
 // e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
 // update of the contact. Setting `tenant` (default `freshet`) names the
 // `_{tenant}` field group.
+//
+// Contract 0.2: each event carries its actions, decided from the row's own
+// fields (mapRow); `decide` reads them back from a stored event's body.
 
-import { sha256 } from '@noble/hashes/sha2.js';
-import { bytesToHex, utf8ToBytes } from '@noble/hashes/utils.js';
 import {
-  Instant, Reject, crmUpdate, email, event, log, plugin, setting, typeName, webhook,
+  Instant, Reject, crmUpdate, email, event, plugin, setting, typeName, webhook,
 } from './freshet.js';
 
 const COLUMNS = ['id', 'customer_email', 'status', 'amount', 'currency', 'updated_at'];
@@ -55,8 +56,10 @@ function mapRow(row) {
     },
     [`_${tenant()}`]: { orderId, orderStatus: status, amount: total },
   };
-  const id = bytesToHex(sha256(utf8ToBytes(row.identity)));
-  return [event({ id, timestamp: updatedAt, body })];
+  // The `_id` is left to the host (SHA-256 of the identity and index 0); the
+  // actions ask for it only when they quote it.
+  const order = { orderId, to: customer, orderStatus: status, total, currency };
+  return [event({ timestamp: updatedAt, body, actions: () => actions(() => row.eventId(), order) })];
 }
 
 function field(body, eventId, name) {
@@ -82,7 +85,15 @@ function decideOne({ id, body: text }) {
   if (![to, orderId, orderStatus, total, currency].every((v) => typeof v === 'string')) {
     throw new Reject(`event ${id}: body: a field is not text`);
   }
-  if (!to || !orderId) throw new Reject(`event ${id} has no order id or e-mail`);
+  return actions(() => id, { orderId, to, orderStatus, total, currency });
+}
+
+/**
+ * An order's actions, from the row or from a stored event alike; `eventId()`
+ * gives the event's `_id` (asked only when quoted).
+ */
+function actions(eventId, { orderId, to, orderStatus, total, currency }) {
+  if (!to || !orderId) throw new Reject(`event ${eventId()} has no order id or e-mail`);
   switch (orderStatus) {
     case 'confirmed':
       return [
@@ -94,7 +105,7 @@ function decideOne({ id, body: text }) {
         }),
         webhook({
           target: 'order-confirmed',
-          body: { eventId: id, orderId, email: to, amount: total, currency },
+          body: { eventId: eventId(), orderId, email: to, amount: total, currency },
         }),
       ];
     case 'cancelled':
@@ -107,9 +118,8 @@ function decideOne({ id, body: text }) {
         }),
       ];
     default:
-      log.debug(`event ${id}: no action`);
       return [];
   }
 }
 
-export const { mapRows, decide } = plugin({ mapRow, decide: decideOne });
+export const { process, decide } = plugin({ mapRow, decide: decideOne });

@@ -1,12 +1,19 @@
-// The freshet plugin contract, the JavaScript way.
+// The freshet plugin contract (freshet:plugin@0.2.0), the JavaScript way.
 //
 // The bindings componentize-js generates speak in `{tag, val}` variants and
 // `{tag: 'ok' | 'err'}` results; this module hides them. A plugin writes two
 // plain functions and exports what `plugin` makes of them:
 //
 //   import { plugin } from './freshet.js';
-//   export const { mapRows, decide } = plugin({ mapRow, decide: decideOne });
+//   export const { process, decide } = plugin({ mapRow, decide: decideOne });
 //
+// - A row crosses the boundary once: mapRow's events may carry their actions
+//   (`event({..., actions})`: an array, or a function called only when the
+//   pipeline wants actions), decided from the row in hand; an event without
+//   them is handed to `decide`, which also serves events stored earlier
+//   (`freshet dlq replay`).
+// - An event may leave its `id` out: the host derives it from the row's
+//   identity and the event's index (row.eventId(index) tells the value).
 // - Cells arrive as JavaScript values: null, boolean, bigint (integer),
 //   Decimal (the exact decimal's text), number (float), string, Instant,
 //   Day (a DATE), Json, Uint8Array (binary); typeName() gives the contract's
@@ -18,7 +25,7 @@
 // - log.debug/info/warn/error write to the host's log (tagged with the tenant
 //   and pipeline); setting(name, fallback) reads the pipeline's plugin settings.
 
-import { getSetting, log as hostLog } from 'freshet:plugin/host@0.1.0';
+import { eventId, getSetting, log as hostLog } from 'freshet:plugin/host@0.2.0';
 
 /** Thrown by a plugin to refuse one input: the contract's `reject` error. */
 export class Reject extends Error {}
@@ -96,15 +103,29 @@ export class Row {
   }
 
   has(column) { return this.index.has(column); }
+
+  /**
+   * The `_id` the host gives this row's event number `index` (default 0)
+   * when the plugin leaves it out: for quoting it in an action's payload.
+   */
+  eventId(index = 0) { return eventId(this.identity, index); }
 }
 
 const json = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
 
-/** An XDM ExperienceEvent: `body` is the xdmEntity without `_id` and `timestamp`. */
-export const event = ({ id, timestamp, body }) => ({
+/**
+ * An XDM ExperienceEvent: `body` is the xdmEntity without `_id` and
+ * `timestamp`. `id` may be left out for the host to derive. `actions`, when
+ * given, are the event's actions decided from the row: an array, or a
+ * function returning one, called only when the pipeline wants actions
+ * (throwing Reject there fails the actions, not the event). Without them the
+ * event goes to `decide`.
+ */
+export const event = ({ id = '', timestamp, body, actions }) => ({
   id,
   timestamp: { seconds: timestamp.seconds, nanos: timestamp.nanos },
   body: json(body),
+  actions,
 });
 
 /** Send e-mail `template` to `to` through the `target` the operator configured. */
@@ -120,10 +141,18 @@ export const crmUpdate = ({ target, object, externalId, fields }) => ({
   tag: 'crm-update', val: { target, object, externalId, fields: json(fields) },
 });
 
+// Settings read during the current call: asking the host crosses the
+// sandbox boundary, and a plugin asks for the same one for every row.
+const settings = new Map();
+
 /** The pipeline's plugin setting `name` (`plugin_settings` in its config). */
 export function setting(name, fallback) {
-  const value = getSetting(name);
-  return value === undefined || value === null ? fallback : value;
+  let value = settings.get(name);
+  if (value === undefined) {
+    value = getSetting(name) ?? null;
+    settings.set(name, value);
+  }
+  return value === null ? fallback : value;
 }
 
 /** Lines in the host's log, tagged with the tenant and pipeline. */
@@ -139,10 +168,44 @@ function answer(fn, input) {
   try {
     return { tag: 'ok', val: fn(input) };
   } catch (error) {
-    if (error instanceof Reject) return { tag: 'err', val: { tag: 'reject', val: error.message } };
-    log.error(`${fn.name} failed: ${error && error.stack ? error.stack : error}`);
-    return { tag: 'err', val: { tag: 'internal', val: String(error) } };
+    return failure(fn, error);
   }
+}
+
+/** The contract's error for an exception a plugin function threw. */
+function failure(fn, error) {
+  if (error instanceof Reject) return { tag: 'err', val: { tag: 'reject', val: error.message } };
+  log.error(`${fn.name || 'a plugin function'} failed: ${error && error.stack ? error.stack : error}`);
+  return { tag: 'err', val: { tag: 'internal', val: String(error) } };
+}
+
+const NO_ACTIONS = { tag: 'ok', val: [] };
+const given = (actions) => actions;
+
+/** One row's answer: its events, each with its actions, or the row's error. */
+function decided(mapRow, decide, row, deciding) {
+  let events;
+  try {
+    events = mapRow(row);
+  } catch (error) {
+    return failure(mapRow, error);
+  }
+  return {
+    tag: 'ok',
+    val: events.map(({ id, timestamp, body, actions }, index) => {
+      const event = { id, timestamp, body };
+      if (!deciding) return { event, actions: NO_ACTIONS };
+      if (actions === undefined) {
+        // `decide` sees the event as it will be stored: with its `_id`.
+        if (!event.id) event.id = row.eventId(index);
+        return { event, actions: answer(decide, event) };
+      }
+      return {
+        event,
+        actions: typeof actions === 'function' ? answer(actions) : answer(given, actions),
+      };
+    }),
+  };
 }
 
 /**
@@ -151,11 +214,13 @@ function answer(fn, input) {
  */
 export function plugin({ mapRow, decide }) {
   return {
-    mapRows(batch) {
+    process(batch, deciding) {
+      settings.clear();
       const index = new Map(batch.columns.map((name, position) => [name, position]));
-      return batch.rows.map((raw) => answer(mapRow, new Row(raw, index)));
+      return batch.rows.map((raw) => decided(mapRow, decide, new Row(raw, index), deciding));
     },
     decide(events) {
+      settings.clear();
       return events.map((e) => answer(decide, e));
     },
   };

@@ -1,5 +1,8 @@
 """The example orders plugin in Python: the same behaviour as plugins/rust.
 
+Contract 0.2: each event carries its actions, decided from the row's own
+fields (``map_row``); ``decide`` reads them back from a stored event's body.
+
 Reads an ``orders`` row (``id``, ``customer_email``, ``status``, ``amount``,
 ``currency``, ``updated_at``), maps it to an XDM ExperienceEvent and decides:
 confirmed → e-mail ``order-confirmation`` + webhook ``order-confirmed``;
@@ -7,7 +10,6 @@ cancelled → CRM update of the contact. Setting ``tenant`` (default
 ``freshet``) names the ``_{tenant}`` field group.
 """
 
-import hashlib
 import json
 import logging
 import re
@@ -69,8 +71,15 @@ def map_row(row: freshet.Row) -> list[freshet.Event]:
         },
         f"_{tenant()}": {"orderId": order_id, "orderStatus": status, "amount": total},
     }
-    event_id = hashlib.sha256(row.identity.encode()).hexdigest()
-    return [freshet.Event(id=event_id, timestamp=updated_at, body=body)]
+    # The `_id` is left to the host (SHA-256 of the identity and index 0);
+    # the actions ask for it only when they quote it.
+    return [
+        freshet.Event(
+            timestamp=updated_at,
+            body=body,
+            actions=lambda: actions(row.event_id, order_id, email, status, total, currency),
+        )
+    ]
 
 
 def field(body: dict, event_id: str, name: str):
@@ -93,8 +102,15 @@ def decide(event: freshet.EventIn) -> list[freshet.Action]:
         raise freshet.Reject(f"event {event.id}: body: {error!r}") from None
     if not all(isinstance(v, str) for v in (email, order_id, status, total, currency)):
         raise freshet.Reject(f"event {event.id}: body: a field is not text")
+    return actions(lambda: event.id, order_id, email, status, total, currency)
+
+
+def actions(event_id, order_id: str, email: str, status: str, total: str,
+            currency: str) -> list[freshet.Action]:
+    """An order's actions, from the row or from a stored event alike;
+    ``event_id()`` gives the event's ``_id`` (asked only when quoted)."""
     if not email or not order_id:
-        raise freshet.Reject(f"event {event.id} has no order id or e-mail")
+        raise freshet.Reject(f"event {event_id()} has no order id or e-mail")
     if status == "confirmed":
         return [
             freshet.Email(
@@ -106,7 +122,7 @@ def decide(event: freshet.EventIn) -> list[freshet.Action]:
             freshet.Webhook(
                 target="order-confirmed",
                 body={
-                    "eventId": event.id,
+                    "eventId": event_id(),
                     "orderId": order_id,
                     "email": email,
                     "amount": total,
@@ -123,7 +139,8 @@ def decide(event: freshet.EventIn) -> list[freshet.Action]:
                 fields={"last_order_id": order_id, "last_order_status": "cancelled"},
             )
         ]
-    log.debug("event %s: no action", event.id)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("event %s: no action", event_id())
     return []
 
 

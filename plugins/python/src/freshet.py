@@ -1,4 +1,4 @@
-"""The freshet plugin contract, the Python way.
+"""The freshet plugin contract (``freshet:plugin@0.2.0``), the Python way.
 
 The generated bindings (``wit_world``) speak in variants and ``Ok``/``Err``
 wrappers; this module hides them. A plugin writes two plain functions and
@@ -10,6 +10,14 @@ hands them to :func:`plugin`::
     def decide(event: freshet.EventIn) -> list[freshet.Action]: ...
 
     WitWorld = freshet.plugin(map_row=map_row, decide=decide)
+
+- A row crosses the boundary once: ``map_row``'s events may carry their
+  actions (``Event(actions=...)``: a list, or a function called only when the
+  pipeline wants actions), decided from the row in hand; an event without
+  them is handed to ``decide``, which also serves events stored earlier
+  (``freshet dlq replay``).
+- An event may leave its ``id`` empty: the host derives it from the row's
+  identity and the event's index (:meth:`Row.event_id` tells the value).
 
 - Cells arrive as Python values: ``None``, ``bool``, ``int``, :class:`Decimal`
   (the exact decimal's text), ``float``, ``str``, :class:`Instant`,
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from componentize_py_types import Err, Ok
-from wit_world.imports import host, types
+from wit_world.imports import decisions, host, types
 
 __all__ = [
     "Action", "CrmUpdate", "Decimal", "Email", "Event", "EventIn", "Instant", "Json",
@@ -105,13 +113,14 @@ def type_name(value: Any) -> str:
 class Row:
     """One source row: ``row["column"]`` is the cell as a Python value."""
 
-    __slots__ = ("identity", "_cells", "_index")
+    __slots__ = ("identity", "_cells", "_index", "_ids")
 
     def __init__(self, raw: types.Row, index: dict[str, int]):
         self.identity: str = raw.identity
         """The row's key and timestamp as text, stable across replays."""
         self._cells = raw.cells
         self._index = index
+        self._ids: dict[int, str] = {}
 
     def __getitem__(self, column: str) -> Any:
         try:
@@ -123,6 +132,15 @@ class Row:
 
     def __contains__(self, column: str) -> bool:
         return column in self._index
+
+    def event_id(self, index: int = 0) -> str:
+        """The ``_id`` the host gives this row's event number ``index`` when
+        the plugin leaves it empty: for quoting it in an action's payload."""
+        try:
+            return self._ids[index]
+        except KeyError:
+            value = self._ids[index] = host.event_id(self.identity, index)
+            return value
 
 
 # One encoder for every payload: json.dumps with options builds a new one per call.
@@ -138,11 +156,19 @@ def _json(value: Union[str, dict, list]) -> str:
 
 @dataclass
 class Event:
-    """An XDM ExperienceEvent: ``body`` is the ``xdmEntity`` without ``_id`` and ``timestamp``."""
+    """An XDM ExperienceEvent: ``body`` is the ``xdmEntity`` without ``_id`` and ``timestamp``.
 
-    id: str
+    ``id`` may stay empty for the host to derive. ``actions``, when given, are
+    the event's actions decided from the row: a list, or a function returning
+    one, called only when the pipeline wants actions (raising
+    :class:`Reject` there fails the actions, not the event). Without them the
+    event goes to ``decide``.
+    """
+
     timestamp: Instant
     body: Union[str, dict]
+    id: str = ""
+    actions: Union[None, list, Callable[[], list]] = None
 
     def _raw(self) -> types.Event:
         return types.Event(self.id, self.timestamp, _json(self.body))
@@ -229,15 +255,49 @@ logging.root.setLevel(logging.INFO)
 _log = logging.getLogger("freshet")
 
 
-def _answer(function: Callable[[Any], list], argument: Any):
+def _error(function: Callable, error: Exception):
+    """The contract's error for an exception a plugin function raised."""
+    if isinstance(error, Reject):
+        return Err(types.PluginError_Reject(str(error)))
+    name = getattr(function, "__name__", "a plugin function")
+    _log.error("%s failed:\n%s", name, traceback.format_exc())
+    return Err(types.PluginError_Internal(f"{type(error).__name__}: {error}"))
+
+
+def _answer(function: Callable[..., list], *arguments: Any):
     """One entry of an answer: the function's outputs, or its error."""
     try:
-        return Ok([output._raw() for output in function(argument)])
-    except Reject as rejection:
-        return Err(types.PluginError_Reject(str(rejection)))
-    except Exception as error:  # noqa: BLE001 - every failure is the row's, not the batch's
-        _log.error("%s failed:\n%s", function.__name__, traceback.format_exc())
-        return Err(types.PluginError_Internal(f"{type(error).__name__}: {error}"))
+        return Ok([output._raw() for output in function(*arguments)])
+    except Exception as error:  # noqa: BLE001 - every failure is the input's, not the batch's
+        return _error(function, error)
+
+
+_NO_ACTIONS = Ok([])
+
+
+def _decided(map_row: Callable[[Row], list], decide: Callable[[EventIn], list],
+             row: Row, deciding: bool):
+    """One row's answer: its events, each with its actions, or the row's error."""
+    try:
+        events = map_row(row)
+        raws = [event._raw() for event in events]
+    except Exception as error:  # noqa: BLE001 - the row fails alone
+        return _error(map_row, error)
+    answer = []
+    for index, (event, raw) in enumerate(zip(events, raws)):
+        if not deciding:
+            actions = _NO_ACTIONS
+        elif event.actions is None:
+            # `decide` sees the event as it will be stored: with its `_id`.
+            if not raw.id:
+                raw.id = row.event_id(index)
+            actions = _answer(decide, raw)
+        elif callable(event.actions):
+            actions = _answer(event.actions)
+        else:
+            actions = _answer(list, event.actions)
+        answer.append(decisions.DecidedEvent(raw, actions))
+    return Ok(answer)
 
 
 def plugin(
@@ -251,10 +311,13 @@ def plugin(
     """
 
     class WitWorld:
-        def map_rows(self, batch: types.RowBatch) -> list:
+        def process(self, batch: types.RowBatch, decide_actions: bool) -> list:
             _settings.clear()
             index = {name: position for position, name in enumerate(batch.columns)}
-            return [_answer(map_row, Row(raw, index)) for raw in batch.rows]
+            return [
+                _decided(map_row, decide, Row(raw, index), decide_actions)
+                for raw in batch.rows
+            ]
 
         def decide(self, events: list[types.Event]) -> list:
             _settings.clear()

@@ -108,7 +108,7 @@ fn process_row(
         }
     };
     let body = mapping::event_body(&order, tenant).map_err(reject)?;
-    let id = mapping::event_id(&row.identity);
+    let id = mapping::event_id(&row.identity, 0);
     let actions = if decide {
         actions(&id, mapping::decisions(&id, &order.fields()))
     } else {

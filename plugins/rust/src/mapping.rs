@@ -32,14 +32,19 @@ pub struct Order {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection(pub String);
 
-/// The event `_id`: SHA-256 of the row's identity, hex. The host derives the
-/// identity from the key and timestamp the same way on every read, so a
-/// replayed row gets the same `_id` and AEP can drop the duplicate.
-pub fn event_id(identity: &str) -> String {
+/// The `_id` of the event at `index` among a row's events: SHA-256 of
+/// `{identity}#{index}`, hex, the value the host derives for an event whose
+/// `_id` is left empty (contract 0.2). The host derives the identity from the
+/// key and timestamp the same way on every read, so a replayed row gets the
+/// same `_id` and AEP can drop the duplicate.
+pub fn event_id(identity: &str, index: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(identity.as_bytes());
+    let mut hash = Sha256::new();
+    hash.update(identity.as_bytes());
+    hash.update(b"#");
+    hash.update(index.to_string().as_bytes());
     let mut out = String::with_capacity(64);
-    for byte in digest {
+    for byte in hash.finalize() {
         out.push(char::from(HEX[usize::from(byte >> 4)]));
         out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
@@ -347,6 +352,16 @@ mod tests {
             amount: "12.50".into(),
             currency: "EUR".into(),
         }
+    }
+
+    #[test]
+    fn event_ids_are_the_hosts_derivation() {
+        // `printf '7@1#0' | sha256sum`: the host's derived_id("7@1", 0).
+        assert_eq!(
+            event_id("7@1", 0),
+            "8d3b5e3914aaf74000a57b7bdf38a2a4f780cbd9ca97d054df6065e9d7a654cf"
+        );
+        assert_ne!(event_id("7@1", 1), event_id("7@1", 0));
     }
 
     #[test]

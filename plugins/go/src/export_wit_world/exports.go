@@ -3,15 +3,16 @@
 package export_wit_world
 
 import (
+	decisions "wit_component/freshet_plugin_decisions"
 	types "wit_component/freshet_plugin_types"
 	"wit_component/orders"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
-// MapRows is the world's `map-rows` export.
-func MapRows(batch types.RowBatch) []witTypes.Result[[]types.Event, types.PluginError] {
-	return orders.Plugin.ExportMapRows(batch)
+// Process is the world's `process` export.
+func Process(batch types.RowBatch, decide bool) []witTypes.Result[[]decisions.DecidedEvent, types.PluginError] {
+	return orders.Plugin.ExportProcess(batch, decide)
 }
 
 // Decide is the world's `decide` export.

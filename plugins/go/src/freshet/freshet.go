@@ -1,4 +1,5 @@
-// Package freshet is the freshet plugin contract, the Go way.
+// Package freshet is the freshet plugin contract (freshet:plugin@0.2.0), the
+// Go way.
 //
 // The bindings `wit-bindgen go` generates speak in tagged variants and
 // witTypes.Result values; this package hides them. A plugin writes two plain
@@ -11,6 +12,13 @@
 //
 // What the helper does for it:
 //
+//   - A row crosses the boundary once: MapRow's events may carry their
+//     actions (Event.Actions, a function called only when the pipeline wants
+//     actions), decided from the row in hand; an event without them is handed
+//     to Decide, which also serves events stored earlier (`freshet dlq
+//     replay`).
+//   - An event may leave its ID empty: the host derives it from the row's
+//     identity and the event's index (Row.EventID tells the value).
 //   - Cells arrive as Go values: nil, bool, int64, Decimal (the exact
 //     decimal's text), float64, string, Instant, Date, JSON, []byte;
 //     TypeName gives the contract's name for each.
@@ -31,6 +39,7 @@ import (
 	"runtime"
 	"runtime/debug"
 
+	decisions "wit_component/freshet_plugin_decisions"
 	host "wit_component/freshet_plugin_host"
 	types "wit_component/freshet_plugin_types"
 
@@ -134,12 +143,22 @@ func (r Row) Get(column string) (any, error) {
 	return native(r.cells[position]), nil
 }
 
+// EventID is the `_id` the host gives this row's event number `index` when
+// the plugin leaves it empty: for quoting it in an action's payload.
+func (r Row) EventID(index int) string {
+	return host.EventId(r.Identity, uint32(index))
+}
+
 // Event is an XDM ExperienceEvent: Body is the xdmEntity without `_id` and
-// `timestamp`.
+// `timestamp`; ID may stay empty for the host to derive.
 type Event struct {
 	ID        string
 	Timestamp Instant
 	Body      any
+	// Actions, when set, decides the event's actions from the row in hand;
+	// it is called only when the pipeline wants actions, and its error fails
+	// the actions, not the event. Unset, the event goes to Decide.
+	Actions func() ([]Action, error)
 }
 
 // Action is what Decide asks the host to do: an Email, a Webhook or a CrmUpdate.
@@ -238,26 +257,74 @@ type Plugin struct {
 	Decide func(EventIn) ([]Action, error)
 }
 
-// ExportMapRows answers `map-rows`: each row on its own, so one that fails fails alone.
-func (p Plugin) ExportMapRows(batch types.RowBatch) []witTypes.Result[[]types.Event, types.PluginError] {
+// ExportProcess answers `process`: each row on its own, so one that fails
+// fails alone, and each event's actions on their own.
+func (p Plugin) ExportProcess(
+	batch types.RowBatch, deciding bool,
+) []witTypes.Result[[]decisions.DecidedEvent, types.PluginError] {
 	index := make(map[string]int, len(batch.Columns))
 	for position, name := range batch.Columns {
 		index[name] = position
 	}
 	return answer("map_row", batch.Rows, func(raw types.Row) ([]Event, error) {
 		return p.MapRow(Row{raw.Identity, raw.Cells, index})
-	}, rawEvent)
+	}, func(row types.Row, at int, e Event) (decisions.DecidedEvent, error) {
+		event, err := rawEvent(e)
+		if err != nil || !deciding {
+			return decisions.DecidedEvent{Event: event, Actions: noActions()}, err
+		}
+		decide := e.Actions
+		if decide == nil {
+			// Decide sees the event as it will be stored: with its `_id`.
+			if event.Id == "" {
+				event.Id = host.EventId(row.Identity, uint32(at))
+			}
+			decide = func() ([]Action, error) { return p.Decide(event) }
+		}
+		return decisions.DecidedEvent{Event: event, Actions: actions(decide)}, nil
+	})
+}
+
+func noActions() witTypes.Result[[]types.Action, types.PluginError] {
+	return witTypes.Ok[[]types.Action, types.PluginError](nil)
+}
+
+// actions is one event's actions, or their failure.
+func actions(decide func() ([]Action, error)) witTypes.Result[[]types.Action, types.PluginError] {
+	raws, err := call("decide", func() ([]types.Action, error) { return rawActions(decide()) })
+	if err != nil {
+		return witTypes.Err[[]types.Action](contractError(err))
+	}
+	return witTypes.Ok[[]types.Action, types.PluginError](raws)
+}
+
+func rawActions(actions []Action, err error) ([]types.Action, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]types.Action, 0, len(actions))
+	for _, action := range actions {
+		raw, err := action.raw()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
 }
 
 // ExportDecide answers `decide`: each event on its own.
 func (p Plugin) ExportDecide(events []types.Event) []witTypes.Result[[]types.Action, types.PluginError] {
-	return answer("decide", events, p.Decide, Action.raw)
+	return answer("decide", events, p.Decide, func(_ types.Event, _ int, a Action) (types.Action, error) {
+		return a.raw()
+	})
 }
 
 // answer runs `f` over each input and turns its outputs into the
-// contract's (`raw`), or its failure into the input's error.
+// contract's (`raw`, given the input and the output's index), or its
+// failure into the input's error.
 func answer[In, Out, Raw any](
-	name string, inputs []In, f func(In) ([]Out, error), raw func(Out) (Raw, error),
+	name string, inputs []In, f func(In) ([]Out, error), raw func(In, int, Out) (Raw, error),
 ) []witTypes.Result[[]Raw, types.PluginError] {
 	begin()
 	out := make([]witTypes.Result[[]Raw, types.PluginError], len(inputs))
@@ -268,8 +335,8 @@ func answer[In, Out, Raw any](
 				return nil, err
 			}
 			raws := make([]Raw, 0, len(outputs))
-			for _, output := range outputs {
-				r, err := raw(output)
+			for at, output := range outputs {
+				r, err := raw(input, at, output)
 				if err != nil {
 					return nil, err
 				}

@@ -6,12 +6,13 @@
 // e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
 // update of the contact. Setting `tenant` (default `freshet`) names the
 // `_{tenant}` field group.
+//
+// Contract 0.2: each event carries its actions, decided from the row's own
+// fields (mapRow); decide reads them back from a stored event's body.
 package orders
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json/jsontext"
 	"encoding/json/v2"
 	"fmt"
@@ -131,8 +132,14 @@ func mapRow(row freshet.Row) ([]freshet.Event, error) {
 	text := make([]byte, 0, len(common)+len(key)+len(own)+2)
 	text = append(append(append(append(text, common[:len(common)-1]...), ','), key...), ':')
 	text = append(append(text, own...), '}')
-	digest := sha256.Sum256([]byte(row.Identity))
-	return []freshet.Event{{ID: hex.EncodeToString(digest[:]), Timestamp: updatedAt, Body: freshet.RawJSON(text)}}, nil
+	// The `_id` is left to the host (SHA-256 of the identity and index 0);
+	// the actions ask for it only when they quote it.
+	o := order{id: id, status: status, amount: amount, currency: currency, email: email}
+	return []freshet.Event{{
+		Timestamp: updatedAt,
+		Body:      freshet.RawJSON(text),
+		Actions:   func() ([]freshet.Action, error) { return actions(func() string { return row.EventID(0) }, o) },
+	}}, nil
 }
 
 // eventBody is the xdmEntity map_row writes, but for the tenant's field group.
@@ -195,7 +202,7 @@ func decode(raw []byte, into any) error {
 	return json.Unmarshal(raw, into, strict)
 }
 
-// order is what decide needs of an event.
+// order is what deciding needs: read from a row, or from a stored event.
 type order struct{ id, status, amount, currency, email string }
 
 func read(body map[string]jsontext.Value, eventID, tenant string) (order, error) {
@@ -253,8 +260,14 @@ func decide(event freshet.EventIn) ([]freshet.Action, error) {
 	if err != nil {
 		return nil, err
 	}
+	return actions(func() string { return event.Id }, o)
+}
+
+// actions are an order's actions, from the row or from a stored event
+// alike; eventID() gives the event's `_id` (asked only when quoted).
+func actions(eventID func() string, o order) ([]freshet.Action, error) {
 	if o.email == "" || o.id == "" {
-		return nil, freshet.Rejectf("event %s has no order id or e-mail", event.Id)
+		return nil, freshet.Rejectf("event %s has no order id or e-mail", eventID())
 	}
 	switch o.status {
 	case "confirmed":
@@ -264,7 +277,7 @@ func decide(event freshet.EventIn) ([]freshet.Action, error) {
 				Variables: map[string]string{"orderId": o.id, "amount": o.amount, "currency": o.currency},
 			},
 			freshet.Webhook{Target: "order-confirmed", Body: map[string]string{
-				"eventId": event.Id, "orderId": o.id, "email": o.email, "amount": o.amount, "currency": o.currency,
+				"eventId": eventID(), "orderId": o.id, "email": o.email, "amount": o.amount, "currency": o.currency,
 			}},
 		}, nil
 	case "cancelled":
@@ -273,6 +286,5 @@ func decide(event freshet.EventIn) ([]freshet.Action, error) {
 			Fields: map[string]string{"last_order_id": o.id, "last_order_status": "cancelled"},
 		}}, nil
 	}
-	freshet.Log(freshet.Debug, "event %s: no action", event.Id)
 	return nil, nil
 }
