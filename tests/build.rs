@@ -1,8 +1,8 @@
 //! Builds the guest plugins the tests run and writes their paths as
 //! constants into `$OUT_DIR/plugins.rs`: the Rust guests with a nested `cargo
-//! build --target wasm32-wasip2` each, the Python, JavaScript, C and Go
-//! orders plugins with their own `plugins/<lang>/build` scripts (side by
-//! side).
+//! build --target wasm32-wasip2` each, the Python, JavaScript (both engines),
+//! C and Go orders plugins with their own `plugins/<lang>/build` scripts
+//! (side by side).
 //!
 //! Guests build into `<target>/wasm-guests`, shared by every profile, so a
 //! guest compiles once per change. A missing toolchain is reported with the
@@ -22,12 +22,55 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// (constant, language folder under `plugins/`, what its build watches)
-const POLYGLOT: &[(&str, &str, &[&str])] = &[
-    ("PYTHON_PLUGIN", "python", &["src", "build"]),
-    ("JS_PLUGIN", "js", &["src", "build", "package-lock.json"]),
-    ("C_PLUGIN", "c", &["src", "build"]),
-    ("GO_PLUGIN", "go", &["src", "build"]),
+/// One orders plugin a `plugins/<lang>/build` script makes.
+struct Polyglot {
+    constant: &'static str,
+    /// The language folder under `plugins/`.
+    lang: &'static str,
+    /// The build script's arguments beyond `-o OUT`.
+    args: &'static [&'static str],
+    /// The folder under `polyglot/` it is built into.
+    out: &'static str,
+    /// What its build watches, in the language folder.
+    watched: &'static [&'static str],
+}
+
+const POLYGLOT: &[Polyglot] = &[
+    Polyglot {
+        constant: "PYTHON_PLUGIN",
+        lang: "python",
+        args: &[],
+        out: "python",
+        watched: &["src", "build"],
+    },
+    Polyglot {
+        constant: "JS_PLUGIN",
+        lang: "js",
+        args: &[],
+        out: "js",
+        watched: &["src", "build", "package-lock.json"],
+    },
+    Polyglot {
+        constant: "JS_QUICKJS_PLUGIN",
+        lang: "js",
+        args: &["--engine", "quickjs"],
+        out: "js-quickjs",
+        watched: &["src", "build", "package-lock.json"],
+    },
+    Polyglot {
+        constant: "C_PLUGIN",
+        lang: "c",
+        args: &[],
+        out: "c",
+        watched: &["src", "build"],
+    },
+    Polyglot {
+        constant: "GO_PLUGIN",
+        lang: "go",
+        args: &[],
+        out: "go",
+        watched: &["src", "build"],
+    },
 ];
 
 fn main() {
@@ -58,13 +101,13 @@ fn main() {
     let polyglot = std::thread::scope(|scope| {
         let builds: Vec<_> = POLYGLOT
             .iter()
-            .map(|(name, lang, watched)| {
-                let dir = root.join("plugins").join(lang);
-                for w in *watched {
+            .map(|p| {
+                let dir = root.join("plugins").join(p.lang);
+                for w in p.watched {
                     println!("cargo:rerun-if-changed={}", dir.join(w).display());
                 }
-                let out = target.join("polyglot").join(lang).join("orders.wasm");
-                scope.spawn(move || (*name, *lang, build_script(&dir, &out), out))
+                let out = target.join("polyglot").join(p.out).join("orders.wasm");
+                scope.spawn(move || (p.constant, p.out, build_script(&dir, p.args, &out), out))
             })
             .collect();
         builds
@@ -136,11 +179,12 @@ fn build(dir: &Path, target: &Path, artifact: &str) -> PathBuf {
         .join(format!("{artifact}.wasm"))
 }
 
-/// Runs `plugins/<lang>/build -o OUT` without installing anything; the
-/// script's own "toolchain missing: ...; install with: ..." is the error.
-fn build_script(dir: &Path, out: &Path) -> Result<(), String> {
+/// Runs `plugins/<lang>/build ARGS -o OUT` without installing anything;
+/// the script's own "toolchain missing: ...; install with: ..." is the error.
+fn build_script(dir: &Path, args: &[&str], out: &Path) -> Result<(), String> {
     let output = Command::new("bash")
         .arg(dir.join("build"))
+        .args(args)
         .arg("-o")
         .arg(out)
         .env("FRESHET_NO_INSTALL", "1")

@@ -163,6 +163,47 @@ fn assert_conforms(fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
     reference
 }
 
+/// JavaScript on QuickJS (`plugins/js/build --engine quickjs`) answers as
+/// Rust does, but for rows holding an integer past 2^53: its bindings hand
+/// 64-bit integers to JavaScript as doubles, so the helper refuses those rows
+/// rather than map a wrong id.
+#[test]
+fn javascript_on_quickjs_conforms_but_refuses_integers_it_cannot_hold() {
+    let fixture = "conformance/orders.json";
+    let settings = [("tenant", "acme")];
+    let (_, rows) = rows_file::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture))
+        .expect("fixture parses");
+    const EXACT: i64 = (1 << 53) - 1;
+    let inexact = |row: &freshet::plugin::contract::Row| {
+        row.cells.iter().any(|cell| {
+            matches!(cell, freshet::plugin::contract::Value::Integer(i) if !(-EXACT..=EXACT).contains(i))
+        })
+    };
+    let reference = transcript(plugins::ORDERS_PLUGIN, fixture, &settings);
+    let got = transcript(plugins::JS_QUICKJS_PLUGIN, fixture, &settings);
+    assert_eq!(got.len(), reference.len());
+    let mut refused = 0;
+    for ((row, expected), got) in rows.iter().zip(&reference).zip(&got) {
+        if inexact(row) {
+            refused += 1;
+            assert_eq!(got["answer"]["error"]["code"], "reject", "{got}");
+            let message = got["answer"]["error"]["message"].as_str().unwrap();
+            assert!(message.contains("past 2^53"), "{message}");
+        } else {
+            let (expected, got) = (expected.to_string(), got.to_string());
+            assert!(
+                expected == got,
+                "QuickJS differs from Rust: {}",
+                first_difference(&expected, &got)
+            );
+        }
+    }
+    assert!(
+        refused >= 2,
+        "the fixture holds the largest and smallest 64-bit ids"
+    );
+}
+
 /// The answers of rows whose identity starts with `prefix`.
 fn answers<'a>(transcript: &'a [Json], note: &str) -> &'a Json {
     &transcript
@@ -249,6 +290,15 @@ fn the_default_tenant_and_a_missing_column_conform_too() {
     assert_eq!(body["_freshet"]["orderId"], "1", "{body}");
 
     let missing = assert_conforms("conformance/orders-missing-columns.json", &[]);
+    assert_eq!(
+        transcript(
+            plugins::JS_QUICKJS_PLUGIN,
+            "conformance/orders-missing-columns.json",
+            &[]
+        ),
+        missing,
+        "javascript on QuickJS"
+    );
     for row in &missing {
         assert_eq!(
             row["answer"]["error"]["message"],
@@ -320,7 +370,8 @@ fn events_of_another_shape_are_rejected_everywhere() {
         canonical(r#"{"orderId":"café 🎉","amount":"1.00","currency":"EUR"}"#)
     );
     assert_eq!(last[0]["email"]["to"], "a/b@example.com");
-    for (language, plugin) in LANGUAGES {
+    let quickjs = ("javascript on QuickJS", plugins::JS_QUICKJS_PLUGIN);
+    for (language, plugin) in LANGUAGES.iter().chain([&quickjs]) {
         let got = decide(plugin);
         for (n, (expected, got)) in reference.iter().zip(&got).enumerate() {
             assert_eq!(got, expected, "{language}, event {n}: {}", events[n].body);

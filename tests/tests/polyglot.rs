@@ -177,6 +177,11 @@ async fn the_javascript_plugin_delivers_what_the_rust_plugin_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_plugin_on_quickjs_delivers_what_the_rust_plugin_delivers() {
+    delivers_what_rust_delivers("javascript on QuickJS", plugins::JS_QUICKJS_PLUGIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_c_plugin_delivers_what_the_rust_plugin_delivers() {
     delivers_what_rust_delivers("c", plugins::C_PLUGIN).await;
 }

@@ -44,7 +44,7 @@ export class Json {
 
 /** An instant in UTC: `seconds` (a bigint, < 0 before 1970) and `nanos`. */
 export class Instant {
-  constructor({ seconds, nanos }) { this.seconds = seconds; this.nanos = nanos; }
+  constructor({ seconds, nanos }) { this.seconds = BigInt(seconds); this.nanos = nanos; }
   /** As a Date (milliseconds: finer digits are dropped). */
   toDate() { return new Date(Number(this.seconds) * 1000 + Math.floor(this.nanos / 1e6)); }
 }
@@ -59,7 +59,7 @@ export class Day {
 const NATIVE = {
   null: () => null,
   boolean: (v) => v,
-  integer: (v) => v,
+  integer: (v) => BigInt(v), // a number under QuickJS: see Row.get
   decimal: (v) => new Decimal(v),
   float: (v) => v,
   text: (v) => v,
@@ -99,6 +99,12 @@ export class Row {
     const position = this.index.get(column);
     if (position === undefined) throw new Reject(`the source has no column \`${column}\``);
     const cell = this.cells[position];
+    // QuickJS (componentize-qjs) hands a 64-bit integer over as a double,
+    // exact only to 2^53: past that the value already lost digits, and a
+    // row with a wrong id is worse than a rejected one.
+    if (cell.tag === 'integer' && typeof cell.val === 'number' && !Number.isSafeInteger(cell.val)) {
+      throw new Reject(`column \`${column}\`: integer ${cell.val} is past 2^53, which this build's engine (QuickJS) cannot hold exactly; build with the default engine`);
+    }
     return NATIVE[cell.tag](cell.val);
   }
 
@@ -123,7 +129,9 @@ const json = (value) => (typeof value === 'string' ? value : JSON.stringify(valu
  */
 export const event = ({ id = '', timestamp, body, actions }) => ({
   id,
-  timestamp: { seconds: timestamp.seconds, nanos: timestamp.nanos },
+  // A number: QuickJS traps on a bigint for a 64-bit integer, and SpiderMonkey
+  // takes either (seconds stay far inside 2^53).
+  timestamp: { seconds: Number(timestamp.seconds), nanos: timestamp.nanos },
   body: json(body),
   actions,
 });
