@@ -1,7 +1,7 @@
 //! Builds the guest plugins the tests run and writes their paths as
 //! constants into `$OUT_DIR/plugins.rs`: the Rust guests with a nested `cargo
-//! build --target wasm32-wasip2` each, the Python, JavaScript (both engines),
-//! C and Go orders plugins with their own `plugins/<lang>/build` scripts
+//! build --target wasm32-wasip2` each, the Python (both worlds), JavaScript
+//! (both worlds, both engines), C and Go orders plugins with their own `plugins/<lang>/build` scripts
 //! (side by side).
 //!
 //! Guests build into `<target>/wasm-guests`, shared by every profile, so a
@@ -44,10 +44,24 @@ const POLYGLOT: &[Polyglot] = &[
         watched: &["src", "build"],
     },
     Polyglot {
+        constant: "PYTHON_TYPED_PLUGIN",
+        lang: "python",
+        args: &["--world", "typed"],
+        out: "python-typed",
+        watched: &["src", "build"],
+    },
+    Polyglot {
         constant: "JS_PLUGIN",
         lang: "js",
         args: &[],
         out: "js",
+        watched: &["src", "build", "package-lock.json"],
+    },
+    Polyglot {
+        constant: "JS_TYPED_PLUGIN",
+        lang: "js",
+        args: &["--world", "typed"],
+        out: "js-typed",
         watched: &["src", "build", "package-lock.json"],
     },
     Polyglot {

@@ -1,5 +1,7 @@
 //! Conformance: the orders plugin in Python, JavaScript, C and Go gives the
-//! Rust plugin's answers, input for input.
+//! Rust plugin's answers, input for input; Python and JavaScript in both of
+//! contract 0.2's worlds (rows and answers as JSON documents, the default,
+//! and typed), JavaScript on both engines.
 //!
 //! The fixture rows (`tests/conformance/*.json`, the `freshet plugin test`
 //! format) go through each plugin in one batch, and every event the batch
@@ -21,7 +23,9 @@ use std::sync::OnceLock;
 /// The plugins compared with Rust's.
 const LANGUAGES: &[(&str, &str)] = &[
     ("python", plugins::PYTHON_PLUGIN),
+    ("python, typed world", plugins::PYTHON_TYPED_PLUGIN),
     ("javascript", plugins::JS_PLUGIN),
+    ("javascript, typed world", plugins::JS_TYPED_PLUGIN),
     ("c", plugins::C_PLUGIN),
     ("go", plugins::GO_PLUGIN),
 ];

@@ -177,6 +177,12 @@ async fn the_javascript_plugin_delivers_what_the_rust_plugin_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_python_and_javascript_plugins_deliver_what_the_rust_plugin_delivers() {
+    delivers_what_rust_delivers("python, typed world", plugins::PYTHON_TYPED_PLUGIN).await;
+    delivers_what_rust_delivers("javascript, typed world", plugins::JS_TYPED_PLUGIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_plugin_on_quickjs_delivers_what_the_rust_plugin_delivers() {
     delivers_what_rust_delivers("javascript on QuickJS", plugins::JS_QUICKJS_PLUGIN).await;
 }

@@ -343,8 +343,8 @@ fn plugin_rate(
     rows: &[Row],
     batch: usize,
 ) -> anyhow::Result<PluginRate> {
-    if sandbox.plugin().contract() == crate::plugin::contract::Version::V0_2 {
-        let (mut took, mut events) = (Duration::ZERO, 0);
+    if sandbox.plugin().contract().crosses_once() {
+        let (mut took, mut events, mut first_error) = (Duration::ZERO, 0, None);
         for chunk in rows.chunks(batch) {
             let batch = RowBatch {
                 columns: columns.to_vec(),
@@ -354,11 +354,13 @@ fn plugin_rate(
             let decided = sandbox.process(&batch);
             took += start.elapsed();
             events += decided.iter().flatten().map(Vec::len).sum::<usize>();
+            first_error = first_error.or_else(|| decided.into_iter().find_map(Result::err));
         }
         ensure!(
             events == rows.len(),
-            "the plugin mapped {events} of {} rows",
-            rows.len()
+            "the plugin mapped {events} of {} rows (the first that failed: {})",
+            rows.len(),
+            first_error.map_or_else(|| "none failed".to_owned(), |e| e.to_string())
         );
         return Ok(PluginRate {
             us_per_row: us_per(took, rows.len()),

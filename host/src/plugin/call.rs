@@ -79,7 +79,7 @@ pub(super) type RowsCall<T> = fn(&RowBatch) -> Box<Call<'_, T>>;
 pub(super) fn map_call(batch: &RowBatch) -> Box<Call<'_, Event>> {
     Box::new(move |plugin, store, range| match plugin {
         Bound::V0_1(p) => p.call_map_rows(store, &rows_of(batch, range)),
-        Bound::V0_2(_) => Err(missing("map-rows")),
+        Bound::V0_2(_) | Bound::Json(_) => Err(missing("map-rows")),
     })
 }
 
@@ -96,6 +96,12 @@ pub(super) fn events_call(batch: &RowBatch) -> Box<Call<'_, DecidedEvent>> {
 fn process_with(batch: &RowBatch, decide: bool) -> Box<Call<'_, DecidedEvent>> {
     Box::new(move |plugin, store, range| match plugin {
         Bound::V0_2(p) => p.call_process(store, &rows_of(batch, range), decide),
+        Bound::Json(p) => {
+            let n = range.len();
+            let document = super::json::encode_batch(&batch.columns, &batch.rows[range]);
+            let answer = p.call_process_json(store, &document, decide)?;
+            Ok(super::json::decode_answer(&answer, n))
+        }
         Bound::V0_1(_) => Err(missing("process")),
     })
 }
@@ -107,6 +113,7 @@ pub(super) fn decide_call(
     move |plugin, store, range| match plugin {
         Bound::V0_1(p) => p.call_decide(store, &events[range]),
         Bound::V0_2(p) => p.call_decide(store, &events[range]),
+        Bound::Json(p) => p.call_decide(store, &events[range]),
     }
 }
 

@@ -7,7 +7,7 @@
 //! priority between retries), `freshet plugin test` and the tests run them
 //! in place.
 
-use super::contract::{Action, Event, RowBatch, Version};
+use super::contract::{Action, Event, RowBatch};
 use super::sandbox::{Attempt, Decided, Outcome, Session};
 use super::PluginError;
 use std::future::Future;
@@ -161,7 +161,7 @@ pub async fn process(
     runner: &impl Runner,
     stop: &CancellationToken,
 ) -> Result<Vec<Outcome<Decided>>, Stopped> {
-    if session.contract() == Version::V0_2 {
+    if session.contract().crosses_once() {
         if decide {
             return PROCESS.call(session, rows, runner, stop).await;
         }

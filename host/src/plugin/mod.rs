@@ -17,6 +17,7 @@ mod call;
 pub mod calls;
 mod check;
 mod error;
+mod json;
 mod limits;
 pub mod logs;
 mod probe;
@@ -65,6 +66,20 @@ mod bindings_v2 {
     });
 }
 
+/// Contract 0.2's JSON world (`pipeline-plugin-json`): the same `types` and
+/// `host`, `process` as JSON documents.
+#[allow(missing_docs)] // generated from the documented WIT
+mod bindings_json {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2",
+        world: "pipeline-plugin-json",
+        with: {
+            "freshet:plugin/types": super::bindings::freshet::plugin::types,
+            "freshet:plugin/host": super::bindings_v2::freshet::plugin::host,
+        },
+    });
+}
+
 /// The contract's types (`freshet:plugin/types`), as the host sees them.
 pub mod contract {
     pub use super::bindings::freshet::plugin::types::{
@@ -82,6 +97,17 @@ pub mod contract {
         /// `process`: a row's events and their actions from one call.
         #[serde(rename = "0.2")]
         V0_2,
+        /// `process-json`: the same, rows and answers as JSON documents.
+        #[serde(rename = "0.2-json")]
+        V0_2Json,
+    }
+
+    impl Version {
+        /// Whether a row crosses the boundary once (`process`, either form)
+        /// rather than twice (`map-rows`, then `decide`).
+        pub fn crosses_once(self) -> bool {
+            self != Version::V0_1
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::call::{decide_call, event_size, map_call, process_call, row_size};
 use super::check::{check_action, check_decided, check_event};
-use super::contract::{Action, Event, Row, RowBatch, Version};
+use super::contract::{Action, Event, Row, RowBatch};
 use super::sandbox::{decided, fill_ids, Outcome, Sandbox};
 use super::{PluginError, Usage};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ impl Sandbox {
             rows: vec![row.clone()],
         };
         let budget = session.limits().budget(row_size(row));
-        if session.contract() == Version::V0_2 {
+        if session.contract().crosses_once() {
             // One call: the row's events and their actions.
             let (answer, mut usage) =
                 session.fresh(0..1, budget, &*process_call(&batch), check_decided, true);
@@ -39,7 +39,8 @@ impl Sandbox {
             host_work(&mut usage, started.elapsed());
             return (probe, usage);
         }
-        let (mapped, mut usage) = session.fresh(0..1, budget, &*map_call(&batch), check_event, true);
+        let (mapped, mut usage) =
+            session.fresh(0..1, budget, &*map_call(&batch), check_event, true);
         usage.map = Some((usage.fuel, usage.budget));
         let mut outcomes = match mapped {
             Ok(outcomes) => outcomes,
@@ -57,7 +58,8 @@ impl Sandbox {
         for event in &events {
             let one = std::slice::from_ref(event);
             let budget = session.limits().budget(event_size(event));
-            let (decided, used) = session.fresh(0..1, budget, &decide_call(one), check_action, true);
+            let (decided, used) =
+                session.fresh(0..1, budget, &decide_call(one), check_action, true);
             usage.fuel += used.fuel;
             usage.budget += used.budget;
             usage.peak_memory = usage.peak_memory.max(used.peak_memory);

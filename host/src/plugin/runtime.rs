@@ -11,6 +11,7 @@
 //! result thrown away (not cached), whenever it finishes.
 
 use super::bindings::{PipelinePlugin, PipelinePluginPre};
+use super::bindings_json::{PipelinePluginJson, PipelinePluginJsonPre};
 use super::bindings_v2::{
     PipelinePlugin as PipelinePluginV2, PipelinePluginPre as PipelinePluginPreV2,
 };
@@ -228,12 +229,18 @@ impl Runtime {
         let contract = |e: wasmtime::Error| LoadError::Contract(format!("{e:#}"));
         let mut linker = Linker::<StoreState>::new(engine);
         let kind = component.component_type();
-        // A 0.2 component exports `process`; anything else is held to 0.1
-        // (and a component of neither fails to link, naming what it lacks).
-        let version = if kind.exports(engine).any(|(name, _)| name == "process") {
+        // A 0.2 component exports `process` (or, speaking JSON,
+        // `process-json`); anything else is held to 0.1 (and a component of
+        // neither fails to link, naming what it lacks).
+        let exports = |export: &str| kind.exports(engine).any(|(name, _)| name == export);
+        let version = if exports("process") {
             PipelinePluginV2::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
                 .map_err(contract)?;
             Version::V0_2
+        } else if exports("process-json") {
+            PipelinePluginJson::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+                .map_err(contract)?;
+            Version::V0_2Json
         } else {
             PipelinePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
                 .map_err(contract)?;
@@ -251,6 +258,7 @@ impl Runtime {
         let pre = match version {
             Version::V0_1 => Pre::V0_1(PipelinePluginPre::new(pre).map_err(contract)?),
             Version::V0_2 => Pre::V0_2(PipelinePluginPreV2::new(pre).map_err(contract)?),
+            Version::V0_2Json => Pre::Json(PipelinePluginJsonPre::new(pre).map_err(contract)?),
         };
         Ok(Loaded {
             engine: engine.clone(),
@@ -345,12 +353,14 @@ pub struct Plugin(Arc<Loaded>);
 pub(crate) enum Pre {
     V0_1(PipelinePluginPre<StoreState>),
     V0_2(PipelinePluginPreV2<StoreState>),
+    Json(PipelinePluginJsonPre<StoreState>),
 }
 
 /// An instance's exports, under its contract.
 pub(crate) enum Bound {
     V0_1(PipelinePlugin),
     V0_2(PipelinePluginV2),
+    Json(PipelinePluginJson),
 }
 
 impl Pre {
@@ -358,6 +368,7 @@ impl Pre {
         match self {
             Pre::V0_1(_) => Version::V0_1,
             Pre::V0_2(_) => Version::V0_2,
+            Pre::Json(_) => Version::V0_2Json,
         }
     }
 
@@ -365,6 +376,7 @@ impl Pre {
         Ok(match self {
             Pre::V0_1(pre) => Bound::V0_1(pre.instantiate(store)?),
             Pre::V0_2(pre) => Bound::V0_2(pre.instantiate(store)?),
+            Pre::Json(pre) => Bound::Json(pre.instantiate(store)?),
         })
     }
 }

@@ -7,8 +7,8 @@
 use super::bindings::freshet::plugin::{host, types};
 use super::bindings_v2::freshet::plugin::{decisions, host as host_v2};
 use super::limits::{Grants, Meter};
-use super::timing::Clock;
 use super::logs::{Level, LogRoute};
+use super::timing::Clock;
 use super::CallContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;

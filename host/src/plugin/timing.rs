@@ -86,7 +86,10 @@ mod tests {
         assert!(clock.host >= Duration::from_millis(10), "{clock:?}");
         assert!(clock.host < clock.guest, "{clock:?}");
         let timing = clock.timing(Duration::from_millis(100), Duration::from_millis(1));
-        assert_eq!(timing.boundary, Duration::from_millis(100) - clock.guest - clock.host);
+        assert_eq!(
+            timing.boundary,
+            Duration::from_millis(100) - clock.guest - clock.host
+        );
         assert_eq!(timing.host, clock.host + Duration::from_millis(1));
     }
 }

@@ -122,4 +122,4 @@ function actions(eventId, { orderId, to, orderStatus, total, currency }) {
   }
 }
 
-export const { process, decide } = plugin({ mapRow, decide: decideOne });
+export const { process, processJson, decide } = plugin({ mapRow, decide: decideOne });

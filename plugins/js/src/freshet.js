@@ -117,6 +117,46 @@ export class Row {
   eventId(index = 0) { return eventId(this.identity, index); }
 }
 
+/** A hex string as bytes. */
+function fromHex(hex) {
+  const bytes = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.substr(i * 2, 2), 16);
+  return bytes;
+}
+
+// A JSON document's cell (wit/0.2/plugin.wit, `pipeline-plugin-json`) → the
+// JavaScript value, by the column's type.
+const FROM_JSON = {
+  null: () => null,
+  boolean: (v) => v,
+  integer: (v) => BigInt(v), // digits as a string past 2^53
+  decimal: (v) => new Decimal(v),
+  float: (v) => (typeof v === 'number' ? v : Number(v)), // "NaN", "Infinity"
+  text: (v) => v,
+  timestamp: (v) => new Instant({ seconds: v[0], nanos: v[1] }),
+  date: (v) => new Day(v),
+  json: (v) => new Json(v),
+  binary: fromHex,
+};
+
+/** A row of a JSON batch document: cells converted when read. */
+class JsonRow extends Row {
+  constructor(raw, index, types) {
+    super({ identity: raw[0], cells: raw }, index);
+    this.types = types;
+  }
+
+  get(column) {
+    const position = this.index.get(column);
+    if (position === undefined) throw new Reject(`the source has no column \`${column}\``);
+    let value = this.cells[position + 1];
+    if (value === null) return null;
+    let kind = this.types[position];
+    if (kind === 'mixed') [[kind, value]] = Object.entries(value); // {type: value}
+    return FROM_JSON[kind](value);
+  }
+}
+
 const json = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
 
 /**
@@ -216,6 +256,42 @@ function decided(mapRow, decide, row, deciding) {
   };
 }
 
+/** An action as the JSON answer writes it. */
+function wireAction({ tag, val }) {
+  if (tag === 'crm-update') {
+    const { externalId, ...rest } = val;
+    return { [tag]: { ...rest, 'external-id': externalId } };
+  }
+  return { [tag]: val };
+}
+
+/** One event's actions, or their failure, as the JSON answer writes them. */
+function wireActions(result) {
+  if (result.tag === 'ok') return { ok: result.val.map(wireAction) };
+  return { [result.val.tag]: result.val.val };
+}
+
+/** One row's entry of a JSON answer. */
+function decidedJson(mapRow, decide, row, deciding) {
+  const result = decided(mapRow, decide, row, deciding);
+  if (result.tag === 'err') return { [result.val.tag]: result.val.val };
+  return {
+    ok: result.val.map(({ event, actions }) => ({
+      id: event.id,
+      timestamp: [event.timestamp.seconds, event.timestamp.nanos],
+      body: event.body,
+      actions: wireActions(actions),
+    })),
+  };
+}
+
+// The documents cross as UTF-8 bytes, which the engine's own TextDecoder and
+// TextEncoder handle natively (a returned string would be encoded by
+// JavaScript code in the interpreter, a byte at a time).
+// QuickJS has neither: it builds the typed world only.
+const decoder = typeof TextDecoder === 'function' ? new TextDecoder() : null;
+const encoder = typeof TextEncoder === 'function' ? new TextEncoder() : null;
+
 /**
  * The component's exports, built from two per-input functions. Each row and
  * event is answered on its own, so one that throws fails alone.
@@ -226,6 +302,15 @@ export function plugin({ mapRow, decide }) {
       settings.clear();
       const index = new Map(batch.columns.map((name, position) => [name, position]));
       return batch.rows.map((raw) => decided(mapRow, decide, new Row(raw, index), deciding));
+    },
+    // `process` of the JSON world (plugins/js/build --world json).
+    processJson(batch, deciding) {
+      settings.clear();
+      const document = JSON.parse(decoder.decode(batch));
+      const index = new Map(document.columns.map((name, position) => [name, position]));
+      const answer = document.rows.map((raw) =>
+        decidedJson(mapRow, decide, new JsonRow(raw, index, document.types), deciding));
+      return encoder.encode(JSON.stringify(answer));
     },
     decide(events) {
       settings.clear();

@@ -41,7 +41,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from componentize_py_types import Err, Ok
-from wit_world.imports import decisions, host, types
+from wit_world.imports import host, types
+
+try:  # the typed world's answers; the JSON world (plugins/python/build --world json) has none
+    from wit_world.imports import decisions
+except ImportError:
+    decisions = None
 
 __all__ = [
     "Action", "CrmUpdate", "Decimal", "Email", "Event", "EventIn", "Instant", "Json",
@@ -143,6 +148,52 @@ class Row:
             return value
 
 
+def _instant(value: list) -> Instant:
+    return Instant(value[0], value[1])
+
+
+# A JSON document's cell (`wit/0.2/plugin.wit`, `pipeline-plugin-json`) → the
+# Python value, by the column's type.
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {
+    "null": lambda v: None,
+    "boolean": lambda v: v,
+    "integer": lambda v: v if type(v) is int else int(v),  # digits as text past 2^53
+    "decimal": Decimal,
+    "float": lambda v: v if type(v) is float else float(v),  # 1 may come as an int; "NaN"
+    "text": lambda v: v,
+    "timestamp": _instant,
+    "date": lambda v: _EPOCH + datetime.timedelta(days=v),
+    "json": Json,
+    "binary": bytes.fromhex,
+}
+
+
+class _JsonRow(Row):
+    """A row of a JSON batch document: cells converted when read."""
+
+    __slots__ = ("_types",)
+
+    def __init__(self, raw: list, index: dict[str, int], column_types: list[str]):
+        self.identity = raw[0]
+        self._cells = raw
+        self._index = index
+        self._ids = {}
+        self._types = column_types
+
+    def __getitem__(self, column: str) -> Any:
+        try:
+            position = self._index[column]
+        except KeyError:
+            raise Reject(f"the source has no column `{column}`") from None
+        value = self._cells[position + 1]
+        if value is None:
+            return None
+        kind = self._types[position]
+        if kind == "mixed":  # {type: value}
+            ((kind, value),) = value.items()
+        return _FROM_JSON[kind](value)
+
+
 # One encoder for every payload: json.dumps with options builds a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -173,6 +224,13 @@ class Event:
     def _raw(self) -> types.Event:
         return types.Event(self.id, self.timestamp, _json(self.body))
 
+    def _wire(self) -> dict:
+        return {"id": self.id, "timestamp": [self.timestamp.seconds, self.timestamp.nanos],
+                "body": self.body}
+
+    def _raw_with(self, event_id: str) -> types.Event:
+        return types.Event(event_id, self.timestamp, _json(self.body))
+
 
 @dataclass
 class Email:
@@ -188,6 +246,10 @@ class Email:
             types.EmailRequest(self.target, self.to, self.template, _json(self.variables))
         )
 
+    def _wire(self) -> dict:
+        return {"email": {"target": self.target, "to": self.to, "template": self.template,
+                          "variables": self.variables}}
+
 
 @dataclass
 class Webhook:
@@ -198,6 +260,9 @@ class Webhook:
 
     def _raw(self) -> types.Action:
         return types.Action_Webhook(types.WebhookRequest(self.target, _json(self.body)))
+
+    def _wire(self) -> dict:
+        return {"webhook": {"target": self.target, "body": self.body}}
 
 
 @dataclass
@@ -213,6 +278,10 @@ class CrmUpdate:
         return types.Action_CrmUpdate(
             types.CrmUpdateRequest(self.target, self.object, self.external_id, _json(self.fields))
         )
+
+    def _wire(self) -> dict:
+        return {"crm-update": {"target": self.target, "object": self.object,
+                               "external-id": self.external_id, "fields": self.fields}}
 
 
 Action = Union[Email, Webhook, CrmUpdate]
@@ -300,6 +369,48 @@ def _decided(map_row: Callable[[Row], list], decide: Callable[[EventIn], list],
     return Ok(answer)
 
 
+# The JSON answer's encoder: NaN is not JSON, so it fails the row it is in.
+_encode_answer = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _wire_error(function: Callable, error: Exception) -> dict:
+    """An exception as a JSON answer's error entry."""
+    err = _error(function, error).value
+    return {"reject" if isinstance(err, types.PluginError_Reject) else "internal": err.value}
+
+
+def _wire_actions(function: Callable[..., list], *arguments: Any) -> dict:
+    try:
+        return {"ok": [action._wire() for action in function(*arguments)]}
+    except Exception as error:  # noqa: BLE001 - the event's actions fail alone
+        return _wire_error(function, error)
+
+
+def _decided_json(map_row: Callable[[Row], list], decide: Callable[[EventIn], list],
+                  row: Row, deciding: bool) -> str:
+    """One row's entry of a JSON answer, as JSON text."""
+    try:
+        events = map_row(row)
+        entry = []
+        for index, event in enumerate(events):
+            wire = event._wire()
+            if not deciding:
+                pass
+            elif event.actions is None:
+                # `decide` sees the event as it will be stored: with its `_id`.
+                if not event.id:
+                    wire["id"] = row.event_id(index)
+                wire["actions"] = _wire_actions(decide, event._raw_with(wire["id"]))
+            elif callable(event.actions):
+                wire["actions"] = _wire_actions(event.actions)
+            else:
+                wire["actions"] = _wire_actions(list, event.actions)
+            entry.append(wire)
+        return _encode_answer({"ok": entry})
+    except Exception as error:  # noqa: BLE001 - the row fails alone
+        return _encode_answer(_wire_error(map_row, error))
+
+
 def plugin(
     *, map_row: Callable[[Row], list[Event]], decide: Callable[[EventIn], list[Action]]
 ) -> type:
@@ -318,6 +429,18 @@ def plugin(
                 _decided(map_row, decide, Row(raw, index), decide_actions)
                 for raw in batch.rows
             ]
+
+        def process_json(self, batch: bytes, decide_actions: bool) -> bytes:
+            """`process` of the JSON world: the batch and the answer as documents."""
+            _settings.clear()
+            document = json.loads(batch)
+            index = {name: position for position, name in enumerate(document["columns"])}
+            column_types = document["types"]
+            rows = [
+                _decided_json(map_row, decide, _JsonRow(raw, index, column_types), decide_actions)
+                for raw in document["rows"]
+            ]
+            return ("[" + ",".join(rows) + "]").encode()
 
         def decide(self, events: list[types.Event]) -> list:
             _settings.clear()
