@@ -128,7 +128,9 @@ bool freshet_deciding(const freshet_events *out);
 /* The actions of the event added last, decided here from the row instead of
  * by freshet_decide: push them onto `*actions`, or fail them through
  * `*error` (freshet_reject(*error)): the event is still delivered, its
- * actions are dead-lettered. Call only when freshet_deciding(). */
+ * actions are dead-lettered. Call only when freshet_deciding(). The pointers
+ * stay valid until the next freshet_emit_event: decide an event before
+ * adding the next. */
 void freshet_event_actions(freshet_events *out, freshet_actions **actions, freshet_error **error);
 /* Appends to `out` the `_id` the host gives the row's event number `index`
  * when its id is left empty (SHA-256 of `{identity}#{index}`, hex): for

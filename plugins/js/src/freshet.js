@@ -232,29 +232,44 @@ const given = (actions) => actions;
 
 /** One row's answer: its events, each with its actions, or the row's error. */
 function decided(mapRow, decide, row, deciding) {
-  let events;
   try {
-    events = mapRow(row);
+    const events = Array.from(mapRow(row)); // any iterable; read once
+    return {
+      tag: 'ok',
+      val: events.map((made, index) => {
+        if (!made || typeof made.body !== 'string' || !made.timestamp) {
+          throw new TypeError(`mapRow's event ${index} was not made with event()`);
+        }
+        const { id, timestamp, body, actions } = made;
+        const event = { id, timestamp, body };
+        if (!deciding) return { event, actions: NO_ACTIONS };
+        if (actions === undefined || actions === null) {
+          // `decide` sees the event as it will be stored: with its `_id`,
+          // and its instant as the `decide` export gives it (a bigint).
+          if (!event.id) event.id = row.eventId(index);
+          const stored = { ...event, timestamp: { ...timestamp, seconds: BigInt(timestamp.seconds) } };
+          return { event, actions: checked(answer(decide, stored)) };
+        }
+        const result = typeof actions === 'function' ? answer(actions) : answer(given, actions);
+        return { event, actions: checked(result) };
+      }),
+    };
   } catch (error) {
     return failure(mapRow, error);
   }
-  return {
-    tag: 'ok',
-    val: events.map(({ id, timestamp, body, actions }, index) => {
-      const event = { id, timestamp, body };
-      if (!deciding) return { event, actions: NO_ACTIONS };
-      if (actions === undefined) {
-        // `decide` sees the event as it will be stored: with its `_id`.
-        if (!event.id) event.id = row.eventId(index);
-        return { event, actions: answer(decide, event) };
-      }
-      return {
-        event,
-        actions: typeof actions === 'function' ? answer(actions) : answer(given, actions),
-      };
-    }),
-  };
 }
+
+/** An answer of actions that are an array of what email()/webhook()/crmUpdate() make. */
+function checked(result) {
+  if (result.tag !== 'ok') return result;
+  const list = result.val;
+  if (!Array.isArray(list) || !list.every((a) => a && ACTION_TAGS.has(a.tag))) {
+    return { tag: 'err', val: { tag: 'internal', val: 'actions must be an array of email(), webhook() or crmUpdate()' } };
+  }
+  return result;
+}
+
+const ACTION_TAGS = new Set(['email', 'webhook', 'crm-update']);
 
 /** An action as the JSON answer writes it. */
 function wireAction({ tag, val }) {
@@ -314,7 +329,9 @@ export function plugin({ mapRow, decide }) {
     },
     decide(events) {
       settings.clear();
-      return events.map((e) => answer(decide, e));
+      // The instant's seconds as a bigint on either engine (QuickJS gives a number).
+      return events.map((e) =>
+        answer(decide, { ...e, timestamp: { ...e.timestamp, seconds: BigInt(e.timestamp.seconds) } }));
     },
   };
 }

@@ -348,7 +348,7 @@ def _decided(map_row: Callable[[Row], list], decide: Callable[[EventIn], list],
              row: Row, deciding: bool):
     """One row's answer: its events, each with its actions, or the row's error."""
     try:
-        events = map_row(row)
+        events = list(map_row(row))  # a generator is read once
         raws = [event._raw() for event in events]
     except Exception as error:  # noqa: BLE001 - the row fails alone
         return _error(map_row, error)
@@ -390,7 +390,7 @@ def _decided_json(map_row: Callable[[Row], list], decide: Callable[[EventIn], li
                   row: Row, deciding: bool) -> str:
     """One row's entry of a JSON answer, as JSON text."""
     try:
-        events = map_row(row)
+        events = list(map_row(row))
         entry = []
         for index, event in enumerate(events):
             wire = event._wire()
