@@ -13,7 +13,10 @@
 //! answers, not budgets.
 
 use freshet::plugin::contract::{Action, Event, RowBatch};
-use freshet::plugin::{rows_file, CallContext, EngineSettings, Limits, Origin, Runtime, Sandbox};
+use freshet::plugin::{
+    rows_file, Attempt, CallContext, Decided, EngineSettings, Limits, Origin, Outcome, Runtime,
+    Sandbox,
+};
 use freshet_tests::plugins;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -97,13 +100,33 @@ fn error_json(e: &freshet::plugin::PluginError) -> Json {
     json!({"error": {"code": e.code(), "message": e.to_string()}})
 }
 
-/// Each row's answer: its error, or its events with each one's actions.
-fn transcript(plugin: &str, fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
+fn fixture_batch(fixture: &str) -> RowBatch {
     let (columns, rows) = rows_file::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture))
         .expect("fixture parses");
-    let batch = RowBatch { columns, rows };
+    RowBatch { columns, rows }
+}
+
+/// Each row's answer: its error, or its events with each one's actions.
+fn transcript(plugin: &str, fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
     // One `process` call for a 0.2 plugin; `map-rows`, then `decide`, for 0.1.
-    let answers = sandbox(plugin, settings).process(&batch);
+    let batch = fixture_batch(fixture);
+    transcribe(&batch, sandbox(plugin, settings).process(&batch))
+}
+
+/// The plugin's own answer to `process` asked for events only, as it came
+/// over the boundary (a pipeline would drop any actions in it).
+fn events_only_transcript(plugin: &str, fixture: &str, settings: &[(&str, &str)]) -> Vec<Json> {
+    let batch = fixture_batch(fixture);
+    match sandbox(plugin, settings)
+        .session()
+        .try_process(&batch, false)
+    {
+        Attempt::Done(answers) => transcribe(&batch, answers),
+        Attempt::Stopped(e) => panic!("{plugin}: the call stopped: {e}"),
+    }
+}
+
+fn transcribe(batch: &RowBatch, answers: Vec<Outcome<Decided>>) -> Vec<Json> {
     assert_eq!(answers.len(), batch.rows.len(), "one answer per row");
     batch
         .rows
@@ -308,6 +331,87 @@ fn the_default_tenant_and_a_missing_column_conform_too() {
             row["answer"]["error"]["message"],
             "plugin rejected the input: the source has no column `currency`"
         );
+    }
+}
+
+/// Every language with QuickJS beside the default engine.
+fn every_plugin() -> impl Iterator<Item = (&'static str, &'static str)> {
+    [("rust", plugins::ORDERS_PLUGIN)]
+        .into_iter()
+        .chain(LANGUAGES.iter().copied())
+        .chain([("javascript on QuickJS", plugins::JS_QUICKJS_PLUGIN)])
+}
+
+/// The helpers' fallback: an event given without actions goes to the
+/// plugin's `decide` inside the same `process` call, its id filled first.
+/// With `decide_from = "event"` every orders plugin leaves its events
+/// undecided; the answers must be those of deciding from the row.
+#[test]
+fn events_left_undecided_get_decide_s_actions_in_the_same_call() {
+    let fixture = "conformance/orders.json";
+    let from_row = transcript(plugins::ORDERS_PLUGIN, fixture, &[("tenant", "acme")]);
+    let from_event = [("tenant", "acme"), ("decide_from", "event")];
+    assert_eq!(
+        assert_conforms(fixture, &from_event),
+        from_row,
+        "rust: deciding from the stored body differs from deciding from the row"
+    );
+    let quickjs = transcript(plugins::JS_QUICKJS_PLUGIN, fixture, &from_event);
+    let quickjs_from_row = transcript(plugins::JS_QUICKJS_PLUGIN, fixture, &[("tenant", "acme")]);
+    assert_eq!(quickjs, quickjs_from_row, "javascript on QuickJS");
+    // The fallback is reached: `decide`'s own failure is the event's.
+    let failed = &answers(&from_row, "empty id: decide rejects")[0]["actions"]["error"];
+    assert_eq!(failed["code"], "reject", "{failed}");
+
+    // A setting of neither kind refuses each row by name, in every language.
+    let wrong = [("tenant", "acme"), ("decide_from", "body")];
+    let refused = assert_conforms(fixture, &wrong);
+    assert_eq!(
+        answers(&refused, "plain confirmed")["error"]["message"],
+        "plugin rejected the input: setting `decide_from` is `body`; expected `row` or `event`"
+    );
+}
+
+/// A pipeline without actions asks `process` for events only: each
+/// language's helper must then decide nothing, not from the row and not
+/// through `decide`, and the events must be the ones it gives when deciding.
+/// (The host would drop actions sent anyway; this reads the plugin's own
+/// answer.) A row whose deciding fails ("empty id") has no failure here.
+#[test]
+fn events_only_calls_decide_nothing_in_any_language() {
+    let fixture = "conformance/orders.json";
+    for settings in [
+        &[("tenant", "acme")][..],
+        &[("tenant", "acme"), ("decide_from", "event")][..],
+    ] {
+        let decided = transcript(plugins::ORDERS_PLUGIN, fixture, settings);
+        for (language, plugin) in every_plugin() {
+            let events_only = events_only_transcript(plugin, fixture, settings);
+            assert_eq!(events_only.len(), decided.len());
+            let mut events = 0;
+            for (got, full) in events_only.iter().zip(&decided) {
+                let row = &got["identity"];
+                let Some(answer) = got["answer"].as_array() else {
+                    // QuickJS refuses integers past 2^53 either way.
+                    if language != "javascript on QuickJS" {
+                        assert_eq!(got, full, "{language}, {settings:?}, row {row}");
+                    }
+                    continue;
+                };
+                let full = full["answer"].as_array().expect("the same row maps");
+                assert_eq!(answer.len(), full.len(), "{language}, row {row}");
+                for (event, decided) in answer.iter().zip(full) {
+                    events += 1;
+                    assert_eq!(event["event"], decided["event"], "{language}, row {row}");
+                    assert_eq!(
+                        event["actions"],
+                        json!([]),
+                        "{language} decided while asked for events only, {settings:?}, row {row}"
+                    );
+                }
+            }
+            assert!(events >= 25, "{language}: {events} events");
+        }
     }
 }
 

@@ -5,7 +5,10 @@
  * updated_at), maps it to an XDM ExperienceEvent and decides: confirmed →
  * e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
  * update of the contact. Setting `tenant` (default `freshet`) names the
- * `_{tenant}` field group.
+ * `_{tenant}` field group; `decide_from` (`row`, the default, or `event`)
+ * whether actions come from the row's fields or, as freshet_decide would find
+ * them, from the event's stored body (the helper's fallback for an event left
+ * undecided).
  *
  * Contract 0.2: each event carries its actions, decided from the row's own
  * fields (map_row); freshet_decide reads them back from a stored event's body.
@@ -24,6 +27,23 @@ enum { ID, EMAIL, STATUS, AMOUNT, CURRENCY, UPDATED_AT, NCOLUMNS };
 static void tenant_key(freshet_buf *out) {
   freshet_buf_puts(out, "_");
   if (!freshet_setting("tenant", out)) freshet_buf_puts(out, "freshet");
+}
+
+/* Setting `decide_from` into `*from_row`: `row` (default) or `event`. */
+static bool decide_from_row(bool *from_row, freshet_error *error) {
+  freshet_buf where = {0};
+  if (!freshet_setting("decide_from", &where)) freshet_buf_puts(&where, "row");
+  freshet_str value = freshet_buf_view(&where);
+  bool known = freshet_str_eq(value, "row") || freshet_str_eq(value, "event");
+  *from_row = freshet_str_eq(value, "row");
+  if (!known) {
+    freshet_buf *message = freshet_reject(error);
+    freshet_buf_puts(message, "setting `decide_from` is `");
+    freshet_buf_str(message, value);
+    freshet_buf_puts(message, "`; expected `row` or `event`");
+  }
+  freshet_buf_free(&where);
+  return known;
 }
 
 /* A cell as text into `out`, or a rejection naming the column. Floats are
@@ -181,12 +201,18 @@ static bool map_fields(const freshet_row *row, freshet_buf field[5], freshet_eve
   member(&body, "orderStatus", status, false);
   member(&body, "amount", freshet_buf_view(&field[AMOUNT]), false);
   freshet_buf_puts(&body, "}}");
-
-  /* The `_id` is left to the host (SHA-256 of the identity and index 0). */
-  freshet_emit_event(out, NULL, cells[UPDATED_AT]->val.timestamp, &body);
   freshet_buf_free(&type);
   freshet_buf_free(&key);
-  if (freshet_deciding(out)) {
+  bool from_row;
+  if (!decide_from_row(&from_row, error)) {
+    freshet_buf_free(&body);
+    return false;
+  }
+
+  /* The `_id` is left to the host (SHA-256 of the identity and index 0). An
+   * event left undecided goes to freshet_decide. */
+  freshet_emit_event(out, NULL, cells[UPDATED_AT]->val.timestamp, &body);
+  if (from_row && freshet_deciding(out)) {
     freshet_actions *actions;
     freshet_error *failure;
     freshet_event_actions(out, &actions, &failure);

@@ -4,7 +4,10 @@
 // updated_at), maps it to an XDM ExperienceEvent and decides: confirmed →
 // e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
 // update of the contact. Setting `tenant` (default `freshet`) names the
-// `_{tenant}` field group.
+// `_{tenant}` field group; `decide_from` (`row`, the default, or `event`)
+// whether actions come from the row's fields or, as `decide` would find them,
+// from the event's stored body (the helper's fallback for an event given
+// without actions).
 //
 // Contract 0.2: each event carries its actions, decided from the row's own
 // fields (mapRow); `decide` reads them back from a stored event's body.
@@ -20,6 +23,15 @@ const COLUMNS = ['id', 'customer_email', 'status', 'amount', 'currency', 'update
 const PLAIN_DECIMAL = /^-?[0-9]+(\.[0-9]+)?$/;
 
 const tenant = () => setting('tenant', 'freshet');
+
+/** Setting `decide_from`: `row` (default) or `event`. */
+function decideFromRow() {
+  const where = setting('decide_from', 'row');
+  if (where !== 'row' && where !== 'event') {
+    throw new Reject(`setting \`decide_from\` is \`${where}\`; expected \`row\` or \`event\``);
+  }
+  return where === 'row';
+}
 
 /** A cell as text, or a rejection naming the column. Floats are refused: money and ids are exact. */
 function text(column, value) {
@@ -57,7 +69,9 @@ function mapRow(row) {
     [`_${tenant()}`]: { orderId, orderStatus: status, amount: total },
   };
   // The `_id` is left to the host (SHA-256 of the identity and index 0); the
-  // actions ask for it only when they quote it.
+  // actions ask for it only when they quote it. Without actions the helper
+  // calls `decide` on the event.
+  if (!decideFromRow()) return [event({ timestamp: updatedAt, body })];
   const order = { orderId, to: customer, orderStatus: status, total, currency };
   return [event({ timestamp: updatedAt, body, actions: () => actions(() => row.eventId(), order) })];
 }

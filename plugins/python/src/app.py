@@ -7,7 +7,10 @@ Reads an ``orders`` row (``id``, ``customer_email``, ``status``, ``amount``,
 ``currency``, ``updated_at``), maps it to an XDM ExperienceEvent and decides:
 confirmed → e-mail ``order-confirmation`` + webhook ``order-confirmed``;
 cancelled → CRM update of the contact. Setting ``tenant`` (default
-``freshet``) names the ``_{tenant}`` field group.
+``freshet``) names the ``_{tenant}`` field group; ``decide_from`` (``row``,
+the default, or ``event``) whether actions come from the row's fields or, as
+``decide`` would find them, from the event's stored body (the helper's
+fallback for an event given without actions).
 """
 
 import json
@@ -27,6 +30,14 @@ log = logging.getLogger("orders")
 
 def tenant() -> str:
     return freshet.setting("tenant", "freshet")
+
+
+def decide_from_row() -> bool:
+    """Setting ``decide_from``: ``row`` (default) or ``event``."""
+    where = freshet.setting("decide_from", "row")
+    if where not in ("row", "event"):
+        raise freshet.Reject(f"setting `decide_from` is `{where}`; expected `row` or `event`")
+    return where == "row"
 
 
 def text(column: str, value) -> str:
@@ -72,7 +83,10 @@ def map_row(row: freshet.Row) -> list[freshet.Event]:
         f"_{tenant()}": {"orderId": order_id, "orderStatus": status, "amount": total},
     }
     # The `_id` is left to the host (SHA-256 of the identity and index 0);
-    # the actions ask for it only when they quote it.
+    # the actions ask for it only when they quote it. Without actions the
+    # helper calls `decide` on the event.
+    if not decide_from_row():
+        return [freshet.Event(timestamp=updated_at, body=body)]
     return [
         freshet.Event(
             timestamp=updated_at,

@@ -6,7 +6,9 @@
 //! `currency`, `updated_at`), maps it to an XDM ExperienceEvent and decides:
 //! confirmed → e-mail `order-confirmation` + webhook `order-confirmed`;
 //! cancelled → CRM update of the contact. Setting `tenant` (default `freshet`)
-//! names the `_{tenant}` field group.
+//! names the `_{tenant}` field group; `decide_from` (`row`, the default, or
+//! `event`) whether actions come from the row's fields or, as `decide` would
+//! find them, from the event's stored body.
 
 mod mapping;
 
@@ -54,6 +56,25 @@ fn tenant() -> String {
     get_setting("tenant").unwrap_or_else(|| "freshet".to_owned())
 }
 
+/// Where `process` decides an event's actions from (setting `decide_from`).
+#[derive(Clone, Copy)]
+enum DecideFrom {
+    /// The row's own fields: no JSON is parsed back.
+    Row,
+    /// The event's body, as `decide` reads a stored event.
+    Event,
+}
+
+fn decide_from() -> Result<DecideFrom, PluginError> {
+    match get_setting("decide_from").as_deref() {
+        None | Some("row") => Ok(DecideFrom::Row),
+        Some("event") => Ok(DecideFrom::Event),
+        Some(other) => Err(PluginError::Reject(format!(
+            "setting `decide_from` is `{other}`; expected `row` or `event`"
+        ))),
+    }
+}
+
 /// The contract's name for a cell's type, as rejections quote it.
 fn type_name(value: &Value) -> &'static str {
     match value {
@@ -90,6 +111,7 @@ fn process_row(
     cols: &Columns,
     tenant: &str,
     decide: bool,
+    from: &Result<DecideFrom, PluginError>,
 ) -> Result<Vec<DecidedEvent>, PluginError> {
     let order = Order {
         id: text(row, cols.id, "id")?,
@@ -108,11 +130,12 @@ fn process_row(
         }
     };
     let body = mapping::event_body(&order, tenant).map_err(reject)?;
+    let from = from.clone()?;
     let id = mapping::event_id(&row.identity, 0);
-    let actions = if decide {
-        actions(&id, mapping::decisions(&id, &order.fields()))
-    } else {
-        Ok(Vec::new())
+    let actions = match (decide, from) {
+        (false, _) => Ok(Vec::new()),
+        (true, DecideFrom::Row) => actions(&id, mapping::decisions(&id, &order.fields())),
+        (true, DecideFrom::Event) => actions(&id, mapping::decide(&id, &body, tenant)),
     };
     Ok(vec![DecidedEvent {
         event: Event {
@@ -146,11 +169,11 @@ impl Guest for OrdersPlugin {
             Ok(cols) => cols,
             Err(e) => return batch.rows.iter().map(|_| Err(e.clone())).collect(),
         };
-        let tenant = tenant();
+        let (tenant, from) = (tenant(), decide_from());
         batch
             .rows
             .iter()
-            .map(|row| process_row(row, &cols, &tenant, decide))
+            .map(|row| process_row(row, &cols, &tenant, decide, &from))
             .collect()
     }
 

@@ -5,7 +5,10 @@
 // updated_at), maps it to an XDM ExperienceEvent and decides: confirmed →
 // e-mail `order-confirmation` + webhook `order-confirmed`; cancelled → CRM
 // update of the contact. Setting `tenant` (default `freshet`) names the
-// `_{tenant}` field group.
+// `_{tenant}` field group; `decide_from` (`row`, the default, or `event`)
+// whether actions come from the row's fields or, as decide would find them,
+// from the event's stored body (the helper's fallback for an event given
+// without actions).
 //
 // Contract 0.2: each event carries its actions, decided from the row's own
 // fields (mapRow); decide reads them back from a stored event's body.
@@ -28,6 +31,16 @@ var Plugin = freshet.Plugin{MapRow: mapRow, Decide: decide}
 var columns = [...]string{"id", "customer_email", "status", "amount", "currency", "updated_at"}
 
 func tenantKey() string { return "_" + freshet.Setting("tenant", "freshet") }
+
+// decideFromRow reads setting `decide_from`: `row` (default) or `event`.
+func decideFromRow() (bool, error) {
+	switch where := freshet.Setting("decide_from", "row"); where {
+	case "row", "event":
+		return where == "row", nil
+	default:
+		return false, freshet.Rejectf("setting `decide_from` is `%s`; expected `row` or `event`", where)
+	}
+}
 
 // text is a cell as text, or a rejection naming the column. Floats are
 // refused: money and ids are exact.
@@ -133,7 +146,15 @@ func mapRow(row freshet.Row) ([]freshet.Event, error) {
 	text = append(append(append(append(text, common[:len(common)-1]...), ','), key...), ':')
 	text = append(append(text, own...), '}')
 	// The `_id` is left to the host (SHA-256 of the identity and index 0);
-	// the actions ask for it only when they quote it.
+	// the actions ask for it only when they quote it. Without actions the
+	// helper calls decide on the event.
+	fromRow, err := decideFromRow()
+	if err != nil {
+		return nil, err
+	}
+	if !fromRow {
+		return []freshet.Event{{Timestamp: updatedAt, Body: freshet.RawJSON(text)}}, nil
+	}
 	o := order{id: id, status: status, amount: amount, currency: currency, email: email}
 	return []freshet.Event{{
 		Timestamp: updatedAt,
