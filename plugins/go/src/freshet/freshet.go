@@ -27,7 +27,8 @@
 //     contract's `internal` error, and so does a panic, with its message in
 //     the host's log.
 //   - Event bodies and action payloads may be any value encoding/json/v2
-//     writes (map keys sorted), or a RawJSON.
+//     writes (map keys sorted), a RawJSON, or an Object (written member by
+//     member, without reflection: several times faster in a guest).
 //   - Log writes to the host's log (tagged with the tenant and pipeline);
 //     Setting reads the pipeline's plugin settings.
 package freshet
@@ -203,10 +204,15 @@ func (c CrmUpdate) raw() (types.Action, error) {
 }
 
 // encode writes a payload as JSON text, map keys sorted so the same input
-// always gives the same bytes; a RawJSON is passed as it is.
+// always gives the same bytes; a RawJSON is passed as it is, an Object
+// gives its text.
 func encode(value any) (string, error) {
-	if raw, ok := value.(RawJSON); ok {
-		return string(raw), nil
+	switch v := value.(type) {
+	case RawJSON:
+		return string(v), nil
+	case *Object:
+		text, err := v.JSON()
+		return string(text), err
 	}
 	text, err := json.Marshal(value, json.Deterministic(true))
 	return string(text), err
