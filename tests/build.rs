@@ -31,7 +31,7 @@ struct Polyglot {
     args: &'static [&'static str],
     /// The folder under `polyglot/` it is built into.
     out: &'static str,
-    /// What its build watches, in the language folder.
+    /// What its build watches, from the repository's root.
     watched: &'static [&'static str],
 }
 
@@ -41,49 +41,90 @@ const POLYGLOT: &[Polyglot] = &[
         lang: "python",
         args: &[],
         out: "python",
-        watched: &["src", "build"],
+        watched: &["plugins/python/src", "plugins/python/build"],
     },
     Polyglot {
         constant: "PYTHON_TYPED_PLUGIN",
         lang: "python",
         args: &["--world", "typed"],
         out: "python-typed",
-        watched: &["src", "build"],
+        watched: &["plugins/python/src", "plugins/python/build"],
     },
     Polyglot {
         constant: "JS_PLUGIN",
         lang: "js",
         args: &[],
         out: "js",
-        watched: &["src", "build", "package-lock.json"],
+        watched: &[
+            "plugins/js/src",
+            "plugins/js/build",
+            "plugins/js/package-lock.json",
+        ],
     },
     Polyglot {
         constant: "JS_TYPED_PLUGIN",
         lang: "js",
         args: &["--world", "typed"],
         out: "js-typed",
-        watched: &["src", "build", "package-lock.json"],
+        watched: &[
+            "plugins/js/src",
+            "plugins/js/build",
+            "plugins/js/package-lock.json",
+        ],
     },
     Polyglot {
         constant: "JS_QUICKJS_PLUGIN",
         lang: "js",
         args: &["--engine", "quickjs"],
         out: "js-quickjs",
-        watched: &["src", "build", "package-lock.json"],
+        watched: &[
+            "plugins/js/src",
+            "plugins/js/build",
+            "plugins/js/package-lock.json",
+        ],
+    },
+    Polyglot {
+        constant: "JS_HELPER_PLUGIN",
+        lang: "js",
+        args: &["--entry", "tests/plugins/js-helper/app.js"],
+        out: "js-helper",
+        watched: &[
+            "plugins/js/src",
+            "plugins/js/build",
+            "plugins/js/package-lock.json",
+            "tests/plugins/js-helper",
+        ],
+    },
+    Polyglot {
+        constant: "JS_HELPER_QUICKJS_PLUGIN",
+        lang: "js",
+        args: &[
+            "--entry",
+            "tests/plugins/js-helper/app.js",
+            "--engine",
+            "quickjs",
+        ],
+        out: "js-helper-quickjs",
+        watched: &[
+            "plugins/js/src",
+            "plugins/js/build",
+            "plugins/js/package-lock.json",
+            "tests/plugins/js-helper",
+        ],
     },
     Polyglot {
         constant: "C_PLUGIN",
         lang: "c",
         args: &[],
         out: "c",
-        watched: &["src", "build"],
+        watched: &["plugins/c/src", "plugins/c/build"],
     },
     Polyglot {
         constant: "GO_PLUGIN",
         lang: "go",
         args: &[],
         out: "go",
-        watched: &["src", "build"],
+        watched: &["plugins/go/src", "plugins/go/build"],
     },
 ];
 
@@ -118,7 +159,7 @@ fn main() {
             .map(|p| {
                 let dir = root.join("plugins").join(p.lang);
                 for w in p.watched {
-                    println!("cargo:rerun-if-changed={}", dir.join(w).display());
+                    println!("cargo:rerun-if-changed={}", root.join(w).display());
                 }
                 let out = target.join("polyglot").join(p.out).join("orders.wasm");
                 scope.spawn(move || (p.constant, p.out, build_script(&dir, p.args, &out), out))
@@ -131,10 +172,10 @@ fn main() {
     });
     for (name, lang, result, out) in polyglot {
         if let Err(message) = result {
-            panic!("building the {lang} orders plugin failed:\n{message}");
+            panic!("building polyglot/{lang} failed:\n{message}");
         }
         consts.push_str(&format!(
-            "/// The orders plugin in {lang}.\npub const {name}: &str = {:?};\n",
+            "/// Built by `plugins/{lang}/build` into `polyglot/{lang}`.\npub const {name}: &str = {:?};\n",
             out.display()
         ));
     }
@@ -201,6 +242,8 @@ fn build_script(dir: &Path, args: &[&str], out: &Path) -> Result<(), String> {
         .args(args)
         .arg("-o")
         .arg(out)
+        // Paths in `args` are from the repository's root.
+        .current_dir(dir.parent().and_then(Path::parent).expect("plugins/<lang>"))
         .env("FRESHET_NO_INSTALL", "1")
         // The host build's target folder is not the toolchains' business.
         .env_remove("CARGO_TARGET_DIR")

@@ -49,9 +49,14 @@ function amount(value) {
 
 function mapRow(row) {
   // Every column is looked up before any is checked, as the other languages do.
+  // (Indexing, not destructuring: an interpreter runs destructuring through
+  // the iterator protocol, a call per element.)
   const cells = COLUMNS.map((column) => row.get(column));
-  const [orderId, customer, status, total, currency] = COLUMNS.slice(0, 5).map((column, i) =>
-    text(column, cells[i]));
+  const orderId = text('id', cells[0]);
+  const customer = text('customer_email', cells[1]);
+  const status = text('status', cells[2]);
+  const total = text('amount', cells[3]);
+  const currency = text('currency', cells[4]);
   const updatedAt = cells[5];
   if (!(updatedAt instanceof Instant)) {
     throw new Reject(`column \`updated_at\` has type ${typeName(updatedAt)}, expected timestamp`);

@@ -21,7 +21,8 @@
 // - Throw Reject to refuse one row or event (the host dead-letters it with your
 //   message); any other exception becomes the contract's `internal` error,
 //   with its stack in the host's log.
-// - Event bodies and action payloads may be objects; they are written as JSON.
+// - Event bodies and action payloads may be objects or JSON text; objects
+//   are written as JSON when the answer is (once, in the JSON world).
 // - log.debug/info/warn/error write to the host's log (tagged with the tenant
 //   and pipeline); setting(name, fallback) reads the pipeline's plugin settings.
 
@@ -139,12 +140,22 @@ const FROM_JSON = {
   binary: fromHex,
 };
 
-/** A row of a JSON batch document: cells converted when read. */
-class JsonRow extends Row {
-  constructor(raw, index, types) {
-    super({ identity: raw[0], cells: raw }, index);
+/**
+ * A row of a JSON batch document: cells converted when read; the document
+ * gives its first event's id (a host call would cost more than the row).
+ */
+class JsonRow {
+  constructor(raw, index, types, firstId) {
+    this.identity = raw[0];
+    this.cells = raw;
+    this.index = index;
     this.types = types;
+    this.firstId = firstId;
   }
+
+  has(column) { return this.index.has(column); }
+
+  eventId(index = 0) { return index === 0 ? this.firstId : eventId(this.identity, index); }
 
   get(column) {
     const position = this.index.get(column);
@@ -157,37 +168,76 @@ class JsonRow extends Row {
   }
 }
 
+/** A payload as JSON text: text passes as it is, an object is written. */
 const json = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
 
 /**
- * An XDM ExperienceEvent: `body` is the xdmEntity without `_id` and
- * `timestamp`. `id` may be left out for the host to derive. `actions`, when
- * given, are the event's actions decided from the row: an array, or a
- * function returning one, called only when the pipeline wants actions
- * (throwing Reject there fails the actions, not the event). Without them the
- * event goes to `decide`.
+ * A body or payload, kept as given until the answer is written (the JSON
+ * world writes it once, inside the answer document): an object, or JSON text.
  */
-export const event = ({ id = '', timestamp, body, actions }) => ({
+function payload(name, value) {
+  if (typeof value === 'string' || (typeof value === 'object' && value !== null)) return value;
+  throw new TypeError(`${name} must be an object or JSON text, not ${value === null ? 'null' : typeof value}`);
+}
+
+/** What event() makes. */
+class Made {
+  constructor(id, timestamp, body, actions) {
+    this.id = id;
+    this.timestamp = timestamp;
+    this.body = body;
+    this.actions = actions;
+  }
+}
+
+/**
+ * An XDM ExperienceEvent: `body` is the xdmEntity without `_id` and
+ * `timestamp` (an object, or its JSON text). `id` may be left out for the
+ * host to derive. `actions`, when given, are the event's actions decided
+ * from the row: an array, or a function returning one, called only when the
+ * pipeline wants actions (throwing Reject there fails the actions, not the
+ * event). Without them the event goes to `decide`.
+ */
+export const event = ({ id = '', timestamp, body, actions }) => new Made(
   id,
   // A number: QuickJS traps on a bigint for a 64-bit integer, and SpiderMonkey
   // takes either (seconds stay far inside 2^53).
-  timestamp: { seconds: Number(timestamp.seconds), nanos: timestamp.nanos },
-  body: json(body),
+  { seconds: Number(timestamp.seconds), nanos: timestamp.nanos },
+  payload('an event body', body),
   actions,
-});
+);
 
 /** Send e-mail `template` to `to` through the `target` the operator configured. */
 export const email = ({ target, to, template, variables }) => ({
-  tag: 'email', val: { target, to, template, variables: json(variables) },
+  tag: 'email', val: { target, to, template, variables: payload('e-mail variables', variables) },
 });
 
 /** POST `body` (JSON) to the webhook `target`. */
-export const webhook = ({ target, body }) => ({ tag: 'webhook', val: { target, body: json(body) } });
+export const webhook = ({ target, body }) => ({
+  tag: 'webhook', val: { target, body: payload('a webhook body', body) },
+});
 
 /** Upsert the `object` keyed by `externalId` with `fields` through `target`. */
 export const crmUpdate = ({ target, object, externalId, fields }) => ({
-  tag: 'crm-update', val: { target, object, externalId, fields: json(fields) },
+  tag: 'crm-update', val: { target, object, externalId, fields: payload('CRM fields', fields) },
 });
+
+/** The typed world's actions: payloads written as JSON text (in place). */
+function typedActions(result) {
+  if (result.tag !== 'ok') return result;
+  try {
+    const list = result.val;
+    for (let i = 0; i < list.length; i++) {
+      const { tag, val } = list[i];
+      if (tag === 'email') val.variables = json(val.variables);
+      else if (tag === 'webhook') val.body = json(val.body);
+      else val.fields = json(val.fields);
+    }
+    return result;
+  } catch (error) {
+    return failure(typedActions, error);
+  }
+}
 
 // Settings read during the current call: asking the host crosses the
 // sandbox boundary, and a plugin asks for the same one for every row.
@@ -230,28 +280,47 @@ function failure(fn, error) {
 const NO_ACTIONS = { tag: 'ok', val: [] };
 const given = (actions) => actions;
 
+/** mapRow's answer as an array of what event() made. */
+function madeEvents(made) {
+  const events = Array.isArray(made) ? made : Array.from(made); // any iterable; read once
+  for (let index = 0; index < events.length; index++) {
+    if (!(events[index] instanceof Made)) {
+      throw new TypeError(`mapRow's event ${index} was not made with event()`);
+    }
+  }
+  return events;
+}
+
+/**
+ * The id an event goes out with: its own, or, when it goes to `decide`
+ * (deciding, without actions of its own), the host's (`decide` sees the
+ * event as it will be stored).
+ */
+function idOf(made, row, index, deciding) {
+  if (made.id || !deciding || (made.actions !== undefined && made.actions !== null)) return made.id;
+  return row.eventId(index);
+}
+
+/** An event's actions: its own, or `decide`'s for the event `id`. */
+function actionsOf(decide, id, { timestamp, body, actions }) {
+  if (actions === undefined || actions === null) {
+    // The instant as the `decide` export gives it (a bigint).
+    const stored = { id, timestamp: { seconds: BigInt(timestamp.seconds), nanos: timestamp.nanos }, body: json(body) };
+    return checked(answer(decide, stored));
+  }
+  return checked(typeof actions === 'function' ? answer(actions) : answer(given, actions));
+}
+
 /** One row's answer: its events, each with its actions, or the row's error. */
 function decided(mapRow, decide, row, deciding) {
   try {
-    const events = Array.from(mapRow(row)); // any iterable; read once
+    const events = madeEvents(mapRow(row));
     return {
       tag: 'ok',
       val: events.map((made, index) => {
-        if (!made || typeof made.body !== 'string' || !made.timestamp) {
-          throw new TypeError(`mapRow's event ${index} was not made with event()`);
-        }
-        const { id, timestamp, body, actions } = made;
-        const event = { id, timestamp, body };
-        if (!deciding) return { event, actions: NO_ACTIONS };
-        if (actions === undefined || actions === null) {
-          // `decide` sees the event as it will be stored: with its `_id`,
-          // and its instant as the `decide` export gives it (a bigint).
-          if (!event.id) event.id = row.eventId(index);
-          const stored = { ...event, timestamp: { ...timestamp, seconds: BigInt(timestamp.seconds) } };
-          return { event, actions: checked(answer(decide, stored)) };
-        }
-        const result = typeof actions === 'function' ? answer(actions) : answer(given, actions);
-        return { event, actions: checked(result) };
+        const id = idOf(made, row, index, deciding);
+        const event = { id, timestamp: made.timestamp, body: json(made.body) };
+        return { event, actions: deciding ? typedActions(actionsOf(decide, id, made)) : NO_ACTIONS };
       }),
     };
   } catch (error) {
@@ -263,7 +332,9 @@ function decided(mapRow, decide, row, deciding) {
 function checked(result) {
   if (result.tag !== 'ok') return result;
   const list = result.val;
-  if (!Array.isArray(list) || !list.every((a) => a && ACTION_TAGS.has(a.tag))) {
+  let ok = Array.isArray(list);
+  for (let i = 0; ok && i < list.length; i++) ok = Boolean(list[i]) && ACTION_TAGS.has(list[i].tag);
+  if (!ok) {
     return { tag: 'err', val: { tag: 'internal', val: 'actions must be an array of email(), webhook() or crmUpdate()' } };
   }
   return result;
@@ -273,31 +344,75 @@ const ACTION_TAGS = new Set(['email', 'webhook', 'crm-update']);
 
 /** An action as the JSON answer writes it. */
 function wireAction({ tag, val }) {
-  if (tag === 'crm-update') {
-    const { externalId, ...rest } = val;
-    return { [tag]: { ...rest, 'external-id': externalId } };
-  }
-  return { [tag]: val };
+  if (tag === 'email') return { email: val };
+  if (tag === 'webhook') return { webhook: val };
+  const { target, object, externalId, fields } = val;
+  return { 'crm-update': { target, object, 'external-id': externalId, fields } };
 }
 
 /** One event's actions, or their failure, as the JSON answer writes them. */
 function wireActions(result) {
-  if (result.tag === 'ok') return { ok: result.val.map(wireAction) };
-  return { [result.val.tag]: result.val.val };
+  return result.tag === 'ok' ? { ok: result.val.map(wireAction) } : wireError(result);
 }
 
-/** One row's entry of a JSON answer. */
+/**
+ * One row's entry of a JSON answer, written directly (no typed answer in
+ * between: in an interpreter every object and closure counts).
+ */
 function decidedJson(mapRow, decide, row, deciding) {
-  const result = decided(mapRow, decide, row, deciding);
-  if (result.tag === 'err') return { [result.val.tag]: result.val.val };
-  return {
-    ok: result.val.map(({ event, actions }) => ({
-      id: event.id,
-      timestamp: [event.timestamp.seconds, event.timestamp.nanos],
-      body: event.body,
-      actions: wireActions(actions),
-    })),
-  };
+  try {
+    const events = madeEvents(mapRow(row));
+    const entry = new Array(events.length);
+    for (let index = 0; index < events.length; index++) {
+      const made = events[index];
+      const id = idOf(made, row, index, deciding);
+      const wire = { id, timestamp: [made.timestamp.seconds, made.timestamp.nanos], body: made.body };
+      if (deciding) wire.actions = wireActions(actionsOf(decide, id, made));
+      entry[index] = wire;
+    }
+    return { ok: entry };
+  } catch (error) {
+    return wireError(failure(mapRow, error));
+  }
+}
+
+/**
+ * The JSON answer as text. Bodies and payloads are written here, once; one
+ * JSON cannot hold (a bigint, a cycle) fails only its row (a body) or its
+ * event's actions (a payload), as when the typed world writes each alone.
+ */
+function stringifyAnswer(answer) {
+  try {
+    return JSON.stringify(answer);
+  } catch {
+    return `[${answer.map(stringifyEntry).join(',')}]`;
+  }
+}
+
+function stringifyEntry(entry) {
+  try {
+    return JSON.stringify(entry);
+  } catch (error) {
+    const events = entry.ok; // error entries hold text only
+    for (let i = 0; i < events.length; i++) {
+      try {
+        JSON.stringify(events[i].body);
+      } catch (error) {
+        return JSON.stringify(wireError(failure(event, error)));
+      }
+      try {
+        JSON.stringify(events[i].actions);
+      } catch (error) {
+        events[i].actions = wireError(failure(typedActions, error));
+      }
+    }
+    return JSON.stringify(entry);
+  }
+}
+
+/** A failure as the JSON answer writes it. */
+function wireError({ val }) {
+  return { [val.tag]: val.val };
 }
 
 // The documents cross as UTF-8 bytes, which the engine's own TextDecoder and
@@ -323,15 +438,18 @@ export function plugin({ mapRow, decide }) {
       settings.clear();
       const document = JSON.parse(decoder.decode(batch));
       const index = new Map(document.columns.map((name, position) => [name, position]));
-      const answer = document.rows.map((raw) =>
-        decidedJson(mapRow, decide, new JsonRow(raw, index, document.types), deciding));
-      return encoder.encode(JSON.stringify(answer));
+      const { rows, types, event_ids: ids } = document;
+      const answer = new Array(rows.length);
+      for (let r = 0; r < rows.length; r++) {
+        answer[r] = decidedJson(mapRow, decide, new JsonRow(rows[r], index, types, ids[r]), deciding);
+      }
+      return encoder.encode(stringifyAnswer(answer));
     },
     decide(events) {
       settings.clear();
       // The instant's seconds as a bigint on either engine (QuickJS gives a number).
-      return events.map((e) =>
-        answer(decide, { ...e, timestamp: { ...e.timestamp, seconds: BigInt(e.timestamp.seconds) } }));
+      return events.map((e) => typedActions(checked(
+        answer(decide, { ...e, timestamp: { ...e.timestamp, seconds: BigInt(e.timestamp.seconds) } }))));
     },
   };
 }

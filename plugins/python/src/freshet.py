@@ -173,11 +173,12 @@ class _JsonRow(Row):
 
     __slots__ = ("_types",)
 
-    def __init__(self, raw: list, index: dict[str, int], column_types: list[str]):
+    def __init__(self, raw: list, index: dict[str, int], column_types: list[str], first_id: str):
         self.identity = raw[0]
         self._cells = raw
         self._index = index
-        self._ids = {}
+        # The document gives the first event's id: no host call for it.
+        self._ids = {0: first_id}
         self._types = column_types
 
     def __getitem__(self, column: str) -> Any:
@@ -437,8 +438,10 @@ def plugin(
             index = {name: position for position, name in enumerate(document["columns"])}
             column_types = document["types"]
             rows = [
-                _decided_json(map_row, decide, _JsonRow(raw, index, column_types), decide_actions)
-                for raw in document["rows"]
+                _decided_json(
+                    map_row, decide, _JsonRow(raw, index, column_types, first_id), decide_actions
+                )
+                for raw, first_id in zip(document["rows"], document["event_ids"])
             ]
             return ("[" + ",".join(rows) + "]").encode()
 
