@@ -299,6 +299,65 @@ fn events_without_an_id_get_one_derived_from_the_row() {
     assert_eq!(probed, expected);
 }
 
+/// An instance whose memory grew by more than its start size and 16 MiB
+/// during a call is not kept warm: the next call gets a fresh one (small
+/// again), and every call is answered. One that grew less is kept.
+#[test]
+fn an_instance_that_grew_is_retired_after_its_call() {
+    let sandbox = Sandbox::new(
+        hostile_plugin(),
+        CallContext::new(
+            "t",
+            "p",
+            Limits {
+                memory_mib: 64,
+                // Zeroing 24 MiB takes more than a row's default fuel.
+                fuel_per_row: 1_000_000_000,
+                ..Limits::default()
+            },
+            Default::default(),
+            Grants::default(),
+        ),
+    );
+    let batch = |status: &str| freshet::plugin::contract::RowBatch {
+        columns: vec!["status".to_owned()],
+        rows: vec![freshet::plugin::contract::Row {
+            identity: "1@0".into(),
+            cells: vec![freshet::plugin::contract::Value::Text(status.into())],
+        }],
+    };
+    let delivered = |outcomes: Vec<freshet::plugin::Outcome<freshet::plugin::contract::Event>>| {
+        outcomes
+            .into_iter()
+            .next()
+            .unwrap()
+            .expect("the row maps")
+            .len()
+    };
+    assert_eq!(delivered(sandbox.map_rows(&batch("fine"))), 1);
+    assert_eq!(
+        sandbox.warm_instances(),
+        1,
+        "a call that kept its size keeps its instance"
+    );
+    // Four 24 MiB leaks would outgrow the 64 MiB cap in one instance; each
+    // call retires its instance instead, so each is answered in full.
+    for call in 0..4 {
+        assert_eq!(
+            delivered(sandbox.map_rows(&batch("leak"))),
+            1,
+            "call {call}"
+        );
+        assert_eq!(
+            sandbox.warm_instances(),
+            0,
+            "call {call}: the grown instance was kept"
+        );
+    }
+    assert_eq!(delivered(sandbox.map_rows(&batch("fine"))), 1);
+    assert_eq!(sandbox.warm_instances(), 1);
+}
+
 /// A plugin built with Rust's std imports WASI; it links, and every ambient
 /// capability it reaches for is denied: no file, no directory, no
 /// environment, no socket (even to a port that is listening), a clock

@@ -89,6 +89,18 @@ impl Guest for Hostile {
                             std::hint::black_box(&hoard);
                         }
                     }
+                    // Keeps 24 MiB past the call and answers normally.
+                    "leak" => {
+                        std::mem::forget(std::hint::black_box(vec![0u8; 24 << 20]));
+                        Ok(vec![Event {
+                            id: row.identity.clone(),
+                            timestamp: Instant {
+                                seconds: 1_700_000_000,
+                                nanos: 0,
+                            },
+                            body: "{\"status\":\"leak\"}".into(),
+                        }])
+                    }
                     "trap" => panic!("the hostile plugin panics on purpose"),
                     "log-flood" => {
                         let line = "flood ".repeat(170);
