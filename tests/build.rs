@@ -51,6 +51,33 @@ const POLYGLOT: &[Polyglot] = &[
         watched: &["plugins/python/src", "plugins/python/build"],
     },
     Polyglot {
+        constant: "PY_HELPER_PLUGIN",
+        lang: "python",
+        args: &["--entry", "tests/plugins/py-helper/cases.py"],
+        out: "py-helper",
+        watched: &[
+            "plugins/python/src",
+            "plugins/python/build",
+            "tests/plugins/py-helper",
+        ],
+    },
+    Polyglot {
+        constant: "PY_HELPER_TYPED_PLUGIN",
+        lang: "python",
+        args: &[
+            "--entry",
+            "tests/plugins/py-helper/cases.py",
+            "--world",
+            "typed",
+        ],
+        out: "py-helper-typed",
+        watched: &[
+            "plugins/python/src",
+            "plugins/python/build",
+            "tests/plugins/py-helper",
+        ],
+    },
+    Polyglot {
         constant: "JS_PLUGIN",
         lang: "js",
         args: &[],

@@ -196,7 +196,8 @@ class _JsonRow(Row):
 
 
 # One encoder for every payload: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# NaN is not JSON: it fails the row or the actions it is in.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _json(value: Union[str, dict, list]) -> str:
@@ -388,8 +389,8 @@ def _wire_actions(function: Callable[..., list], *arguments: Any) -> dict:
 
 
 def _decided_json(map_row: Callable[[Row], list], decide: Callable[[EventIn], list],
-                  row: Row, deciding: bool) -> str:
-    """One row's entry of a JSON answer, as JSON text."""
+                  row: Row, deciding: bool) -> dict:
+    """One row's entry of a JSON answer."""
     try:
         events = list(map_row(row))
         entry = []
@@ -407,9 +408,39 @@ def _decided_json(map_row: Callable[[Row], list], decide: Callable[[EventIn], li
             else:
                 wire["actions"] = _wire_actions(list, event.actions)
             entry.append(wire)
-        return _encode_answer({"ok": entry})
+        return {"ok": entry}
     except Exception as error:  # noqa: BLE001 - the row fails alone
-        return _encode_answer(_wire_error(map_row, error))
+        return _wire_error(map_row, error)
+
+
+def _encode_entries(map_row: Callable, entries: list[dict]) -> bytes:
+    """The JSON answer: written in one call (a call of the encoder costs
+    more than a small row); if that fails (a NaN, a value JSON cannot hold),
+    row by row, so only the rows at fault fail."""
+    try:
+        return _encode_answer(entries).encode()
+    except (ValueError, TypeError):
+        return ("[" + ",".join(_encode_entry(map_row, entry) for entry in entries) + "]").encode()
+
+
+def _encode_entry(map_row: Callable, entry: dict) -> str:
+    """One row's entry: a body JSON cannot hold fails the row, a payload
+    only its event's actions (as in the typed world, where each is written
+    alone)."""
+    try:
+        return _encode_answer(entry)
+    except (ValueError, TypeError):
+        pass
+    for event in entry["ok"]:  # error entries hold text only
+        try:
+            _encode_answer(event["body"])
+        except (ValueError, TypeError) as error:
+            return _encode_answer(_wire_error(map_row, error))
+        try:
+            _encode_answer(event.get("actions"))
+        except (ValueError, TypeError) as error:
+            event["actions"] = _wire_error(_wire_actions, error)
+    return _encode_answer(entry)
 
 
 def plugin(
@@ -437,13 +468,13 @@ def plugin(
             document = json.loads(batch)
             index = {name: position for position, name in enumerate(document["columns"])}
             column_types = document["types"]
-            rows = [
+            entries = [
                 _decided_json(
                     map_row, decide, _JsonRow(raw, index, column_types, first_id), decide_actions
                 )
                 for raw, first_id in zip(document["rows"], document["event_ids"])
             ]
-            return ("[" + ",".join(rows) + "]").encode()
+            return _encode_entries(map_row, entries)
 
         def decide(self, events: list[types.Event]) -> list:
             _settings.clear()

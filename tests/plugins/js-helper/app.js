@@ -1,7 +1,7 @@
 // A JavaScript plugin that misuses the helper (plugins/js/src/freshet.js) in
 // every way a plugin author might, one way per row, chosen by the row's
 // `case` column: the tests check that each fails only what it should, with
-// its reason, in both worlds (tests/tests/js_helper.rs).
+// its reason, in both worlds (tests/tests/helpers.rs).
 
 import { Reject, event, plugin, webhook } from '../../../plugins/js/src/freshet.js';
 
