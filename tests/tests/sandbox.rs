@@ -358,6 +358,43 @@ fn an_instance_that_grew_is_retired_after_its_call() {
     assert_eq!(sandbox.warm_instances(), 1);
 }
 
+/// The benchmarks' breakdown of a warm batch call: the guest's time is
+/// measured for either contract, and a call the sandbox stops is an error,
+/// not a timing.
+#[test]
+fn a_warm_batch_call_is_timed_on_each_side_of_the_boundary() {
+    let sandbox = Sandbox::new(
+        hostile_plugin(),
+        CallContext::new(
+            "t",
+            "p",
+            Limits::default(),
+            Default::default(),
+            Grants::default(),
+        ),
+    );
+    let batch = |status: &str| freshet::plugin::contract::RowBatch {
+        columns: vec!["status".to_owned()],
+        rows: (0..50)
+            .map(|i| freshet::plugin::contract::Row {
+                identity: format!("{i}@0"),
+                cells: vec![freshet::plugin::contract::Value::Text(status.into())],
+            })
+            .collect(),
+    };
+    let timing = sandbox
+        .session()
+        .time_batch(&batch("chatty"))
+        .expect("timed");
+    assert!(timing.guest > std::time::Duration::ZERO, "{timing:?}");
+    assert!(
+        timing.host > std::time::Duration::ZERO,
+        "logging is host time: {timing:?}"
+    );
+    let stopped = sandbox.session().time_batch(&batch("trap")).unwrap_err();
+    assert_eq!(stopped.code(), "trap", "{stopped}");
+}
+
 /// A plugin built with Rust's std imports WASI; it links, and every ambient
 /// capability it reaches for is denied: no file, no directory, no
 /// environment, no socket (even to a port that is listening), a clock

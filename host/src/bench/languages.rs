@@ -1,11 +1,12 @@
 //! `freshet bench languages`: the same orders plugin built in several
 //! languages, side by side — component size, cold compile, cached load,
-//! instantiation, µs per row in batches of 1 and 100, and end-to-end rows/s.
+//! instantiation, µs per row in batches of 1 and 100 (and where a 100-row
+//! call's time goes: guest, boundary, host), and end-to-end rows/s.
 //! One JSON line per language, then one comparing each to the first.
 
 use super::{
-    bench_context, blocking, emit, end_to_end, ms, plugin_rate, read_all, sample, EndToEnd,
-    OrdersSource, PluginRate,
+    bench_context, blocking, emit, end_to_end, ms, plugin_rate, read_all, sample, timing_per_row,
+    EndToEnd, OrdersSource, PluginRate,
 };
 use crate::plugin::contract::Row;
 use crate::plugin::{EngineSettings, Origin, Runtime, Sandbox};
@@ -97,6 +98,7 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
             "instantiate_us": ms(figures.instantiate) * 1e3,
             "us_per_row_batch_1": figures.single.us_per_row,
             "us_per_row_batch_100": figures.batched.us_per_row,
+            "timing_us_per_row_batch_100": figures.timing,
             "end_to_end_rows_per_s": rows_per_s,
         }));
         rates.push((name, rows_per_s));
@@ -119,6 +121,8 @@ struct Figures {
     instantiate: Duration,
     single: PluginRate,
     batched: PluginRate,
+    /// Where a warm 100-row call's time goes, µs a row.
+    timing: serde_json::Value,
 }
 
 /// Compile, cached load, instantiation and µs per row of one plugin.
@@ -164,6 +168,7 @@ fn measure(
             &rows[..BATCHED_ROWS.min(rows.len())],
             100,
         )?,
+        timing: timing_per_row(&sandbox, columns, rows, 100)?,
     })
 }
 

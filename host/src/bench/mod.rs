@@ -303,11 +303,12 @@ fn plugin_only(
             &rows.1[..]
         };
         let rate = plugin_rate(&sandbox, &rows.0, sample, batch)?;
+        let timing = timing_per_row(&sandbox, &rows.0, sample, batch)?;
         emit(json!({
             "bench": "plugin", "contract": sandbox.plugin().contract(), "rows": sample.len(),
             "batch": batch, "us_per_row": rate.us_per_row,
             "map_us_per_row": rate.map_us_per_row, "decide_us_per_row": rate.decide_us_per_row,
-            "rows_per_s": rate.rows_per_s,
+            "rows_per_s": rate.rows_per_s, "timing_us_per_row": timing,
         }));
     }
     Ok(())
@@ -427,6 +428,26 @@ async fn read_all(db: &Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Where a warm call over the first `batch` of `rows` spends its time, in
+/// µs a row: the plugin's code (`guest`), crossing the boundary, the host's
+/// functions and checks ([`crate::plugin::Timing`]).
+fn timing_per_row(
+    sandbox: &Sandbox,
+    columns: &[String],
+    rows: &[Row],
+    batch: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let batch = RowBatch {
+        columns: columns.to_vec(),
+        rows: rows[..batch.min(rows.len())].to_vec(),
+    };
+    let timing = sandbox.session().time_batch(&batch)?;
+    let per = |d: Duration| us_per(d, batch.rows.len());
+    Ok(json!({
+        "guest": per(timing.guest), "boundary": per(timing.boundary), "host": per(timing.host),
+    }))
 }
 
 fn us_per(d: Duration, n: usize) -> f64 {
