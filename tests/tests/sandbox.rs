@@ -20,6 +20,27 @@ fn hostile_plugin() -> freshet::plugin::Plugin {
         .unwrap()
 }
 
+/// The hostile plugin in a sandbox of its own under `limits`.
+fn hostile_sandbox(limits: Limits) -> Sandbox {
+    Sandbox::new(
+        hostile_plugin(),
+        CallContext::new("t", "p", limits, Default::default(), Grants::default()),
+    )
+}
+
+/// A batch of `n` rows whose `status` is `status` (the hostile plugin's cue).
+fn statuses(status: &str, n: usize) -> freshet::plugin::contract::RowBatch {
+    freshet::plugin::contract::RowBatch {
+        columns: vec!["status".to_owned()],
+        rows: (0..n)
+            .map(|i| freshet::plugin::contract::Row {
+                identity: format!("{i}@0"),
+                cells: vec![freshet::plugin::contract::Value::Text(status.into())],
+            })
+            .collect(),
+    }
+}
+
 /// Runs rows 1..=9 through the hostile plugin, row 5 behaving as `behaviour`;
 /// returns the dead letter of row 5.
 async fn one_bad_row(behaviour: &str, limits: &str) -> freshet::state::DeadLetter {
@@ -265,16 +286,7 @@ async fn several_instances_map_a_page_at_once_and_answer_in_order() {
 #[test]
 fn events_without_an_id_get_one_derived_from_the_row() {
     use freshet::plugin::contract::{Row, RowBatch, Value};
-    let sandbox = Sandbox::new(
-        hostile_plugin(),
-        CallContext::new(
-            "t",
-            "p",
-            Limits::default(),
-            Default::default(),
-            Grants::default(),
-        ),
-    );
+    let sandbox = hostile_sandbox(Limits::default());
     let row = Row {
         identity: "9@5".into(),
         cells: vec![Value::Text("no-ids".into())],
@@ -304,28 +316,13 @@ fn events_without_an_id_get_one_derived_from_the_row() {
 /// again), and every call is answered. One that grew less is kept.
 #[test]
 fn an_instance_that_grew_is_retired_after_its_call() {
-    let sandbox = Sandbox::new(
-        hostile_plugin(),
-        CallContext::new(
-            "t",
-            "p",
-            Limits {
-                memory_mib: 64,
-                // Zeroing 24 MiB takes more than a row's default fuel.
-                fuel_per_row: 1_000_000_000,
-                ..Limits::default()
-            },
-            Default::default(),
-            Grants::default(),
-        ),
-    );
-    let batch = |status: &str| freshet::plugin::contract::RowBatch {
-        columns: vec!["status".to_owned()],
-        rows: vec![freshet::plugin::contract::Row {
-            identity: "1@0".into(),
-            cells: vec![freshet::plugin::contract::Value::Text(status.into())],
-        }],
-    };
+    let sandbox = hostile_sandbox(Limits {
+        memory_mib: 64,
+        // Zeroing 24 MiB takes more than a row's default fuel.
+        fuel_per_row: 1_000_000_000,
+        ..Limits::default()
+    });
+    let batch = |status: &str| statuses(status, 1);
     let delivered = |outcomes: Vec<freshet::plugin::Outcome<freshet::plugin::contract::Event>>| {
         outcomes
             .into_iter()
@@ -363,25 +360,8 @@ fn an_instance_that_grew_is_retired_after_its_call() {
 /// not a timing.
 #[test]
 fn a_warm_batch_call_is_timed_on_each_side_of_the_boundary() {
-    let sandbox = Sandbox::new(
-        hostile_plugin(),
-        CallContext::new(
-            "t",
-            "p",
-            Limits::default(),
-            Default::default(),
-            Grants::default(),
-        ),
-    );
-    let batch = |status: &str| freshet::plugin::contract::RowBatch {
-        columns: vec!["status".to_owned()],
-        rows: (0..50)
-            .map(|i| freshet::plugin::contract::Row {
-                identity: format!("{i}@0"),
-                cells: vec![freshet::plugin::contract::Value::Text(status.into())],
-            })
-            .collect(),
-    };
+    let sandbox = hostile_sandbox(Limits::default());
+    let batch = |status: &str| statuses(status, 50);
     let timing = sandbox
         .session()
         .time_batch(&batch("chatty"))
