@@ -13,6 +13,8 @@
 //!   owning tenant's [`secrets::Secrets`].
 //! - [`state`]: offsets, the action ledger, dead letters (`StateStore`).
 //! - [`pipeline`]: one page at a time from source to commit; [`run`].
+//! - [`metrics`] and [`ops`]: Prometheus metrics, health, the admin API and
+//!   the status page of a running host.
 //! - [`cli`] and [`bench`]: the `freshet` command's subcommands.
 
 pub mod actions;
@@ -20,6 +22,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod plugin;
 pub mod profile;

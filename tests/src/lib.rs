@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
+pub mod ops;
 pub mod smtp;
 pub mod snowflake;
 
@@ -399,4 +400,36 @@ pub async fn wait_for_messages(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     true
+}
+
+/// A component with a custom section appended: the same behaviour, a
+/// different content hash (a new build of the same code).
+pub fn new_build_of(path: &str, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let name = b"freshet-build";
+    let payload = tag.as_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128, "one-byte LEB128 sizes");
+    bytes.extend([0u8, size as u8, name.len() as u8]);
+    bytes.extend(name);
+    bytes.extend(payload);
+    bytes
+}
+
+/// Each order's events' plugin versions, in arrival order.
+pub fn versions_by_order(receiver: &Receiver) -> std::collections::BTreeMap<i64, Vec<String>> {
+    let mut out: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    for m in receiver.messages() {
+        let id = m.envelope["body"]["xdmEntity"]["_acme"]["orderId"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let version = m.envelope["header"]["source"]["pluginVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        out.entry(id).or_default().push(version);
+    }
+    out
 }

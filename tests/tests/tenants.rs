@@ -256,43 +256,12 @@ async fn a_tenant_cannot_read_another_tenants_key_file() {
     assert!(!err.contains("secret_dir"), "{err}");
 }
 
-/// The orders plugin with a custom section appended: the same behaviour, a
-/// different content hash (a new build of the same code).
-fn new_build_of(path: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(path).unwrap();
-    let name = b"freshet-build";
-    let payload = tag.as_bytes();
-    let size = 1 + name.len() + payload.len();
-    assert!(size < 128, "one-byte LEB128 sizes");
-    bytes.extend([0u8, size as u8, name.len() as u8]);
-    bytes.extend(name);
-    bytes.extend(payload);
-    bytes
-}
-
 /// Writes `bytes` to `path` the way a deploy does: a new file renamed over
 /// the old one.
 fn replace_file(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn versions_by_order(receiver: &Receiver) -> BTreeMap<i64, Vec<String>> {
-    let mut out: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for m in receiver.messages() {
-        let id = m.envelope["body"]["xdmEntity"]["_acme"]["orderId"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let version = m.envelope["header"]["source"]["pluginVersion"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        out.entry(id).or_default().push(version);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

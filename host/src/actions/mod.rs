@@ -64,6 +64,11 @@ pub enum Target {
     Record(std::sync::Arc<RecordTarget>),
 }
 
+/// The target an action names.
+pub fn target_of(action: &Action) -> &str {
+    describe(action).1
+}
+
 /// The name of an action's kind and its target.
 fn describe(action: &Action) -> (&'static str, &str) {
     match action {

@@ -1,7 +1,7 @@
 //! The `freshet` subcommands: what each takes and prints. Each one is a thin
 //! layer over the library; the work happens in the modules it calls.
 
-mod plugin_test;
+pub mod plugin_test;
 
 use crate::config::{self, Config};
 use crate::pipeline::{self, RunOptions};

@@ -4,6 +4,7 @@
 //! the sandbox is touched.
 
 use crate::actions::action_json;
+use crate::plugin::contract::Row;
 use crate::plugin::{CallContext, EngineSettings, Grants, Limits, PluginError, Runtime, Sandbox};
 use crate::source::Timestamp;
 use anyhow::{anyhow, bail};
@@ -89,49 +90,68 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         grants,
     );
     let sandbox = Sandbox::new(plugin, ctx);
-    let mut failed = 0;
-    for (n, row) in rows.iter().enumerate() {
-        let (result, usage) = sandbox.probe(&columns, row);
-        let (map_fuel, map_limit) = usage.map.unwrap_or_default();
-        let micros = |d: std::time::Duration| (d.as_nanos() as f64 / 100.0).round() / 10.0;
-        let time = usage.timing.map(|t| {
-            json!({"guest_us": micros(t.guest), "boundary_us": micros(t.boundary), "host_us": micros(t.host)})
-        });
-        let usage = json!({
-            "fuel": usage.fuel, "fuel_limit": usage.budget,
-            "map_fuel": map_fuel, "map_fuel_limit": map_limit,
-            "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
-            "time": time,
-        });
-        let error = |e: &PluginError| json!({"code": e.code(), "message": e.to_string()});
-        let report = match result {
-            Ok((events, actions)) => {
-                let actions: Vec<Json> = actions
-                    .iter()
-                    .map(|a| match a {
-                        Ok(list) => Json::Array(list.iter().map(action_json).collect()),
-                        Err(e) => {
-                            failed += 1;
-                            json!({ "error": error(e) })
-                        }
-                    })
-                    .collect();
-                let events: Vec<Json> = events.iter().map(event_json).collect();
-                json!({"row": n, "identity": row.identity, "events": events, "actions": actions, "usage": usage})
-            }
-            Err(e) => {
-                failed += 1;
-                json!({"row": n, "identity": row.identity, "error": error(&e), "usage": usage})
-            }
-        };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let reports = dry_run(&sandbox, &columns, &rows);
+    for report in &reports {
+        println!("{}", serde_json::to_string_pretty(report)?);
     }
+    let failed = reports.iter().filter(|r| failed(r)).count();
     eprintln!("{} rows, {failed} failed (plugin {})", rows.len(), version);
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Whether a row's report says the plugin failed on it (or on one of its
+/// events' decisions).
+pub fn failed(report: &Json) -> bool {
+    report.get("error").is_some()
+        || report["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a.get("error").is_some()))
+}
+
+/// Runs each row through `sandbox` alone and reports its events, actions
+/// (or errors) and what it used against the limits: the dry run of
+/// `freshet plugin test` and of the admin API's test endpoint. Blocks (a
+/// plugin call): never on a thread that drives async tasks.
+pub fn dry_run(sandbox: &Sandbox, columns: &[String], rows: &[Row]) -> Vec<Json> {
+    let limits = &sandbox.context().limits;
+    rows.iter()
+        .enumerate()
+        .map(|(n, row)| {
+            let (result, usage) = sandbox.probe(columns, row);
+            let (map_fuel, map_limit) = usage.map.unwrap_or_default();
+            let micros = |d: std::time::Duration| (d.as_nanos() as f64 / 100.0).round() / 10.0;
+            let time = usage.timing.map(|t| {
+                json!({"guest_us": micros(t.guest), "boundary_us": micros(t.boundary), "host_us": micros(t.host)})
+            });
+            let usage = json!({
+                "fuel": usage.fuel, "fuel_limit": usage.budget,
+                "map_fuel": map_fuel, "map_fuel_limit": map_limit,
+                "peak_memory_bytes": usage.peak_memory, "memory_limit_bytes": limits.memory_bytes(),
+                "time": time,
+            });
+            let error = |e: &PluginError| json!({"code": e.code(), "message": e.to_string()});
+            match result {
+                Ok((events, actions)) => {
+                    let actions: Vec<Json> = actions
+                        .iter()
+                        .map(|a| match a {
+                            Ok(list) => Json::Array(list.iter().map(action_json).collect()),
+                            Err(e) => json!({ "error": error(e) }),
+                        })
+                        .collect();
+                    let events: Vec<Json> = events.iter().map(event_json).collect();
+                    json!({"row": n, "identity": row.identity, "events": events, "actions": actions, "usage": usage})
+                }
+                Err(e) => {
+                    json!({"row": n, "identity": row.identity, "error": error(&e), "usage": usage})
+                }
+            }
+        })
+        .collect()
 }
 
 /// An event as the report shows it.

@@ -8,6 +8,7 @@
 //! 3. Building (in [`crate::pipeline`]): the I/O checks — files, tables,
 //!    columns, environment variables — still naming the key.
 
+mod admin;
 mod check;
 mod deliver;
 mod source;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use admin::AdminConfig;
 pub use check::{env_references, ConfigError, Parsed};
 pub use deliver::{AepConfig, DeliverConfig, FileSinkConfig, OAuthConfig, IMS_DEFAULTS};
 pub use source::{
@@ -47,6 +49,9 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The operations server (metrics, health, admin API, status page);
+    /// off when absent.
+    pub admin: Option<AdminConfig>,
 }
 
 /// `[state]`.
@@ -182,6 +187,9 @@ impl Config {
             }
         };
         fix(&mut self.state.path);
+        if let Some(store) = self.admin.as_mut().and_then(|a| a.plugin_store.as_mut()) {
+            fix(store);
+        }
         if let Some(dir) = &mut self.engine.cache_dir {
             fix(dir);
         }

@@ -36,6 +36,10 @@ pub struct TenantConfig {
     /// be in, checked after symlinks are resolved; without it the tenant's
     /// pipelines may name no secret file.
     pub secret_dir: Option<PathBuf>,
+    /// The environment variable holding the tenant's admin API token: it
+    /// sees and changes only this tenant's pipelines, plugin versions and
+    /// dead letters. Needs `[admin]`.
+    pub admin_token_env: Option<String>,
 }
 
 impl Config {

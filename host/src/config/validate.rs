@@ -87,6 +87,7 @@ impl Config {
             );
         }
         super::tenants::validate(self, &mut out);
+        super::admin::validate(self, &mut out);
         out
     }
 }

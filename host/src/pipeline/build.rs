@@ -4,13 +4,12 @@
 
 use super::Pipeline;
 use crate::actions::Executors;
-use crate::config::{
-    Config, DeliverConfig, InitialTimestamp, PipelineConfig, SourceConfig, IMS_DEFAULTS,
-};
+use crate::config::{Config, DeliverConfig, InitialTimestamp, SourceConfig, IMS_DEFAULTS};
 use crate::deliver::aep::{AepSettings, AepSink};
 use crate::deliver::auth::Tokens;
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
+use crate::ops::board::PipelineOps;
 use crate::plugin::{CallContext, Plugin, Runtime, Sandbox};
 use crate::secrets::Secrets;
 use crate::source::snowflake::SnowflakeSource;
@@ -65,6 +64,27 @@ pub async fn build_all(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Pipeline>> {
+    Ok(build_host(config, shutdown, None).await?.pipelines)
+}
+
+/// What a host runs: its pipelines, and the engine and state store they
+/// share (which the operations surface uses too).
+pub struct Host {
+    /// Every pipeline of the config.
+    pub pipelines: Vec<Pipeline>,
+    /// The wasmtime engine and plugin threads.
+    pub runtime: Runtime,
+    /// Offsets, ledger, dead letters, plugin versions.
+    pub state: Arc<dyn StateStore>,
+}
+
+/// [`build_all`], keeping the shared parts; with `metrics`, each pipeline
+/// reports to it.
+pub async fn build_host(
+    config: &Config,
+    shutdown: &CancellationToken,
+    metrics: Option<&crate::metrics::Metrics>,
+) -> anyhow::Result<Host> {
     // The library entry checks what the CLI's `config::load` checks, so a
     // config built in code gets the same errors as one read from a file.
     let problems = config.validate();
@@ -72,12 +92,15 @@ pub async fn build_all(
         return Err(crate::config::LoadError::Invalid(problems).into());
     }
     let runtime = Runtime::new(&config.engine).context("engine")?;
+    if let Some(m) = metrics {
+        runtime.count_loads_into(m.clone());
+    }
     let state: Arc<dyn StateStore> =
         Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
     for name in config.pipelines.keys() {
-        match build(config, name, &runtime, state.clone(), shutdown).await {
+        match build(config, name, &runtime, state.clone(), shutdown, metrics).await {
             Ok(p) => pipelines.push(p),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -85,7 +108,11 @@ pub async fn build_all(
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("\n"));
     }
-    Ok(pipelines)
+    Ok(Host {
+        pipelines,
+        runtime,
+        state,
+    })
 }
 
 /// The pipeline's destination and its envelope builder; `prefix` is the
@@ -162,14 +189,14 @@ pub async fn open_source(
 /// seconds); errors name the key.
 pub async fn load_plugin(
     runtime: &Runtime,
-    config: &PipelineConfig,
+    path: &std::path::Path,
     prefix: &str,
 ) -> anyhow::Result<Plugin> {
-    let (runtime, path) = (runtime.clone(), config.plugin.clone());
-    let plugin = tokio::task::spawn_blocking(move || runtime.load(&path))
+    let (runtime, file) = (runtime.clone(), path.to_owned());
+    let plugin = tokio::task::spawn_blocking(move || runtime.load(&file))
         .await?
-        .map_err(|e| anyhow!("{prefix}.plugin: {}: {e}", config.plugin.display()))?;
-    tracing::debug!(plugin = %config.plugin.display(), version = &plugin.version()[..12], origin = ?plugin.origin(), "plugin loaded");
+        .map_err(|e| anyhow!("{prefix}.plugin: {}: {e}", path.display()))?;
+    tracing::debug!(plugin = %path.display(), version = &plugin.version()[..12], origin = ?plugin.origin(), "plugin loaded");
     Ok(plugin)
 }
 
@@ -179,12 +206,20 @@ async fn build(
     runtime: &Runtime,
     state: Arc<dyn StateStore>,
     shutdown: &CancellationToken,
+    metrics: Option<&crate::metrics::Metrics>,
 ) -> anyhow::Result<Pipeline> {
     let config = &all.pipelines[name];
     let prefix = format!("pipelines.{name}");
-    check_plugin_dir(all, name)?;
+    // A version switched in through the admin API outlives restarts; it
+    // was checked when uploaded and is the tenant's by record.
+    let pinned = crate::ops::pinned_plugin(all, state.as_ref(), name)
+        .with_context(|| format!("{prefix}: the plugin version it was switched to"))?;
+    if pinned.is_none() {
+        check_plugin_dir(all, name)?;
+    }
+    let plugin_path = pinned.unwrap_or_else(|| config.plugin.clone());
     let secrets = Secrets::of(all, config);
-    let plugin = load_plugin(runtime, config, &prefix).await?;
+    let plugin = load_plugin(runtime, &plugin_path, &prefix).await?;
     let source = open_source(&config.source, &prefix, &secrets).await?;
     let (sink, envelopes) = build_sink(&config.deliver, &prefix, &secrets, shutdown)?;
     let executors = Executors::build(&config.targets, &prefix, &secrets)?;
@@ -193,30 +228,43 @@ async fn build(
         .with_context(|| format!("{prefix}.source.timestamp.initial"))?;
     let tenant = all.tenant_of(config);
     let reload_every = all.engine.reload_interval_ms;
+    let sandbox = Sandbox::new(
+        plugin,
+        CallContext {
+            instances: all.instances_of(config),
+            ..CallContext::new(
+                tenant,
+                name,
+                config.limits.clone(),
+                config.plugin_settings.clone(),
+                config.grants,
+            )
+        },
+    );
+    let reload = (reload_every > 0).then(|| super::Reload {
+        runtime: runtime.clone(),
+        path: tokio::sync::watch::Sender::new(plugin_path.clone()),
+        every: Duration::from_millis(reload_every),
+        counts: Arc::default(),
+    });
+    let metrics = metrics.map(|m| m.pipeline(tenant, name));
+    if let Some(m) = &metrics {
+        sandbox.cpu().count_into(m.calls.clone(), m.fuel.clone());
+    }
+    let ops = Arc::new(PipelineOps::new(
+        name.into(),
+        tenant.into(),
+        sandbox.clone(),
+        metrics,
+        reload.as_ref().map(|r| r.path.clone()),
+    ));
     Ok(Pipeline {
         name: name.into(),
         tenant: tenant.into(),
         source,
-        sandbox: Sandbox::new(
-            plugin,
-            CallContext {
-                instances: all.instances_of(config),
-                ..CallContext::new(
-                    tenant,
-                    name,
-                    config.limits.clone(),
-                    config.plugin_settings.clone(),
-                    config.grants,
-                )
-            },
-        ),
+        sandbox,
         scheduler: runtime.scheduler().clone(),
-        reload: (reload_every > 0).then(|| super::Reload {
-            runtime: runtime.clone(),
-            path: tokio::sync::watch::Sender::new(config.plugin.clone()),
-            every: Duration::from_millis(reload_every),
-            counts: Arc::default(),
-        }),
+        reload,
         sink,
         envelopes,
         executors,
@@ -227,6 +275,7 @@ async fn build(
         poll_interval: Duration::from_millis(polling.poll_interval_ms),
         delay: Duration::from_millis(polling.delay_ms),
         initial,
+        ops,
     })
 }
 

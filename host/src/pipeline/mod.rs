@@ -17,12 +17,13 @@ mod replay;
 mod watch_config;
 mod work;
 
-pub use build::{build_all, build_sink, initial_cursor, open_source};
+pub use build::{build_all, build_host, build_sink, initial_cursor, open_source, Host};
 pub use replay::{replay, ActionCounts, Replayed};
 pub use work::action_key;
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
+use crate::ops::board::{Phase, PipelineOps};
 use crate::plugin::reload::ReloadCounts;
 use crate::plugin::scheduler::Scheduler;
 use crate::plugin::{FailureCounts, Runtime, Sandbox};
@@ -121,6 +122,8 @@ pub struct Pipeline {
     poll_interval: Duration,
     delay: Duration,
     initial: build::Initial,
+    /// What the operations surface sees of it and steers.
+    ops: Arc<PipelineOps>,
 }
 
 /// What hot reload of a pipeline's plugin needs.
@@ -148,6 +151,11 @@ impl Pipeline {
         &self.tenant
     }
 
+    /// Its record for the operations surface.
+    pub fn ops(&self) -> &Arc<PipelineOps> {
+        &self.ops
+    }
+
     /// The stored offset, or (first start) the initial one, stored now so a
     /// restart before the first commit starts from the same place.
     pub async fn start_cursor(&self) -> anyhow::Result<Cursor> {
@@ -169,7 +177,15 @@ impl Pipeline {
     ) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
         let profile = Profile::new(options.profile);
-        let mut committed = self.start_cursor().await?;
+        let mut committed = match self.start_cursor().await {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                self.ops.set_phase(Phase::Failed, Some(format!("{e:#}")));
+                return Err(e);
+            }
+        };
+        self.ops.set_cursor(committed.to_string());
+        self.ops.set_phase(Phase::Running, None);
         tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         // The watcher stops with the pipeline, whether at shutdown or on a
         // fatal error.
@@ -192,17 +208,25 @@ impl Pipeline {
                 .stream(&mut committed, &shutdown, options, &profile, &mut stats)
                 .await
             {
+                Ok(()) if self.ops.pause_asked() && !shutdown.is_cancelled() => {
+                    if !self.paused(&mut committed, &shutdown).await? {
+                        break;
+                    }
+                }
                 Ok(()) => break,
                 Err(e) if shutdown.is_cancelled() => {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
                 }
                 Err(e) => {
                     if let Some(SourceError::Config { .. }) = e.downcast_ref::<SourceError>() {
-                        return Err(e.context(format!("pipeline {}", self.name)));
+                        let e = e.context(format!("pipeline {}", self.name));
+                        self.ops.set_phase(Phase::Failed, Some(format!("{e:#}")));
+                        return Err(e);
                     }
                     if stats.pages > pages {
                         retry_wait = FIRST_RETRY_WAIT;
                     }
+                    self.ops.set_phase(Phase::Retrying, Some(format!("{e:#}")));
                     tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?retry_wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
                     tokio::select! {
                         () = tokio::time::sleep(retry_wait) => {}
@@ -221,8 +245,30 @@ impl Pipeline {
             stats.reloads = r.counts.reloads.load(Relaxed);
             stats.reload_failures = r.counts.failures.load(Relaxed);
         }
+        self.ops.set_phase(Phase::Stopped, None);
         tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, page_queries = stats.page_queries, "pipeline stopped");
         Ok(stats)
+    }
+
+    /// Waits, paused, until resumed (then reads the stored offset again:
+    /// an operator may have reset it) or shutdown (`false`).
+    async fn paused(
+        &self,
+        committed: &mut Cursor,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        self.ops.set_phase(Phase::Paused, None);
+        tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, "pipeline paused");
+        let mut pause = self.ops.pause_signal();
+        tokio::select! {
+            _ = pause.wait_for(|asked| !asked) => {}
+            () = shutdown.cancelled() => return Ok(false),
+        }
+        *committed = self.start_cursor().await?;
+        self.ops.set_cursor(committed.to_string());
+        self.ops.set_phase(Phase::Running, None);
+        tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, "pipeline resumed");
+        Ok(true)
     }
 
     /// One poll: the source's clock less the delay, and the page after
@@ -266,19 +312,23 @@ impl Pipeline {
             // source's query (on the blocking pool, or the warehouse's
             // time) overlaps the plugin's work instead of waiting for it.
             let mut ahead = None;
-            while !stop.is_cancelled() {
+            let mut pause = self.ops.pause_signal();
+            while !stop.is_cancelled() && !*pause.borrow_and_update() {
                 let (page, upper) = match ahead.take() {
                     Some(read) => read,
                     None => self.poll(&cursor, profile).await?,
                 };
                 polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let full = page.full;
+                let mut left = (!full).then_some(0);
                 if full && progress.lock().expect("progress lock").is_none() {
-                    if let Some(left) = self.source.remaining(&cursor, upper).await? {
+                    left = self.source.remaining(&cursor, upper).await?;
+                    if let Some(left) = left {
                         *progress.lock().expect("progress lock") =
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
+                self.ops.polled(behind(&page, upper), left);
                 let next = page.rows.last().map(|r| r.cursor.clone()).filter(|_| full);
                 let mapped =
                     profile.measure(Stage::PageRecord, self.map_page(page, &stop, profile));
@@ -313,6 +363,7 @@ impl Pipeline {
                 tokio::select! {
                     () = tokio::time::sleep(self.poll_interval) => {}
                     () = stop.cancelled() => {}
+                    _ = pause.wait_for(|asked| *asked) => {}
                 }
             }
             drop(mapped_tx);
@@ -365,17 +416,27 @@ impl Pipeline {
     }
 }
 
+/// How far a poll was behind the source, in seconds: from its last row to
+/// the instant it read up to, when the page was cut short of that instant;
+/// 0 when it reached it.
+fn behind(page: &Page, upper: Timestamp) -> f64 {
+    match page.rows.last() {
+        Some(last) if page.full => upper.0.saturating_sub(last.cursor.ts.0).max(0) as f64 / 1e9,
+        _ => 0.0,
+    }
+}
+
 /// Builds every pipeline in the config and runs them concurrently until
-/// `shutdown` (or, with `once`, until each has drained). Returns each
-/// pipeline's counters; fails if any pipeline could not be built or stopped
-/// on an error.
+/// `shutdown` (or, with `once`, until each has drained), with the
+/// operations server of `[admin]` beside them. Returns each pipeline's
+/// counters; fails if any pipeline could not be built or stopped on an
+/// error.
 pub async fn run(
     config: &crate::config::Config,
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> anyhow::Result<Vec<(String, Stats)>> {
-    let pipelines = build_all(config, &shutdown).await?;
-    run_pipelines(pipelines, shutdown, options).await
+    run_host(config, None, shutdown, options).await
 }
 
 /// [`run`] for a config file, which is watched while the pipelines run (every
@@ -389,24 +450,48 @@ pub async fn run_file(
     options: RunOptions,
 ) -> anyhow::Result<Vec<(String, Stats)>> {
     let config = crate::config::load_explained(path)?;
-    let pipelines = build_all(&config, &shutdown).await?;
-    let plugins: Vec<_> = pipelines
-        .iter()
-        .filter_map(|p| Some((p.name.to_string(), p.reload.as_ref()?.path.clone())))
-        .collect();
+    run_host(&config, Some(path), shutdown, options).await
+}
+
+async fn run_host(
+    config: &crate::config::Config,
+    file: Option<&std::path::Path>,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<Vec<(String, Stats)>> {
+    let admin = config.admin.as_ref();
+    let metrics = admin
+        .filter(|a| a.metrics)
+        .map(|_| crate::metrics::Metrics::default());
+    let host = build_host(config, &shutdown, metrics.as_ref()).await?;
+    let server = match admin {
+        Some(_) => Some(crate::ops::start(config, &host, metrics.as_ref()).await?),
+        None => None,
+    };
     // The watcher stops with the pipelines.
     let watching = shutdown.child_token();
     let _stop_watching = watching.clone().drop_guard();
-    if !plugins.is_empty() {
-        let every = Duration::from_millis(config.engine.reload_interval_ms);
-        tokio::spawn(watch_config::watch(
-            path.to_owned(),
-            plugins,
-            every,
-            watching,
-        ));
+    if let Some(path) = file {
+        let plugins: Vec<_> = host
+            .pipelines
+            .iter()
+            .filter_map(|p| Some((p.name.to_string(), p.reload.as_ref()?.path.clone())))
+            .collect();
+        if !plugins.is_empty() {
+            let every = Duration::from_millis(config.engine.reload_interval_ms);
+            tokio::spawn(watch_config::watch(
+                path.to_owned(),
+                plugins,
+                every,
+                watching,
+            ));
+        }
     }
-    run_pipelines(pipelines, shutdown, options).await
+    let results = run_pipelines(host.pipelines, shutdown, options).await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    results
 }
 
 /// Runs built pipelines side by side; see [`run`].

@@ -60,8 +60,13 @@ impl Pipeline {
         stop: &CancellationToken,
         profile: &Arc<Profile>,
     ) -> anyhow::Result<Option<PageWork>> {
+        let read_at = std::time::Instant::now();
         let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
             return Ok(None);
+        };
+        let stamps = match self.ops.metrics {
+            Some(_) => page.rows.iter().map(|r| r.cursor.ts).collect(),
+            None => Vec::new(),
         };
         let columns = self.source.columns().to_vec();
         let runner = Scheduled {
@@ -113,6 +118,8 @@ impl Pipeline {
             version: session.version().to_owned(),
             columns,
             rows,
+            read_at,
+            stamps,
         }))
     }
 
@@ -149,12 +156,43 @@ impl Pipeline {
         // is done, not what was attempted.
         let mut page = Stats::default();
         let last = work.last.clone();
+        let (read_at, stamps) = (work.read_at, std::mem::take(&mut work.stamps));
+        let actions = match self.ops.metrics {
+            Some(_) => work.action_outcomes(),
+            None => Vec::new(),
+        };
         let commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
+        let codes: Vec<String> = match self.ops.metrics {
+            Some(_) => commit.dead_letters.iter().map(|d| d.code.clone()).collect(),
+            None => Vec::new(),
+        };
         let (state, name) = (self.state.clone(), self.name.clone());
         crate::profile::spawn_blocking(Stage::Commit, move || state.commit(&name, &commit))
             .await??;
         page.pages = 1;
         total.add(&page);
+        if let Some(metrics) = &self.ops.metrics {
+            let now = crate::source::Timestamp::now();
+            let ages: Vec<f64> = stamps
+                .iter()
+                .map(|ts| now.0.saturating_sub(ts.0) as f64 / 1e9)
+                .collect();
+            let actions: Vec<(&str, &'static str)> =
+                actions.iter().map(|(t, o)| (t.as_str(), *o)).collect();
+            let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+            metrics.committed(&crate::metrics::PageFigures {
+                rows: page.rows,
+                delivered: page.delivered,
+                refused: page.rejected,
+                actions: &actions,
+                dead_letters: &codes,
+                plugin_errors: &page.plugin_errors,
+                latency: read_at.elapsed(),
+                row_ages: &ages,
+                instances: self.sandbox.warm_instances(),
+            });
+        }
+        self.ops.committed(last.to_string(), total);
         Ok(last)
     }
 

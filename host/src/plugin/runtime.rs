@@ -93,6 +93,8 @@ struct Inner {
     /// Python component, say) read and hash it once, not once each.
     files: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
     scheduler: Arc<Scheduler>,
+    /// Where loads are counted, when the host exports metrics.
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 /// What tells a changed file apart: size and modification time.
@@ -146,8 +148,21 @@ impl Runtime {
                 loaded: Mutex::new(HashMap::new()),
                 files: Mutex::new(HashMap::new()),
                 scheduler: Arc::new(scheduler),
+                metrics: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Counts every later load in `metrics`, by where its machine code came
+    /// from (memory, the disk cache, the compiler).
+    pub fn count_loads_into(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    fn count_load(&self, origin: &'static str) {
+        if let Some(m) = self.inner.metrics.get() {
+            m.plugin_loaded(origin);
+        }
     }
 
     /// The threads plugin calls run on.
@@ -171,6 +186,7 @@ impl Runtime {
         }
         let stamp = meta.modified().ok().map(|modified| (size, modified));
         if let Some(plugin) = stamp.and_then(|stamp| self.unchanged(path, stamp)) {
+            self.count_load("memory");
             return Ok(plugin);
         }
         let mut bytes = Vec::with_capacity(size as usize);
@@ -209,11 +225,16 @@ impl Runtime {
         let version = hex::encode(Sha256::digest(bytes));
         let mut loaded = lock(&self.inner.loaded);
         if let Some(plugin) = loaded.get(&version).and_then(Weak::upgrade) {
+            self.count_load("memory");
             return Ok(Plugin(plugin));
         }
         loaded.retain(|_, weak| weak.strong_count() > 0);
         drop(loaded);
         let (component, origin) = self.compile(bytes, &version)?;
+        self.count_load(match origin {
+            Origin::Compiled => "compiled",
+            Origin::DiskCache => "disk_cache",
+        });
         let plugin = Arc::new(self.link(component, version.clone(), origin)?);
         lock(&self.inner.loaded).insert(version, Arc::downgrade(&plugin));
         Ok(Plugin(plugin))

@@ -27,6 +27,7 @@
 //! the host's own I/O threads) the CPU first, so a tenant burning its
 //! budget on every row costs the others little.
 
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -254,6 +255,8 @@ fn lower_priority() {
 #[derive(Debug)]
 pub struct CpuMeter {
     window: Mutex<Window>,
+    /// Calls and fuel, for the host's metrics (when it exports them).
+    counters: std::sync::OnceLock<(Counter, Counter)>,
 }
 
 #[derive(Debug)]
@@ -273,6 +276,7 @@ impl Default for CpuMeter {
                 budget: 0,
                 heavy: false,
             }),
+            counters: std::sync::OnceLock::new(),
         }
     }
 }
@@ -286,8 +290,17 @@ impl CpuMeter {
         w.heavy
     }
 
+    /// Counts every later call in `calls` and its fuel in `fuel`.
+    pub fn count_into(&self, calls: Counter, fuel: Counter) {
+        let _ = self.counters.set((calls, fuel));
+    }
+
     /// Adds one call's spending: `used` of `budget` fuel.
     pub fn record(&self, used: u64, budget: u64) {
+        if let Some((calls, fuel)) = self.counters.get() {
+            calls.inc();
+            fuel.inc_by(used);
+        }
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.used = w.used.saturating_add(used);
         w.budget = w.budget.saturating_add(budget);

@@ -8,6 +8,7 @@
 mod dead;
 mod migrate;
 pub mod sqlite;
+mod versions;
 
 pub use dead::{
     raw_json, DeadKind, DeadLetter, KeyedAction, Letter, NewDeadLetter, RefusedLetter, RowLetter,
@@ -67,6 +68,32 @@ pub struct StoredOffset {
 #[error("state store: {0}")]
 pub struct StateError(pub String);
 
+/// A plugin version a tenant uploaded (the component itself is kept by
+/// the admin API's store, named by its digest).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginVersion {
+    /// The tenant that uploaded it.
+    pub tenant: String,
+    /// SHA-256 of the component, hex: its version everywhere.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The contract it speaks (`0.1`, `0.2`, `0.2-json`).
+    pub contract: String,
+    /// When it was first uploaded, epoch milliseconds.
+    pub uploaded_ms: i64,
+}
+
+/// A pipeline's plugin as switched by the admin API: one entry of its
+/// history, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginPin {
+    /// The stored version, or `None`: back to the config's plugin file.
+    pub digest: Option<String>,
+    /// When, epoch milliseconds.
+    pub set_ms: i64,
+}
+
 /// The durable state of every pipeline.
 pub trait StateStore: Send + Sync {
     /// The pipeline's offset, if it has one.
@@ -114,6 +141,22 @@ pub trait StateStore: Send + Sync {
         id: i64,
         result: &Settled,
     ) -> Result<(), StateError>;
+
+    /// Whether the store answers (for `/readyz`).
+    fn check(&self) -> Result<(), StateError>;
+
+    /// Records an uploaded plugin version (again: no change).
+    fn add_plugin_version(&self, version: &PluginVersion) -> Result<(), StateError>;
+
+    /// A tenant's uploaded versions, oldest first.
+    fn plugin_versions(&self, tenant: &str) -> Result<Vec<PluginVersion>, StateError>;
+
+    /// Points a pipeline at a stored version (`None`: its config's file),
+    /// on top of its history.
+    fn pin_plugin(&self, pipeline: &str, digest: Option<&str>) -> Result<(), StateError>;
+
+    /// A pipeline's plugin history, newest first (empty: never switched).
+    fn plugin_pins(&self, pipeline: &str) -> Result<Vec<PluginPin>, StateError>;
 }
 
 /// How a replayed dead letter ended.

@@ -1,7 +1,10 @@
 //! The embedded state store: one SQLite file in WAL mode with
 //! `synchronous = FULL`, so a commit that returned survives a crash.
 
-use super::{Commit, DeadLetter, Finished, Letter, Settled, StateError, StateStore, StoredOffset};
+use super::{
+    Commit, DeadLetter, Finished, Letter, PluginPin, PluginVersion, Settled, StateError,
+    StateStore, StoredOffset,
+};
 use crate::source::{Cursor, Key, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +13,7 @@ use std::sync::Mutex;
 
 /// The schema version this code writes; older files are migrated on open
 /// (see [`migrate`]).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS offsets (
@@ -39,6 +42,24 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, id);
+-- Schema 3: plugin versions tenants uploaded through the admin API, and
+-- which one each pipeline was pointed at (append-only: the history is
+-- what a rollback reads).
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    tenant      TEXT NOT NULL,
+    digest      TEXT NOT NULL,     -- SHA-256 of the component, hex
+    size        INTEGER NOT NULL,
+    contract    TEXT NOT NULL,
+    uploaded_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, digest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plugin_pins (
+    id       INTEGER PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    digest   TEXT,                 -- NULL: the config's plugin file
+    set_ms   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plugin_pins_pipeline ON plugin_pins (pipeline, id);
 ";
 
 /// Keys per ledger statement: one statement per chunk instead of per key,
@@ -355,6 +376,28 @@ impl StateStore for SqliteState {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    fn check(&self) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.query_row("SELECT count(*) FROM offsets", [], |_| Ok(()))
+            .map_err(err)
+    }
+
+    fn add_plugin_version(&self, version: &PluginVersion) -> Result<(), StateError> {
+        super::versions::add(&*self.conn()?, version).map_err(err)
+    }
+
+    fn plugin_versions(&self, tenant: &str) -> Result<Vec<PluginVersion>, StateError> {
+        super::versions::list(&*self.conn()?, tenant).map_err(err)
+    }
+
+    fn pin_plugin(&self, pipeline: &str, digest: Option<&str>) -> Result<(), StateError> {
+        super::versions::pin(&*self.conn()?, pipeline, digest, now_ms()).map_err(err)
+    }
+
+    fn plugin_pins(&self, pipeline: &str) -> Result<Vec<PluginPin>, StateError> {
+        super::versions::pins(&*self.conn()?, pipeline).map_err(err)
     }
 
     fn dead_letters(&self, pipeline: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {

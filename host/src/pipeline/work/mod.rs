@@ -25,6 +25,11 @@ pub struct PageWork {
     pub columns: Vec<String>,
     /// The rows, in source order.
     pub rows: Vec<RowWork>,
+    /// When the page was read (its latency runs to the commit).
+    pub read_at: std::time::Instant,
+    /// Each row's timestamp, when the host exports metrics (its delivery
+    /// lag); empty otherwise.
+    pub stamps: Vec<Timestamp>,
 }
 
 /// One row: its events, or why the plugin failed on it.
@@ -233,6 +238,27 @@ impl PageWork {
             .filter(|e| e.delivery == Some(Delivery::Delivered))
             .filter_map(|e| e.decision.as_mut().ok())
             .flatten()
+            .collect()
+    }
+
+    /// Each run or skipped action's target and how it ended (`done`,
+    /// `failed`, `skipped`), for the metrics.
+    pub fn action_outcomes(&mut self) -> Vec<(String, &'static str)> {
+        let actions = self.deliverable_actions();
+        actions
+            .into_iter()
+            .filter_map(|a| {
+                let outcome = match &a.state {
+                    ActionState::Pending => return None,
+                    ActionState::Skipped => "skipped",
+                    ActionState::Ran(ActionResult::Done(_)) => "done",
+                    ActionState::Ran(ActionResult::Failed { .. }) => "failed",
+                };
+                Some((
+                    crate::actions::target_of(&a.request.action).to_owned(),
+                    outcome,
+                ))
+            })
             .collect()
     }
 

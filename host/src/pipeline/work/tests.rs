@@ -43,6 +43,8 @@ fn page(rows: Vec<Result<Vec<EventWork>, PluginError>>) -> PageWork {
                 result,
             })
             .collect(),
+        read_at: std::time::Instant::now(),
+        stamps: Vec::new(),
     }
 }
 

@@ -1,0 +1,227 @@
+//! The admin API's pipeline endpoints: list and inspect pipelines, pause
+//! and resume them, reset an offset (paused only), list and replay dead
+//! letters — the same code paths as the CLI's `offsets` and `dlq`. A tenant
+//! caller sees its own pipelines only; another tenant's answer 404, as if
+//! they did not exist.
+
+use super::auth::Caller;
+use super::board::{Phase, PipelineOps};
+use super::problem::{json_body, Problem};
+use super::Shared;
+use crate::source::{Cursor, Timestamp};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/pipelines", get(list))
+        .route("/pipelines/{name}", get(one))
+        .route("/pipelines/{name}/pause", post(pause))
+        .route("/pipelines/{name}/resume", post(resume))
+        .route("/pipelines/{name}/offset", put(reset_offset))
+        .route("/pipelines/{name}/dead-letters", get(dead_letters))
+        .route("/pipelines/{name}/dead-letters/replay", post(replay))
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, ops: &Shared) -> Result<Self, Problem> {
+        ops.tokens.caller(&parts.headers)
+    }
+}
+
+/// The OpenAPI description is public, like the status page's shell: it
+/// says what exists, never what a tenant has.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+impl super::Ops {
+    /// The pipeline `name`, if the caller may see it.
+    pub(super) fn pipeline(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<&Arc<PipelineOps>, Problem> {
+        self.pipelines
+            .get(name)
+            .filter(|p| caller.may(&p.tenant))
+            .ok_or_else(|| Problem::not_found(format!("no pipeline `{name}`")))
+    }
+}
+
+/// A pipeline as the API shows it.
+fn view(ops: &super::Ops, p: &PipelineOps) -> Value {
+    let status = p.status();
+    let pinned = ops
+        .state
+        .plugin_pins(&p.name)
+        .ok()
+        .and_then(|pins| pins.into_iter().next())
+        .and_then(|pin| pin.digest);
+    json!({
+        "name": &*p.name,
+        "tenant": &*p.tenant,
+        "phase": status.phase,
+        "error": status.error,
+        "cursor": status.cursor,
+        "lag_seconds": status.lag_seconds,
+        "lag_rows": status.lag_rows,
+        "last_commit_ms": status.last_commit_ms,
+        "plugin": {"version": p.version(), "pinned": pinned},
+        "stats": status.stats,
+    })
+}
+
+async fn list(State(ops): State<Shared>, caller: Caller) -> Json<Value> {
+    let pipelines: Vec<Value> = ops
+        .pipelines
+        .values()
+        .filter(|p| caller.may(&p.tenant))
+        .map(|p| view(&ops, p))
+        .collect();
+    Json(json!({ "pipelines": pipelines }))
+}
+
+async fn one(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let p = ops.pipeline(&caller, &name)?;
+    Ok(Json(view(&ops, p)))
+}
+
+/// Asks the pipeline to pause: it finishes and commits the pages in flight,
+/// then reads nothing until resumed. 202: the pause is under way (`phase`
+/// says when it is `paused`).
+async fn pause(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let p = ops.pipeline(&caller, &name)?;
+    p.pause();
+    tracing::info!(pipeline = %name, ?caller, "pause asked");
+    Ok((StatusCode::ACCEPTED, Json(view(&ops, p))).into_response())
+}
+
+async fn resume(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let p = ops.pipeline(&caller, &name)?;
+    if !p.resume() {
+        return Err(Problem::conflict(format!(
+            "pipeline `{name}` is not paused"
+        )));
+    }
+    tracing::info!(pipeline = %name, ?caller, "resume asked");
+    Ok(Json(view(&ops, p)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffsetRequest {
+    /// Restart at this instant (inclusive): RFC 3339, or epoch seconds;
+    /// `null` forgets the offset (the next start uses `timestamp.initial`).
+    to: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Instant {
+    Seconds(i64),
+    Text(String),
+}
+
+/// Moves a paused pipeline's offset (`freshet offsets reset`); it reads
+/// from there once resumed.
+async fn reset_offset(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Problem> {
+    let p = ops.pipeline(&caller, &name)?;
+    let request: OffsetRequest = json_body(&body)?;
+    let cursor = match request.to {
+        None => None,
+        Some(Instant::Seconds(s)) => {
+            Some(Cursor::before(Timestamp(s.saturating_mul(1_000_000_000))))
+        }
+        Some(Instant::Text(text)) => Some(Cursor::before(text.parse().map_err(|e| {
+            Problem::bad_request(format!(
+                "{text:?} is neither epoch seconds nor an RFC 3339 instant: {e}"
+            ))
+            .field("to")
+        })?)),
+    };
+    if p.status().phase != Phase::Paused {
+        return Err(Problem::conflict(format!(
+            "pipeline `{name}` is {}: pause it and wait for `paused` first, so no page in flight commits over the new offset",
+            serde_json::to_value(p.status().phase).unwrap_or_default().as_str().unwrap_or("?")
+        )));
+    }
+    ops.state.reset_offset(&name, cursor.as_ref())?;
+    let shown = match &cursor {
+        Some(c) => c.to_string(),
+        None => "(forgotten: timestamp.initial on resume)".to_owned(),
+    };
+    p.set_cursor(shown);
+    tracing::info!(pipeline = %name, ?caller, cursor = ?cursor.as_ref().map(ToString::to_string), "offset reset");
+    Ok(Json(view(&ops, p)))
+}
+
+async fn dead_letters(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    ops.pipeline(&caller, &name)?;
+    let letters = ops.state.dead_letters(Some(&name))?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    /// Only these dead letters; all of the pipeline's by default.
+    #[serde(default)]
+    ids: Vec<i64>,
+}
+
+/// `freshet dlq replay` for one pipeline: each dead letter's outcome; 200
+/// even when some failed again (each says so).
+async fn replay(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Problem> {
+    ops.pipeline(&caller, &name)?;
+    let request: ReplayRequest = if body.is_empty() {
+        ReplayRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    let replayed = crate::pipeline::replay(&ops.config, Some(&name), &request.ids)
+        .await
+        .map_err(Problem::internal)?;
+    tracing::info!(pipeline = %name, ?caller, letters = replayed.len(), "dead letters replayed");
+    Ok(Json(json!({ "replayed": replayed })))
+}

@@ -1,0 +1,308 @@
+//! Plugin versions through the admin API. A tenant uploads a component; it
+//! is checked as a plugin file is (size, compile time, contract), kept by
+//! content hash in the plugin store, and recorded as the tenant's. It goes
+//! live on a pipeline only when the pipeline is pointed at it (`PUT
+//! …/plugin`): swapped in for the next page — the page in flight finishes
+//! on the version it started with, so nothing is lost or repeated — and
+//! remembered in the state store, so a restart keeps it. Rollback points the
+//! pipeline at what it ran before. A dry run (`POST …/test`) runs given
+//! rows through any of the tenant's versions, touching nothing.
+
+use super::auth::Caller;
+use super::problem::{json_body, Problem};
+use super::{Ops, Shared};
+use crate::config::Config;
+use crate::plugin::{CallContext, LoadError, Plugin, Sandbox};
+use crate::state::{PluginVersion, StateStore};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+pub(super) fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/tenants/{tenant}/plugins",
+            get(versions)
+                .post(upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/pipelines/{name}/plugin", put(switch).delete(unpin))
+        .route("/pipelines/{name}/plugin/rollback", post(rollback))
+        .route("/pipelines/{name}/test", post(dry_run))
+}
+
+/// Where a stored version lives.
+fn stored(store: &std::path::Path, digest: &str) -> PathBuf {
+    store.join(format!("{digest}.wasm"))
+}
+
+/// The stored version a pipeline was pointed at through the admin API, if
+/// it was (and not pointed back at its config's file since): what a
+/// restarted host loads instead of the config's `plugin`.
+pub fn pinned_plugin(
+    config: &Config,
+    state: &dyn StateStore,
+    pipeline: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let pins = state.plugin_pins(pipeline)?;
+    Ok(pins
+        .into_iter()
+        .next()
+        .and_then(|pin| pin.digest)
+        .map(|digest| stored(&config.plugin_store(), &digest)))
+}
+
+fn tenant_of<'a>(caller: &Caller, ops: &'a Ops, tenant: &'a str) -> Result<&'a str, Problem> {
+    let known = ops.config.tenants.contains_key(tenant)
+        || (ops.config.tenants.is_empty() && tenant == crate::config::DEFAULT_TENANT);
+    if known && caller.may(tenant) {
+        Ok(tenant)
+    } else {
+        Err(Problem::not_found(format!("no tenant `{tenant}`")))
+    }
+}
+
+async fn versions(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let tenant = tenant_of(&caller, &ops, &tenant)?;
+    let versions = ops.state.plugin_versions(tenant)?;
+    Ok(Json(json!({ "versions": versions })))
+}
+
+/// A load failure as the uploader reads it.
+fn refused(e: &LoadError) -> Problem {
+    let status = match e {
+        LoadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        LoadError::Read { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    Problem::new(status, e.to_string()).field("body")
+}
+
+/// Uploads a component (the request body, `application/wasm`): 201 with
+/// its digest; the same bytes again: 200. Nothing changes when it is
+/// refused.
+async fn upload(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, Problem> {
+    let tenant = tenant_of(&caller, &ops, &tenant)?.to_owned();
+    let limit = ops.config.engine.max_component_bytes;
+    let bytes = axum::body::to_bytes(body, limit as usize + 1)
+        .await
+        .map_err(|_| {
+            refused(&LoadError::TooLarge {
+                size: limit + 1,
+                limit,
+            })
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(refused(&LoadError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        }));
+    }
+    let runtime = ops.runtime.clone();
+    let data = bytes.clone();
+    let plugin = tokio::task::spawn_blocking(move || runtime.load_bytes(&data))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| refused(&e))?;
+    let digest = plugin.version().to_owned();
+    let path = stored(&ops.store, &digest);
+    if !path.exists() {
+        write_atomically(&path, &bytes).map_err(Problem::internal)?;
+    }
+    let contract = serde_json::to_value(plugin.contract()).map_err(Problem::internal)?;
+    let known = ops.state.plugin_versions(&tenant)?;
+    let new = !known.iter().any(|v| v.digest == digest);
+    let version = PluginVersion {
+        tenant: tenant.clone(),
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        contract: contract.as_str().unwrap_or("?").to_owned(),
+        uploaded_ms: crate::source::Timestamp::now().0 / 1_000_000,
+    };
+    ops.state.add_plugin_version(&version)?;
+    tracing::info!(%tenant, version = %&digest[..12], size = bytes.len(), new, "plugin version uploaded");
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(version))).into_response())
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchRequest {
+    /// The digest of one of the tenant's uploaded versions.
+    version: String,
+}
+
+impl Ops {
+    /// The stored file of `digest` if it is `tenant`'s.
+    fn version_file(&self, tenant: &str, digest: &str) -> Result<PathBuf, Problem> {
+        let owned = self.state.plugin_versions(tenant)?;
+        if !owned.iter().any(|v| v.digest == digest) {
+            return Err(Problem::not_found(format!(
+                "tenant `{tenant}` has no plugin version `{digest}`"
+            ))
+            .field("version"));
+        }
+        Ok(stored(&self.store, digest))
+    }
+
+    /// Loads `path` and makes it the pipeline's plugin from its next page;
+    /// records the switch (`digest`, or `None` for the config's file).
+    async fn switch_to(
+        &self,
+        name: &str,
+        path: PathBuf,
+        digest: Option<&str>,
+    ) -> Result<Value, Problem> {
+        let p = &self.pipelines[name];
+        let runtime = self.runtime.clone();
+        let file = path.clone();
+        let plugin: Plugin = tokio::task::spawn_blocking(move || runtime.load(&file))
+            .await
+            .map_err(Problem::internal)?
+            .map_err(|e| refused(&e))?;
+        let version = plugin.version().to_owned();
+        self.state.pin_plugin(name, digest)?;
+        let old = p.sandbox.swap(plugin);
+        if let Some(watched) = &p.watched_plugin {
+            watched.send_replace(path);
+        }
+        tracing::info!(pipeline = %name, from = &old.version()[..12], to = &version[..12], "plugin version switched; the next page uses it");
+        Ok(json!({"pipeline": name, "version": version, "previous": old.version()}))
+    }
+}
+
+/// Points a pipeline at one of its tenant's versions.
+async fn switch(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Problem> {
+    let p = ops.pipeline(&caller, &name)?.clone();
+    let request: SwitchRequest = json_body(&body)?;
+    let path = ops.version_file(&p.tenant, &request.version)?;
+    Ok(Json(
+        ops.switch_to(&name, path, Some(&request.version)).await?,
+    ))
+}
+
+/// Points a pipeline back at its config's plugin file.
+async fn unpin(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    ops.pipeline(&caller, &name)?;
+    let path = ops.config.pipelines[&name].plugin.clone();
+    Ok(Json(ops.switch_to(&name, path, None).await?))
+}
+
+/// Points a pipeline at the version it ran before its last switch.
+async fn rollback(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    ops.pipeline(&caller, &name)?;
+    let pins = ops.state.plugin_pins(&name)?;
+    // Before the first switch the pipeline ran its config's file.
+    let before = match (pins.first(), pins.get(1)) {
+        (_, Some(before)) => before.digest.clone(),
+        (Some(only), None) if only.digest.is_some() => None,
+        _ => {
+            return Err(Problem::conflict(format!(
+                "pipeline `{name}` has no earlier version to roll back to"
+            )))
+        }
+    };
+    let path = match &before {
+        Some(digest) => stored(&ops.store, digest),
+        None => ops.config.pipelines[&name].plugin.clone(),
+    };
+    Ok(Json(ops.switch_to(&name, path, before.as_deref()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestRequest {
+    /// Rows as in a rows file: objects keyed by column (see `freshet plugin
+    /// test`).
+    rows: Value,
+    /// One of the tenant's versions; the pipeline's current one by default.
+    version: Option<String>,
+}
+
+/// Runs rows through a version with the pipeline's settings and limits, in
+/// a sandbox of its own: no source, no destination, no actions, no state.
+async fn dry_run(
+    State(ops): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, Problem> {
+    let p = ops.pipeline(&caller, &name)?.clone();
+    let request: TestRequest = json_body(&body)?;
+    let (columns, rows) = crate::plugin::rows_file::parse(&request.rows.to_string())
+        .map_err(|e| Problem::bad_request(format!("{e:#}")).field("rows"))?;
+    let plugin = match &request.version {
+        Some(digest) => {
+            let path = ops.version_file(&p.tenant, digest)?;
+            let runtime = ops.runtime.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&path))
+                .await
+                .map_err(Problem::internal)?
+                .map_err(|e| refused(&e))?
+        }
+        None => p.sandbox.plugin(),
+    };
+    let config = &ops.config.pipelines[&name];
+    let ctx = CallContext::new(
+        &p.tenant,
+        &format!("{name}/test"),
+        config.limits.clone(),
+        config.plugin_settings.clone(),
+        config.grants,
+    );
+    let version = plugin.version().to_owned();
+    let reports = tokio::task::spawn_blocking(move || {
+        let sandbox = Sandbox::new(plugin, ctx);
+        crate::cli::plugin_test::dry_run(&sandbox, &columns, &rows)
+    })
+    .await
+    .map_err(Problem::internal)?;
+    let failed = reports
+        .iter()
+        .filter(|r| crate::cli::plugin_test::failed(r))
+        .count();
+    Ok(Json(
+        json!({"version": version, "failed": failed, "rows": reports}),
+    ))
+}
