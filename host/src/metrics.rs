@@ -199,6 +199,18 @@ impl Metrics {
             pipeline: pipeline.to_owned(),
             outcome,
         };
+        // Every plugin error code starts at 0, so that a rate or an alert
+        // sees a series before the first failure.
+        for code in FailureCounts::CODES {
+            series(
+                &self.plugin_errors,
+                &CodeLabels {
+                    tenant: tenant.to_owned(),
+                    pipeline: pipeline.to_owned(),
+                    code: code.to_owned(),
+                },
+            );
+        }
         PipelineMetrics {
             rows: series(&self.rows, &labels),
             pages: series(&self.pages, &labels),

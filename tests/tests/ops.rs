@@ -103,12 +103,13 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_host_and_counts_every_delivered_row() {
-    let receiver = Receiver::start(true).await.unwrap();
+    // AEP refuses one event: a dead letter to count too.
+    let receiver = refusing(0, "schema mismatch").await;
     let host = TwoTenants::new();
     host.shop.insert(&orders(1..=250, "confirmed"));
     host.store.insert(&orders(1..=120, "pending"));
     let running = host.start(&receiver).await;
-    assert!(wait_for_messages(&receiver, 370, Duration::from_secs(30)).await);
+    assert!(wait_for_messages(&receiver, 369, Duration::from_secs(30)).await);
     let prometheus = Prometheus::start(&[format!("127.0.0.1:{}", host.port)]).await;
 
     let rows = || prometheus.by_label("freshet_rows_read_total", "pipeline");
@@ -132,6 +133,51 @@ async fn a_real_prometheus_scrapes_the_host_and_counts_every_delivered_row() {
         .value(r#"freshet_delivery_lag_seconds_count{pipeline="shop"}"#)
         .await;
     assert_eq!(lags, Some(250.0), "one delivery lag per row");
+    let calls = prometheus
+        .value(r#"freshet_plugin_calls_total{pipeline="shop"}"#)
+        .await;
+    assert!(calls >= Some(5.0), "250 rows in batches of 50: {calls:?}");
+    let fuel = prometheus
+        .value(r#"freshet_plugin_fuel_used_total{pipeline="shop"}"#)
+        .await;
+    assert!(fuel > Some(250.0 * 1000.0), "{fuel:?}");
+    let refused = prometheus
+        .value(r#"sum(freshet_events_total{outcome="refused"})"#)
+        .await;
+    let dead = prometheus
+        .value(r#"sum(freshet_dead_letters_total{code="http_400"})"#)
+        .await;
+    assert_eq!((refused, dead), (Some(1.0), Some(1.0)));
+    let loads = prometheus.value("sum(freshet_plugin_loads_total)").await;
+    assert!(loads >= Some(1.0), "{loads:?}");
+    // Every series the Grafana dashboard reads is one the host exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../host/grafana/freshet-dashboard.json"),
+    )
+    .unwrap();
+    let exported = reqwest::get(format!("{}/metrics", running.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut read = dashboard.split("freshet_").skip(1).filter_map(|rest| {
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        (!name.is_empty()).then(|| format!("freshet_{name}"))
+    });
+    // (a family is declared even before its first series: `# TYPE` names it)
+    let family = |name: &str| {
+        let base = name.trim_end_matches("_total").trim_end_matches("_bucket");
+        exported.contains(&format!("# TYPE {base} "))
+    };
+    assert!(
+        read.all(|name| family(&name)),
+        "the dashboard reads a family the host lacks"
+    );
     let stats = running.stop();
     let rows: Vec<_> = stats
         .iter()
@@ -517,9 +563,19 @@ async fn a_version_switched_in_while_rows_arrive_loses_and_repeats_nothing_and_r
         (&shop["plugin"]["version"], &shop["plugin"]["pinned"]),
         (&json!(v2), &json!(v2))
     );
+    // An edit of the config file (watched every second) leaves it too.
+    let file = host.shop.path("freshet.toml");
+    let edited = std::fs::read_to_string(&file).unwrap() + "\n# edited\n";
+    std::fs::write(&file, edited).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let last = insert(10);
     assert!(wait_for_messages(&receiver, last as u64, Duration::from_secs(30)).await);
     assert_eq!(versions_by_order(&receiver)[&last], [v2.as_str()]);
+    assert!(
+        running.logs().contains("switched to an uploaded version"),
+        "{}",
+        running.logs()
+    );
     // Back to the config's file.
     let (status, unpinned) = api
         .send(
@@ -782,4 +838,31 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("FRESHET_LOG_FORMAT=\"yaml\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_an_unset_or_short_token_or_a_busy_address_does_not_start() {
+    let receiver = Receiver::start(true).await.unwrap();
+    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cases = [
+        (free_port(), None, "admin.operator_token_env: environment variable FRESHET_TEST_OPERATOR_TOKEN is not set"),
+        (free_port(), Some("short"), "admin.operator_token_env: FRESHET_TEST_OPERATOR_TOKEN holds 5 characters; a token needs at least 16"),
+        (busy.local_addr().unwrap().port(), Some(OPERATOR_TOKEN), "admin.listen: cannot listen on 127.0.0.1:"),
+    ];
+    for (port, token, error) in cases {
+        let config = setup.path("freshet.toml");
+        let text =
+            setup.pipeline.render_head() + &admin_table(port) + &setup.pipeline_text(&receiver);
+        std::fs::write(&config, text).unwrap();
+        let mut command = freshet();
+        command.args(["run", "--once", "--config"]).arg(&config);
+        match token {
+            Some(token) => command.env("FRESHET_TEST_OPERATOR_TOKEN", token),
+            None => command.env_remove("FRESHET_TEST_OPERATOR_TOKEN"),
+        };
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(error), "{stderr}");
+    }
 }

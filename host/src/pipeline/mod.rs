@@ -482,6 +482,7 @@ async fn run_host(
             tokio::spawn(watch_config::watch(
                 path.to_owned(),
                 plugins,
+                host.state.clone(),
                 every,
                 watching,
             ));

@@ -2,12 +2,16 @@
 //! now names another file switches to it (loaded and swapped in by the
 //! pipeline's own reload watcher, see [`crate::plugin::reload`]). Everything
 //! else in the file takes effect at the next restart, and the log says so;
-//! a file that does not load or validate changes nothing.
+//! a file that does not load or validate changes nothing. A pipeline
+//! switched to an uploaded version through the admin API keeps it: the
+//! config's `plugin` applies again once the switch is undone.
 
 use super::build::check_plugin_dir;
 use crate::config::Config;
 use crate::plugin::reload::stamp;
+use crate::state::StateStore;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +23,7 @@ type PluginPaths = Vec<(String, watch::Sender<PathBuf>)>;
 pub(super) async fn watch(
     path: PathBuf,
     plugins: PluginPaths,
+    state: Arc<dyn StateStore>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -34,7 +39,7 @@ pub(super) async fn watch(
         }
         seen = now;
         match crate::config::load(&path) {
-            Ok(config) => apply(&config, &plugins),
+            Ok(config) => apply(&config, &plugins, state.as_ref()),
             Err(e) => {
                 tracing::error!(config = %path.display(), error = %e, "the changed config is refused; the running one stays")
             }
@@ -43,7 +48,7 @@ pub(super) async fn watch(
 }
 
 /// Sends each pipeline its new plugin path, if it changed and is allowed.
-fn apply(config: &Config, plugins: &PluginPaths) {
+fn apply(config: &Config, plugins: &PluginPaths, state: &dyn StateStore) {
     for (name, current) in plugins {
         let Some(pipeline) = config.pipelines.get(name) else {
             tracing::warn!(pipeline = %name, "the config no longer has this pipeline; it runs until restart");
@@ -51,6 +56,17 @@ fn apply(config: &Config, plugins: &PluginPaths) {
         };
         if *current.borrow() == pipeline.plugin {
             continue;
+        }
+        match crate::ops::pinned_plugin(config, state, name) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::info!(pipeline = %name, "switched to an uploaded version through the admin API: the config's plugin applies once that is undone");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %format!("{e:#}"), "cannot tell whether the pipeline was switched; its plugin stays");
+                continue;
+            }
         }
         match check_plugin_dir(config, name) {
             Ok(()) => {
