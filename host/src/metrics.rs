@@ -281,8 +281,8 @@ pub struct PageFigures<'a> {
     pub delivered: u64,
     /// Events it refused for good.
     pub refused: u64,
-    /// Each action's target and outcome (`done`, `failed`, `skipped`).
-    pub actions: &'a [(&'a str, &'static str)],
+    /// Actions by target and outcome (`done`, `failed`, `skipped`).
+    pub actions: &'a [(String, &'static str, u64)],
     /// Each dead letter's code.
     pub dead_letters: &'a [&'a str],
     /// Plugin failures by code.
@@ -308,14 +308,14 @@ impl PipelineMetrics {
         }
         self.instances.set(page.instances as i64);
         let labels = &self.labels;
-        for (target, outcome) in page.actions {
+        for (target, outcome, n) in page.actions {
             let labels = ActionLabels {
                 tenant: labels.tenant.clone(),
                 pipeline: labels.pipeline.clone(),
-                target: (*target).to_owned(),
+                target: target.clone(),
                 outcome,
             };
-            self.families.actions.get_or_create(&labels).inc();
+            self.families.actions.get_or_create(&labels).inc_by(*n);
         }
         let coded = |code: &str| CodeLabels {
             tenant: labels.tenant.clone(),

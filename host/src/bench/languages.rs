@@ -83,6 +83,7 @@ pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
             page: args.page,
             batch: args.batch,
             actions: true,
+            metrics: false,
         };
         let end_to_end_dir = dir.path().join(format!("end-to-end-{name}"));
         let rows_per_s = end_to_end(

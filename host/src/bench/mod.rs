@@ -4,6 +4,7 @@
 
 mod languages;
 mod latency;
+mod metrics;
 mod native;
 mod orders_config;
 pub mod peers;
@@ -49,6 +50,8 @@ enum BenchCommand {
     Density(tenants::DensityArgs),
     /// The orders plugin in each language: size, compile, load, instantiate, µs per row, rows/s.
     Languages(languages::LanguagesArgs),
+    /// End-to-end rows/s with the host's metrics exported (and scraped) and without.
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -87,7 +90,14 @@ fn bench_config(dir: &Path, source: OrdersSource, run: &EndToEnd<'_>, aep: &str)
             .targets
             .push_str(&record_target(name, &dir.join(format!("{name}.ndjson"))));
     }
-    config.render()
+    let mut text = config.render();
+    if let Some(listen) = run.metrics.then(metrics::listen_address) {
+        text += &format!(
+            "\n[admin]\nlisten = \"{listen}\"\noperator_token_env = \"{}\"\n",
+            metrics::TOKEN_ENV
+        );
+    }
+    text
 }
 
 /// What an end-to-end run reads and runs with.
@@ -101,6 +111,8 @@ struct EndToEnd<'a> {
     batch: usize,
     /// Whether the plugin decides actions (else events only).
     actions: bool,
+    /// Whether the host exports metrics (`[admin]`, scraped every second).
+    metrics: bool,
 }
 
 /// One end-to-end run over `run.rows` rows to `receiver` (a process of its
@@ -128,8 +140,12 @@ async fn end_to_end(
         once: true,
         profile: true,
     };
+    let scraping = run.metrics.then(|| metrics::scrape_every_second(&config));
     let results = crate::run(&config, CancellationToken::new(), options).await?;
     let took = start.elapsed();
+    if let Some(scraper) = scraping {
+        scraper.abort();
+    }
     let process = crate::profile::process_cpu().saturating_sub(cpu_before);
     let stats = results.first().map(|(_, s)| *s).unwrap_or_default();
     let received = receiver.counts().await?.since(&before);
@@ -141,6 +157,7 @@ async fn end_to_end(
     let rows_per_s = per_s(rows, took);
     emit(json!({
         "bench": if run.actions { "end_to_end" } else { "end_to_end_events_only" },
+        "metrics": run.metrics,
         "source": kind, "rows": rows, "seconds": took.as_secs_f64(),
         "rows_per_s": rows_per_s, "aep_requests": received.requests,
         "actions": stats.actions, "batch": batch, "page": page,
@@ -158,6 +175,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Noisy(args)) => tenants::noisy(args).await,
         Some(BenchCommand::Density(args)) => tenants::density(args).await,
         Some(BenchCommand::Languages(args)) => languages::run(args).await,
+        Some(BenchCommand::Metrics(args)) => metrics::run(args).await,
         None => throughput(args.throughput).await,
     }
 }
@@ -218,6 +236,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
             page: args.page,
             batch: args.batch,
             actions,
+            metrics: false,
         };
         let dir = dir.path().join(format!("end-to-end-{actions}"));
         let source = OrdersSource::Sqlite(db.clone());

@@ -67,6 +67,7 @@ pub async fn run(args: SnowflakeArgs) -> anyhow::Result<()> {
         page: args.page,
         batch: args.batch,
         actions: true,
+        metrics: false,
     };
     let receiver = super::peers::RemoteReceiver::start(false)?;
     for (name, source) in [

@@ -158,7 +158,7 @@ impl Pipeline {
         let last = work.last.clone();
         let (read_at, stamps) = (work.read_at, std::mem::take(&mut work.stamps));
         let actions = match self.ops.metrics {
-            Some(_) => work.action_outcomes(),
+            Some(_) => work.action_tally(),
             None => Vec::new(),
         };
         let commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
@@ -177,8 +177,6 @@ impl Pipeline {
                 .iter()
                 .map(|ts| now.0.saturating_sub(ts.0) as f64 / 1e9)
                 .collect();
-            let actions: Vec<(&str, &'static str)> =
-                actions.iter().map(|(t, o)| (t.as_str(), *o)).collect();
             let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
             metrics.committed(&crate::metrics::PageFigures {
                 rows: page.rows,

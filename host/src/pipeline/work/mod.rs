@@ -241,25 +241,28 @@ impl PageWork {
             .collect()
     }
 
-    /// Each run or skipped action's target and how it ended (`done`,
-    /// `failed`, `skipped`), for the metrics.
-    pub fn action_outcomes(&mut self) -> Vec<(String, &'static str)> {
-        let actions = self.deliverable_actions();
-        actions
-            .into_iter()
-            .filter_map(|a| {
-                let outcome = match &a.state {
-                    ActionState::Pending => return None,
-                    ActionState::Skipped => "skipped",
-                    ActionState::Ran(ActionResult::Done(_)) => "done",
-                    ActionState::Ran(ActionResult::Failed { .. }) => "failed",
-                };
-                Some((
-                    crate::actions::target_of(&a.request.action).to_owned(),
-                    outcome,
-                ))
-            })
-            .collect()
+    /// How the page's actions ended, counted by target and outcome
+    /// (`done`, `failed`, `skipped`), for the metrics: a handful of entries
+    /// however many actions the page had.
+    pub fn action_tally(&mut self) -> Vec<(String, &'static str, u64)> {
+        let mut tally: Vec<(String, &'static str, u64)> = Vec::new();
+        for action in self.deliverable_actions() {
+            let outcome = match &action.state {
+                ActionState::Pending => continue,
+                ActionState::Skipped => "skipped",
+                ActionState::Ran(ActionResult::Done(_)) => "done",
+                ActionState::Ran(ActionResult::Failed { .. }) => "failed",
+            };
+            let target = crate::actions::target_of(&action.request.action);
+            match tally
+                .iter_mut()
+                .find(|(t, o, _)| t == target && *o == outcome)
+            {
+                Some(entry) => entry.2 += 1,
+                None => tally.push((target.to_owned(), outcome, 1)),
+            }
+        }
+        tally
     }
 
     /// What the finished page commits: dead letters for failed rows,
