@@ -5,12 +5,11 @@
 //! One JSON line per language, then one comparing each to the first.
 
 use super::{
-    bench_context, blocking, emit, end_to_end, ms, plugin_rate, read_all, sample, timing_per_row,
+    bench_context, blocking, emit, end_to_end, ms, plugin_rate, sample_orders, timing_per_row,
     EndToEnd, OrdersSource, PluginRate,
 };
 use crate::plugin::contract::Row;
 use crate::plugin::{EngineSettings, Origin, Runtime, Sandbox};
-use crate::source::Timestamp;
 use anyhow::{ensure, Context as _};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -56,11 +55,8 @@ const REPEATS: usize = 15;
 /// Runs the figures for every plugin named.
 pub async fn run(args: LanguagesArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("orders.db");
-    let now = Timestamp::now();
-    let day_ago = now.minus(Duration::from_secs(86_400));
-    sample::create_orders(&db, args.rows, day_ago, now.minus(Duration::from_secs(60)))?;
-    let rows = Arc::new(read_all(&db).await?);
+    let (db, rows) = sample_orders(dir.path(), args.rows).await?;
+    let rows = Arc::new(rows);
 
     let receiver = super::peers::RemoteReceiver::start(false)?;
     let mut rates = Vec::new();

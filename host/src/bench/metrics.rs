@@ -4,7 +4,7 @@
 //! scraped every second, as an eager Prometheus would — and without, in
 //! alternating order, several times; the medians compared.
 
-use super::{blocking, emit, end_to_end, peers, plugin_only, read_all, sample, EndToEnd};
+use super::{blocking, emit, end_to_end, peers, plugin_only, sample_orders, EndToEnd};
 use crate::bench::OrdersSource;
 use crate::source::Timestamp;
 use anyhow::Context as _;
@@ -105,16 +105,9 @@ pub(super) async fn run(args: MetricsArgs) -> anyhow::Result<()> {
     // SAFETY of the environment: set before any host of this process reads it.
     std::env::set_var(TOKEN_ENV, "bench-operator-token-0123456789");
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("orders.db");
-    let now = Timestamp::now();
-    sample::create_orders(
-        &db,
-        args.rows,
-        now.minus(Duration::from_secs(86_400)),
-        now.minus(Duration::from_secs(60)),
-    )?;
+    let (db, rows) = sample_orders(dir.path(), args.rows).await?;
     // Compiled once into the cache every run loads from.
-    let rows = Arc::new(read_all(&db).await?);
+    let rows = Arc::new(rows);
     let cache = dir.path().join("cache");
     blocking({
         let (plugin, cache, rows) = (args.plugin.clone(), cache.clone(), rows.clone());

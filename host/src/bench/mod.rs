@@ -180,19 +180,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `orders.db` in `dir` with `rows` sample orders of the last day (up to a
+/// minute ago), and the rows as the plugin gets them.
+async fn sample_orders(
+    dir: &Path,
+    rows: usize,
+) -> anyhow::Result<(PathBuf, (Vec<String>, Vec<Row>))> {
+    let db = dir.join("orders.db");
+    let now = Timestamp::now();
+    let day_ago = now.minus(Duration::from_secs(86_400));
+    sample::create_orders(&db, rows, day_ago, now.minus(Duration::from_secs(60)))?;
+    let read = read_all(&db).await?;
+    Ok((db, read))
+}
+
 /// Runs every throughput figure.
 async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let plugin_path = args.plugin.clone().context("--plugin is required")?;
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("orders.db");
-    let now = Timestamp::now();
-    sample::create_orders(
-        &db,
-        args.rows,
-        now.minus(Duration::from_secs(86_400)),
-        now.minus(Duration::from_secs(60)),
-    )?;
-    let rows = read_all(&db).await?;
+    let (db, rows) = sample_orders(dir.path(), args.rows).await?;
 
     // Plugin only: the sandbox boundary and the guest's work, no I/O. The
     // compiled component lands in the cache the end-to-end run loads from,
