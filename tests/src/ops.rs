@@ -168,6 +168,20 @@ impl Api {
         self.send("POST", path, Some(token), None).await
     }
 
+    /// The host's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        let response = self.client.get(url).send().await.expect("/metrics answers");
+        response.text().await.expect("metrics text")
+    }
+
+    /// Uploads a component as `tenant`'s plugin version.
+    pub async fn upload(&self, tenant: &str, token: &str, component: Vec<u8>) -> Answer {
+        let path = format!("/api/v1/tenants/{tenant}/plugins");
+        self.send("POST", &path, Some(token), Some(component.into()))
+            .await
+    }
+
     /// `method path` with a JSON body.
     pub async fn json(&self, method: &str, path: &str, token: &str, body: Value) -> Answer {
         self.send(method, path, Some(token), Some(body.to_string().into()))

@@ -156,13 +156,8 @@ async fn a_real_prometheus_scrapes_the_host_and_counts_every_delivered_row() {
             .join("../host/grafana/freshet-dashboard.json"),
     )
     .unwrap();
-    let exported = reqwest::get(format!("{}/metrics", running.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut read = dashboard.split("freshet_").skip(1).filter_map(|rest| {
+    let exported = api.metrics().await;
+    let read = dashboard.split("freshet_").skip(1).filter_map(|rest| {
         let name: String = rest
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || *c == '_')
@@ -174,9 +169,12 @@ async fn a_real_prometheus_scrapes_the_host_and_counts_every_delivered_row() {
         let base = name.trim_end_matches("_total").trim_end_matches("_bucket");
         exported.contains(&format!("# TYPE {base} "))
     };
+    let read: Vec<String> = read.collect();
+    assert!(read.len() >= 14, "the dashboard's queries: {read:?}");
+    let missing: Vec<&String> = read.iter().filter(|name| !family(name)).collect();
     assert!(
-        read.all(|name| family(&name)),
-        "the dashboard reads a family the host lacks"
+        missing.is_empty(),
+        "the dashboard reads families the host lacks: {missing:?}"
     );
     let stats = running.stop();
     let rows: Vec<_> = stats
@@ -262,6 +260,25 @@ async fn a_tenant_token_reaches_only_its_own_tenant_and_no_token_reaches_anythin
             "{problem}"
         );
     }
+    // Nor can acme run a version globex uploaded, by its digest.
+    let theirs = new_build_of(plugins::ORDERS_PLUGIN, "globex");
+    let (status, _) = api.upload("globex", GLOBEX_TOKEN, theirs.clone()).await;
+    assert_eq!(status, 201);
+    for (method, path) in [
+        ("PUT", "/api/v1/pipelines/shop/plugin"),
+        ("POST", "/api/v1/pipelines/shop/test"),
+    ] {
+        let body = match method {
+            "PUT" => json!({"version": hash(&theirs)}),
+            _ => json!({"version": hash(&theirs), "rows": []}),
+        };
+        let (status, problem) = api.json(method, path, ACME_TOKEN, body).await;
+        assert_eq!(
+            (status, &problem["field"]),
+            (404, &json!("version")),
+            "{method} {path}: {problem}"
+        );
+    }
     // No token, a malformed header and a wrong token reach nothing, not even
     // the caller's own pipeline.
     for (method, path, _) in every_call("shop", "acme") {
@@ -291,7 +308,13 @@ async fn a_tenant_token_reaches_only_its_own_tenant_and_no_token_reaches_anythin
     let (_, versions) = api
         .get("/api/v1/tenants/globex/plugins", GLOBEX_TOKEN)
         .await;
-    assert_eq!(versions["versions"], json!([]));
+    let digests: Vec<&Value> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["digest"])
+        .collect();
+    assert_eq!(digests, [&json!(hash(&theirs))], "only its own upload");
 
     // The operator reaches both; every path tried is in the OpenAPI
     // description, which is served without a token.
@@ -332,18 +355,6 @@ async fn uploads_that_do_not_load_are_refused_with_their_reasons_and_change_noth
     host.shop.pipeline.engine = "max_component_bytes = 4_194_304\ncompile_timeout_ms = 100".into();
     let running = host.start(&receiver).await;
     let api = Api::of(&running.url);
-    let upload = |bytes: Vec<u8>| {
-        let api = api.clone();
-        async move {
-            api.send(
-                "POST",
-                "/api/v1/tenants/acme/plugins",
-                Some(ACME_TOKEN),
-                Some(bytes.into()),
-            )
-            .await
-        }
-    };
     let go = std::fs::read(plugins::GO_PLUGIN).unwrap();
     assert!(go.len() > 4 << 20, "the Go plugin is over the limit");
     // An empty component: valid, of a world with nothing in it.
@@ -367,7 +378,7 @@ async fn uploads_that_do_not_load_are_refused_with_their_reasons_and_change_noth
         (slow, 422, "engine.compile_timeout_ms"),
     ];
     for (bytes, status, reason) in cases {
-        let (got, problem) = upload(bytes).await;
+        let (got, problem) = api.upload("acme", ACME_TOKEN, bytes).await;
         assert_eq!(got, status, "{problem}");
         assert!(
             problem["detail"].as_str().unwrap().contains(reason),
@@ -440,27 +451,13 @@ async fn a_version_switched_in_while_rows_arrive_loses_and_repeats_nothing_and_r
     let running = host.start(&receiver).await;
     let api = Api::of(&running.url);
 
-    let (status, uploaded) = api
-        .send(
-            "POST",
-            "/api/v1/tenants/acme/plugins",
-            Some(ACME_TOKEN),
-            Some(v2_bytes.clone().into()),
-        )
-        .await;
+    let (status, uploaded) = api.upload("acme", ACME_TOKEN, v2_bytes.clone()).await;
     assert_eq!(status, 201, "{uploaded}");
     assert_eq!(
         (&uploaded["digest"], &uploaded["contract"]),
         (&json!(v2), &json!("0.2"))
     );
-    let (status, _) = api
-        .send(
-            "POST",
-            "/api/v1/tenants/acme/plugins",
-            Some(ACME_TOKEN),
-            Some(v2_bytes.into()),
-        )
-        .await;
+    let (status, _) = api.upload("acme", ACME_TOKEN, v2_bytes).await;
     assert_eq!(status, 200, "the same bytes again: already stored");
     let (_, versions) = api.get("/api/v1/tenants/acme/plugins", ACME_TOKEN).await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
@@ -576,19 +573,33 @@ async fn a_version_switched_in_while_rows_arrive_loses_and_repeats_nothing_and_r
         "{}",
         running.logs()
     );
-    // Back to the config's file.
-    let (status, unpinned) = api
-        .send(
-            "DELETE",
-            "/api/v1/pipelines/shop/plugin",
-            Some(ACME_TOKEN),
-            None,
-        )
-        .await;
+    // Rollbacks undo switches one at a time, down to the config's file.
+    let v3_bytes = new_build_of(plugins::ORDERS_PLUGIN, "v3");
+    let v3 = hash(&v3_bytes);
+    let (status, _) = api.upload("acme", ACME_TOKEN, v3_bytes).await;
+    assert_eq!(status, 201);
+    let plugin = "/api/v1/pipelines/shop/plugin";
+    let rollback = "/api/v1/pipelines/shop/plugin/rollback";
+    let steps = [
+        ("PUT", plugin, Some(json!({"version": v3})), 200, Some(&v3)),
+        ("POST", rollback, None, 200, Some(&v2)),
+        ("DELETE", plugin, None, 200, Some(&v1)),
+        ("POST", rollback, None, 200, Some(&v2)),
+        ("POST", rollback, None, 200, Some(&v1)),
+        ("POST", rollback, None, 409, None),
+    ];
+    for (method, path, body, status, version) in steps {
+        let body = body.map(|b| b.to_string().into());
+        let (got, answer) = api.send(method, path, Some(ACME_TOKEN), body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        if let Some(version) = version {
+            assert_eq!(&answer["version"], &json!(version), "{method} {path}");
+        }
+    }
+    let (_, shop) = api.get("/api/v1/pipelines/shop", ACME_TOKEN).await;
     assert_eq!(
-        (status, &unpinned["version"]),
-        (200, &json!(v1)),
-        "{unpinned}"
+        (&shop["plugin"]["version"], &shop["plugin"]["pinned"]),
+        (&json!(v1), &Value::Null)
     );
     running.stop();
 }
@@ -637,26 +648,50 @@ async fn pause_reset_and_resume_reread_without_repeating_actions_and_dead_letter
     };
     let (status, problem) = reset().await;
     assert_eq!(status, 409, "{problem}");
+    // A resume while a page is still in flight (AEP answers 503 once, so
+    // its delivery waits a second and retries) leaves the pipeline running
+    // once that page commits.
+    receiver.script_aep(Scripted::Status {
+        status: 503,
+        retry_after: Some(1),
+    });
+    let requests = receiver.request_count();
+    host.shop.insert(&orders(4..=4, "confirmed"));
+    eventually("the 503", || async { receiver.request_count() > requests }).await;
+    let (status, view) = api.post("/api/v1/pipelines/shop/pause", ACME_TOKEN).await;
+    assert_eq!((status, &view["phase"]), (202, &json!("pausing")), "{view}");
+    let (status, _) = api.post("/api/v1/pipelines/shop/resume", ACME_TOKEN).await;
+    assert_eq!(status, 200);
+    assert!(wait_for_messages(&receiver, 4, Duration::from_secs(30)).await);
+    host.shop.insert(&orders(5..=5, "confirmed"));
+    assert!(
+        wait_for_messages(&receiver, 5, Duration::from_secs(30)).await,
+        "still running"
+    );
+
     let (status, _) = api.post("/api/v1/pipelines/shop/pause", ACME_TOKEN).await;
     assert_eq!(status, 202);
     api.wait_for_phase("shop", "paused").await;
-    host.shop.insert(&orders(4..=10, "confirmed"));
+    let exported = api.metrics().await;
+    let paused = "freshet_pipeline_paused{tenant=\"acme\",pipeline=\"shop\"} 1";
+    assert!(exported.contains(paused), "{exported}");
+    host.shop.insert(&orders(6..=10, "confirmed"));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         receiver.message_count(),
-        3,
+        5,
         "a paused pipeline reads nothing"
     );
     let (status, moved) = reset().await;
     assert_eq!(status, 200, "{moved}");
     let (status, _) = api.post("/api/v1/pipelines/shop/resume", ACME_TOKEN).await;
     assert_eq!(status, 200);
-    // Orders 1-3 are read again (at least once to AEP), 4-10 for the first
+    // Orders 1-5 are read again (at least once to AEP), 6-10 for the first
     // time; the ledger keeps every confirmation e-mail to one.
-    assert!(wait_for_messages(&receiver, 3 + 10, Duration::from_secs(30)).await);
+    assert!(wait_for_messages(&receiver, 5 + 10, Duration::from_secs(30)).await);
     let mut ids = received_order_ids(&receiver);
     ids.sort();
-    assert_eq!(ids, [1, 1, 2, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(ids, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8, 9, 10]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         host.shop.ndjson("emails.ndjson").len(),
@@ -841,23 +876,31 @@ async fn json_logs_are_one_object_per_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_with_an_unset_or_short_token_or_a_busy_address_does_not_start() {
+async fn a_host_with_an_unset_short_or_shared_token_or_a_busy_address_does_not_start() {
     let receiver = Receiver::start(true).await.unwrap();
-    let setup = Setup::new(plugins::ORDERS_PLUGIN);
+    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+    setup.pipeline.tenant = Some("acme".into());
+    let tenant = "[tenants.acme]\nsecrets = [\"FRESHET_TEST_HOOK_KEY\"]\nadmin_token_env = \"ACME_ADMIN_TOKEN\"\n\n";
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cases = [
-        (free_port(), None, "admin.operator_token_env: environment variable FRESHET_TEST_OPERATOR_TOKEN is not set"),
-        (free_port(), Some("short"), "admin.operator_token_env: FRESHET_TEST_OPERATOR_TOKEN holds 5 characters; a token needs at least 16"),
-        (busy.local_addr().unwrap().port(), Some(OPERATOR_TOKEN), "admin.listen: cannot listen on 127.0.0.1:"),
+        (free_port(), None, ACME_TOKEN, "admin.operator_token_env: environment variable FRESHET_TEST_OPERATOR_TOKEN is not set"),
+        (free_port(), Some("short"), ACME_TOKEN, "admin.operator_token_env: FRESHET_TEST_OPERATOR_TOKEN holds 5 characters; a token needs at least 16"),
+        (free_port(), Some(OPERATOR_TOKEN), OPERATOR_TOKEN, "tenants.acme.admin_token_env: ACME_ADMIN_TOKEN holds the same token as admin.operator_token_env"),
+        (busy.local_addr().unwrap().port(), Some(OPERATOR_TOKEN), ACME_TOKEN, "admin.listen: cannot listen on 127.0.0.1:"),
     ];
-    for (port, token, error) in cases {
+    for (port, operator, acme, error) in cases {
         let config = setup.path("freshet.toml");
-        let text =
-            setup.pipeline.render_head() + &admin_table(port) + &setup.pipeline_text(&receiver);
+        let text = setup.pipeline.render_head()
+            + &admin_table(port)
+            + tenant
+            + &setup.pipeline_text(&receiver);
         std::fs::write(&config, text).unwrap();
         let mut command = freshet();
-        command.args(["run", "--once", "--config"]).arg(&config);
-        match token {
+        command
+            .args(["run", "--once", "--config"])
+            .arg(&config)
+            .env("ACME_ADMIN_TOKEN", acme);
+        match operator {
             Some(token) => command.env("FRESHET_TEST_OPERATOR_TOKEN", token),
             None => command.env_remove("FRESHET_TEST_OPERATOR_TOKEN"),
         };

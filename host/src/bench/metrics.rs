@@ -102,7 +102,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Runs the comparison.
 pub(super) async fn run(args: MetricsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
-    // SAFETY of the environment: set before any host of this process reads it.
+    // The admin server reads its token from the environment; set once, before
+    // any host of this process starts (as the Snowflake bench sets its
+    // password).
     std::env::set_var(TOKEN_ENV, "bench-operator-token-0123456789");
     let dir = tempfile::tempdir()?;
     let (db, rows) = sample_orders(dir.path(), args.rows).await?;

@@ -5,7 +5,7 @@
 //! they did not exist.
 
 use super::auth::Caller;
-use super::board::{Phase, PipelineOps};
+use super::control::{Phase, PipelineControl};
 use super::problem::{json_body, Problem};
 use super::Shared;
 use crate::source::{Cursor, Timestamp};
@@ -34,8 +34,8 @@ pub(super) fn routes() -> Router<Shared> {
 impl FromRequestParts<Shared> for Caller {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, ops: &Shared) -> Result<Self, Problem> {
-        ops.tokens.caller(&parts.headers)
+    async fn from_request_parts(parts: &mut Parts, admin: &Shared) -> Result<Self, Problem> {
+        admin.tokens.caller(&parts.headers)
     }
 }
 
@@ -49,13 +49,13 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-impl super::Ops {
+impl super::AdminState {
     /// The pipeline `name`, if the caller may see it.
     pub(super) fn pipeline(
         &self,
         caller: &Caller,
         name: &str,
-    ) -> Result<&Arc<PipelineOps>, Problem> {
+    ) -> Result<&Arc<PipelineControl>, Problem> {
         self.pipelines
             .get(name)
             .filter(|p| caller.may(&p.tenant))
@@ -64,15 +64,11 @@ impl super::Ops {
 }
 
 /// A pipeline as the API shows it.
-fn view(ops: &super::Ops, p: &PipelineOps) -> Value {
+fn view(admin: &super::AdminState, p: &PipelineControl) -> Result<Value, Problem> {
     let status = p.status();
-    let pinned = ops
-        .state
-        .plugin_pins(&p.name)
-        .ok()
-        .and_then(|pins| pins.into_iter().next())
-        .and_then(|pin| pin.digest);
-    json!({
+    let pins = admin.state.plugin_pins(&p.name)?;
+    let pinned = pins.into_iter().next().and_then(|pin| pin.digest);
+    Ok(json!({
         "name": &*p.name,
         "tenant": &*p.tenant,
         "phase": status.phase,
@@ -83,55 +79,58 @@ fn view(ops: &super::Ops, p: &PipelineOps) -> Value {
         "last_commit_ms": status.last_commit_ms,
         "plugin": {"version": p.version(), "pinned": pinned},
         "stats": status.stats,
-    })
+    }))
 }
 
-async fn list(State(ops): State<Shared>, caller: Caller) -> Json<Value> {
-    let pipelines: Vec<Value> = ops
+async fn list(State(admin): State<Shared>, caller: Caller) -> Result<Json<Value>, Problem> {
+    let pipelines = admin
         .pipelines
         .values()
         .filter(|p| caller.may(&p.tenant))
-        .map(|p| view(&ops, p))
-        .collect();
-    Json(json!({ "pipelines": pipelines }))
+        .map(|p| view(&admin, p))
+        .collect::<Result<Vec<Value>, Problem>>()?;
+    Ok(Json(json!({ "pipelines": pipelines })))
 }
 
 async fn one(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let p = ops.pipeline(&caller, &name)?;
-    Ok(Json(view(&ops, p)))
+    let p = admin.pipeline(&caller, &name)?;
+    Ok(Json(view(&admin, p)?))
 }
 
 /// Asks the pipeline to pause: it finishes and commits the pages in flight,
 /// then reads nothing until resumed. 202: the pause is under way (`phase`
 /// says when it is `paused`).
 async fn pause(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    let p = ops.pipeline(&caller, &name)?;
+    let p = admin.pipeline(&caller, &name)?;
+    let _steering = p.steer().await;
     p.pause();
     tracing::info!(pipeline = %name, ?caller, "pause asked");
-    Ok((StatusCode::ACCEPTED, Json(view(&ops, p))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(view(&admin, p)?)).into_response())
 }
 
+/// Lets a paused (or pausing) pipeline read again, from its stored offset.
 async fn resume(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let p = ops.pipeline(&caller, &name)?;
+    let p = admin.pipeline(&caller, &name)?;
+    let _steering = p.steer().await;
     if !p.resume() {
         return Err(Problem::conflict(format!(
             "pipeline `{name}` is not paused"
         )));
     }
     tracing::info!(pipeline = %name, ?caller, "resume asked");
-    Ok(Json(view(&ops, p)))
+    Ok(Json(view(&admin, p)?))
 }
 
 #[derive(Deserialize)]
@@ -139,12 +138,13 @@ async fn resume(
 struct OffsetRequest {
     /// Restart at this instant (inclusive): RFC 3339, or epoch seconds;
     /// `null` forgets the offset (the next start uses `timestamp.initial`).
-    to: Option<Instant>,
+    to: Option<OffsetTarget>,
 }
 
+/// Where a reset offset points.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Instant {
+enum OffsetTarget {
     Seconds(i64),
     Text(String),
 }
@@ -152,48 +152,51 @@ enum Instant {
 /// Moves a paused pipeline's offset (`freshet offsets reset`); it reads
 /// from there once resumed.
 async fn reset_offset(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let p = ops.pipeline(&caller, &name)?;
+    let p = admin.pipeline(&caller, &name)?;
     let request: OffsetRequest = json_body(&body)?;
     let cursor = match request.to {
         None => None,
-        Some(Instant::Seconds(s)) => {
+        Some(OffsetTarget::Seconds(s)) => {
             Some(Cursor::before(Timestamp(s.saturating_mul(1_000_000_000))))
         }
-        Some(Instant::Text(text)) => Some(Cursor::before(text.parse().map_err(|e| {
+        Some(OffsetTarget::Text(text)) => Some(Cursor::before(text.parse().map_err(|e| {
             Problem::bad_request(format!(
                 "{text:?} is neither epoch seconds nor an RFC 3339 instant: {e}"
             ))
             .field("to")
         })?)),
     };
-    if p.status().phase != Phase::Paused {
+    // Under the steering lock, a resume cannot slip in between the check
+    // and the write: a paused pipeline reads its offset only once resumed.
+    let _steering = p.steer().await;
+    if p.status().phase != Phase::Paused || !p.pause_asked() {
         return Err(Problem::conflict(format!(
             "pipeline `{name}` is {}: pause it and wait for `paused` first, so no page in flight commits over the new offset",
             serde_json::to_value(p.status().phase).unwrap_or_default().as_str().unwrap_or("?")
         )));
     }
-    ops.state.reset_offset(&name, cursor.as_ref())?;
+    admin.state.reset_offset(&name, cursor.as_ref())?;
     let shown = match &cursor {
         Some(c) => c.to_string(),
         None => "(forgotten: timestamp.initial on resume)".to_owned(),
     };
     p.set_cursor(shown);
     tracing::info!(pipeline = %name, ?caller, cursor = ?cursor.as_ref().map(ToString::to_string), "offset reset");
-    Ok(Json(view(&ops, p)))
+    Ok(Json(view(&admin, p)?))
 }
 
 async fn dead_letters(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    ops.pipeline(&caller, &name)?;
-    let letters = ops.state.dead_letters(Some(&name))?;
+    admin.pipeline(&caller, &name)?;
+    let letters = admin.state.dead_letters(Some(&name))?;
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
@@ -208,18 +211,18 @@ struct ReplayRequest {
 /// `freshet dlq replay` for one pipeline: each dead letter's outcome; 200
 /// even when some failed again (each says so).
 async fn replay(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    ops.pipeline(&caller, &name)?;
+    admin.pipeline(&caller, &name)?;
     let request: ReplayRequest = if body.is_empty() {
         ReplayRequest::default()
     } else {
         json_body(&body)?
     };
-    let replayed = crate::pipeline::replay(&ops.config, Some(&name), &request.ids)
+    let replayed = crate::pipeline::replay(&admin.config, Some(&name), &request.ids)
         .await
         .map_err(Problem::internal)?;
     tracing::info!(pipeline = %name, ?caller, letters = replayed.len(), "dead letters replayed");

@@ -65,7 +65,15 @@ impl Tokens {
                 chars >= MIN_TOKEN_CHARS,
                 "{key}: {var} holds {chars} characters; a token needs at least {MIN_TOKEN_CHARS}"
             );
-            callers.push((digest(token.trim()), caller));
+            let token = digest(token.trim());
+            // The same token twice would make one caller the other.
+            if let Some((_, first)) = callers.iter().find(|(d, _)| *d == token) {
+                anyhow::bail!(
+                    "{key}: {var} holds the same token as {}; every caller needs its own",
+                    key_of(first)
+                );
+            }
+            callers.push((token, caller));
         }
         Ok(Self { callers })
     }
@@ -76,10 +84,13 @@ impl Tokens {
         let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("no Authorization header: send `Authorization: Bearer TOKEN`")
         })?;
+        // The scheme is case-insensitive (RFC 9110).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| unauthorized("the Authorization header is not `Bearer TOKEN`"))?;
         let seen = digest(token.trim());
         self.callers
@@ -87,6 +98,14 @@ impl Tokens {
             .find(|(d, _)| *d == seen)
             .map(|(_, caller)| caller.clone())
             .ok_or_else(|| unauthorized("the token is not valid"))
+    }
+}
+
+/// The config key naming a caller's token.
+fn key_of(caller: &Caller) -> String {
+    match caller {
+        Caller::Operator => "admin.operator_token_env".into(),
+        Caller::Tenant(name) => format!("tenants.{name}.admin_token_env"),
     }
 }
 

@@ -10,16 +10,14 @@
 //!   ([`problem`]); its OpenAPI description at `/api/v1/openapi.json`;
 //! - `/`: the status page, which reads the API with the visitor's token.
 //!
-//! The pipelines write their side through [`board::PipelineOps`]; the
+//! The pipelines write their side through [`control::PipelineControl`]; the
 //! server only reads it and asks (pause, switch a plugin).
 
 mod api;
 pub mod auth;
-pub mod board;
+pub mod control;
 mod plugins;
 pub mod problem;
-
-pub use plugins::pinned_plugin;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -31,25 +29,34 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use board::{Phase, PipelineOps};
+use control::{Phase, PipelineControl};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// What every handler shares.
-pub(crate) struct Ops {
+pub(crate) struct AdminState {
     config: Config,
-    pipelines: BTreeMap<String, Arc<PipelineOps>>,
+    pipelines: BTreeMap<String, Arc<PipelineControl>>,
     state: Arc<dyn StateStore>,
     runtime: Runtime,
     registry: Option<prometheus_client::registry::Registry>,
     tokens: auth::Tokens,
     /// Stored plugin versions, `<digest>.wasm`.
     store: std::path::PathBuf,
+    /// The config file the host runs (read again where its current plugin
+    /// paths matter), if it runs one.
+    config_file: Option<std::path::PathBuf>,
+    /// Uploads and dry runs compile and run plugins off the pipelines'
+    /// threads: a few at a time.
+    heavy: tokio::sync::Semaphore,
 }
 
-type Shared = Arc<Ops>;
+type Shared = Arc<AdminState>;
+
+/// Uploads and dry runs at once; more wait their turn.
+const HEAVY_AT_ONCE: usize = 2;
 
 /// A running operations server.
 pub struct Server {
@@ -67,41 +74,45 @@ impl Server {
     }
 }
 
-/// Binds `[admin] listen` and serves the host's pipelines until stopped.
-/// Errors name the config key (a token variable unset, an address in use).
+/// Binds `[admin] listen` and serves the host's pipelines until stopped;
+/// `file` is the config file the host runs, if any. Errors name the config
+/// key (a token variable unset, an address in use).
 pub async fn start(
     config: &Config,
+    file: Option<&std::path::Path>,
     host: &Host,
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Server> {
-    let admin = config.admin.as_ref().context("no [admin] table")?;
+    let settings = config.admin.as_ref().context("no [admin] table")?;
     let tokens = auth::Tokens::from_env(config)?;
     let store = config.plugin_store();
     std::fs::create_dir_all(&store)
         .with_context(|| format!("admin.plugin_store: {}", store.display()))?;
-    let ops = Arc::new(Ops {
+    let admin = Arc::new(AdminState {
         config: config.clone(),
         pipelines: host
             .pipelines
             .iter()
-            .map(|p| (p.name().to_owned(), p.ops().clone()))
+            .map(|p| (p.name().to_owned(), p.control().clone()))
             .collect(),
         state: host.state.clone(),
         runtime: host.runtime.clone(),
         registry: metrics.map(Metrics::registry),
         tokens,
         store,
+        config_file: file.map(ToOwned::to_owned),
+        heavy: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
     });
-    let listener = tokio::net::TcpListener::bind(&admin.listen)
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
-        .with_context(|| format!("admin.listen: cannot listen on {}", admin.listen))?;
+        .with_context(|| format!("admin.listen: cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "admin server listening");
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let served = axum::serve(listener, router(ops))
+            let served = axum::serve(listener, router(admin))
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
@@ -112,7 +123,7 @@ pub async fn start(
     Ok(Server { addr, task, stop })
 }
 
-fn router(ops: Shared) -> Router {
+fn router(admin: Shared) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -120,15 +131,15 @@ fn router(ops: Shared) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api::routes().merge(plugins::routes()))
         .fallback(|| async { problem::Problem::not_found("no such resource") })
-        .with_state(ops)
+        .with_state(admin)
 }
 
 async fn status_page() -> Html<&'static str> {
     Html(include_str!("status.html"))
 }
 
-async fn metrics(axum::extract::State(ops): axum::extract::State<Shared>) -> Response {
-    let Some(registry) = &ops.registry else {
+async fn metrics(axum::extract::State(admin): axum::extract::State<Shared>) -> Response {
+    let Some(registry) = &admin.registry else {
         return problem::Problem::not_found("metrics are off (admin.metrics = false)")
             .into_response();
     };
@@ -148,15 +159,15 @@ async fn metrics(axum::extract::State(ops): axum::extract::State<Shared>) -> Res
 
 /// Ready when the state store answers and every pipeline runs (or is
 /// paused on purpose); otherwise 503 with what is not, by name.
-async fn readyz(axum::extract::State(ops): axum::extract::State<Shared>) -> Response {
+async fn readyz(axum::extract::State(admin): axum::extract::State<Shared>) -> Response {
     let mut problems = Vec::new();
-    let state = ops.state.clone();
+    let state = admin.state.clone();
     match tokio::task::spawn_blocking(move || state.check()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => problems.push(format!("{e}")),
         Err(e) => problems.push(format!("state store: {e}")),
     }
-    for (name, p) in &ops.pipelines {
+    for (name, p) in &admin.pipelines {
         let status = p.status();
         match status.phase {
             Phase::Running | Phase::Paused | Phase::Pausing => {}

@@ -4,16 +4,16 @@
 //! live on a pipeline only when the pipeline is pointed at it (`PUT
 //! …/plugin`): swapped in for the next page — the page in flight finishes
 //! on the version it started with, so nothing is lost or repeated — and
-//! remembered in the state store, so a restart keeps it. Rollback points the
-//! pipeline at what it ran before. A dry run (`POST …/test`) runs given
+//! remembered in the state store, so a restart keeps it. A rollback undoes
+//! the last switch. A dry run (`POST …/test`) runs given
 //! rows through any of the tenant's versions, touching nothing.
 
 use super::auth::Caller;
 use super::problem::{json_body, Problem};
-use super::{Ops, Shared};
-use crate::config::Config;
+use super::{AdminState, Shared};
+use crate::pipeline::pins::stored_version;
 use crate::plugin::{CallContext, LoadError, Plugin, Sandbox};
-use crate::state::{PluginVersion, StateStore};
+use crate::state::PluginVersion;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -36,30 +36,13 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/pipelines/{name}/test", post(dry_run))
 }
 
-/// Where a stored version lives.
-fn stored(store: &std::path::Path, digest: &str) -> PathBuf {
-    store.join(format!("{digest}.wasm"))
-}
-
-/// The stored version a pipeline was pointed at through the admin API, if
-/// it was (and not pointed back at its config's file since): what a
-/// restarted host loads instead of the config's `plugin`.
-pub fn pinned_plugin(
-    config: &Config,
-    state: &dyn StateStore,
-    pipeline: &str,
-) -> anyhow::Result<Option<PathBuf>> {
-    let pins = state.plugin_pins(pipeline)?;
-    Ok(pins
-        .into_iter()
-        .next()
-        .and_then(|pin| pin.digest)
-        .map(|digest| stored(&config.plugin_store(), &digest)))
-}
-
-fn tenant_of<'a>(caller: &Caller, ops: &'a Ops, tenant: &'a str) -> Result<&'a str, Problem> {
-    let known = ops.config.tenants.contains_key(tenant)
-        || (ops.config.tenants.is_empty() && tenant == crate::config::DEFAULT_TENANT);
+fn tenant_of<'a>(
+    caller: &Caller,
+    admin: &'a AdminState,
+    tenant: &'a str,
+) -> Result<&'a str, Problem> {
+    let known = admin.config.tenants.contains_key(tenant)
+        || (admin.config.tenants.is_empty() && tenant == crate::config::DEFAULT_TENANT);
     if known && caller.may(tenant) {
         Ok(tenant)
     } else {
@@ -68,12 +51,12 @@ fn tenant_of<'a>(caller: &Caller, ops: &'a Ops, tenant: &'a str) -> Result<&'a s
 }
 
 async fn versions(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let tenant = tenant_of(&caller, &ops, &tenant)?;
-    let versions = ops.state.plugin_versions(tenant)?;
+    let tenant = tenant_of(&caller, &admin, &tenant)?;
+    let versions = admin.state.plugin_versions(tenant)?;
     Ok(Json(json!({ "versions": versions })))
 }
 
@@ -91,13 +74,14 @@ fn refused(e: &LoadError) -> Problem {
 /// its digest; the same bytes again: 200. Nothing changes when it is
 /// refused.
 async fn upload(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(tenant): Path<String>,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
-    let tenant = tenant_of(&caller, &ops, &tenant)?.to_owned();
-    let limit = ops.config.engine.max_component_bytes;
+    let tenant = tenant_of(&caller, &admin, &tenant)?.to_owned();
+    let _turn = admin.heavy.acquire().await.map_err(Problem::internal)?;
+    let limit = admin.config.engine.max_component_bytes;
     let bytes = axum::body::to_bytes(body, limit as usize + 1)
         .await
         .map_err(|_| {
@@ -112,19 +96,19 @@ async fn upload(
             limit,
         }));
     }
-    let runtime = ops.runtime.clone();
+    let runtime = admin.runtime.clone();
     let data = bytes.clone();
     let plugin = tokio::task::spawn_blocking(move || runtime.load_bytes(&data))
         .await
         .map_err(Problem::internal)?
         .map_err(|e| refused(&e))?;
     let digest = plugin.version().to_owned();
-    let path = stored(&ops.store, &digest);
+    let path = stored_version(&admin.store, &digest);
     if !path.exists() {
         write_atomically(&path, &bytes).map_err(Problem::internal)?;
     }
     let contract = serde_json::to_value(plugin.contract()).map_err(Problem::internal)?;
-    let known = ops.state.plugin_versions(&tenant)?;
+    let known = admin.state.plugin_versions(&tenant)?;
     let new = !known.iter().any(|v| v.digest == digest);
     let version = PluginVersion {
         tenant: tenant.clone(),
@@ -133,7 +117,7 @@ async fn upload(
         contract: contract.as_str().unwrap_or("?").to_owned(),
         uploaded_ms: crate::source::Timestamp::now().0 / 1_000_000,
     };
-    ops.state.add_plugin_version(&version)?;
+    admin.state.add_plugin_version(&version)?;
     tracing::info!(%tenant, version = %&digest[..12], size = bytes.len(), new, "plugin version uploaded");
     let status = if new {
         StatusCode::CREATED
@@ -160,7 +144,7 @@ struct SwitchRequest {
     version: String,
 }
 
-impl Ops {
+impl AdminState {
     /// The stored file of `digest` if it is `tenant`'s.
     fn version_file(&self, tenant: &str, digest: &str) -> Result<PathBuf, Problem> {
         let owned = self.state.plugin_versions(tenant)?;
@@ -170,16 +154,17 @@ impl Ops {
             ))
             .field("version"));
         }
-        Ok(stored(&self.store, digest))
+        Ok(stored_version(&self.store, digest))
     }
 
-    /// Loads `path` and makes it the pipeline's plugin from its next page;
-    /// records the switch (`digest`, or `None` for the config's file).
+    /// Loads `path` and makes it the pipeline's plugin from its next page,
+    /// then records the change (`record`). The caller holds the pipeline's
+    /// steering lock, so switches never interleave.
     async fn switch_to(
         &self,
         name: &str,
         path: PathBuf,
-        digest: Option<&str>,
+        record: Record<'_>,
     ) -> Result<Value, Problem> {
         let p = &self.pipelines[name];
         let runtime = self.runtime.clone();
@@ -189,7 +174,10 @@ impl Ops {
             .map_err(Problem::internal)?
             .map_err(|e| refused(&e))?;
         let version = plugin.version().to_owned();
-        self.state.pin_plugin(name, digest)?;
+        match record {
+            Record::Push(digest) => self.state.pin_plugin(name, digest)?,
+            Record::Pop => self.state.pop_plugin_pin(name)?,
+        }
         let old = p.sandbox.swap(plugin);
         if let Some(watched) = &p.watched_plugin {
             watched.send_replace(path);
@@ -197,57 +185,90 @@ impl Ops {
         tracing::info!(pipeline = %name, from = &old.version()[..12], to = &version[..12], "plugin version switched; the next page uses it");
         Ok(json!({"pipeline": name, "version": version, "previous": old.version()}))
     }
+
+    /// The plugin file the pipeline's config names now: the config file is
+    /// read again (it may have changed since start), and the tenant's
+    /// `plugin_dir` checked, as at start.
+    fn config_plugin(&self, name: &str) -> Result<PathBuf, Problem> {
+        let fresh;
+        let config = match &self.config_file {
+            Some(file) => {
+                fresh = crate::config::load_explained(file).map_err(|e| {
+                    Problem::conflict(format!(
+                        "the config file does not load, so its plugin is unknown: {e:#}"
+                    ))
+                })?;
+                &fresh
+            }
+            None => &self.config,
+        };
+        let pipeline = config.pipelines.get(name).ok_or_else(|| {
+            Problem::conflict(format!("the config file no longer has pipeline `{name}`"))
+        })?;
+        crate::pipeline::check_plugin_dir(config, name)
+            .map_err(|e| Problem::conflict(format!("{e:#}")))?;
+        Ok(pipeline.plugin.clone())
+    }
+}
+
+/// How a switch is recorded.
+enum Record<'a> {
+    /// A new switch: to this version, or (`None`) to the config's file.
+    Push(Option<&'a str>),
+    /// A rollback: the last switch undone.
+    Pop,
 }
 
 /// Points a pipeline at one of its tenant's versions.
 async fn switch(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let p = ops.pipeline(&caller, &name)?.clone();
+    let p = admin.pipeline(&caller, &name)?.clone();
     let request: SwitchRequest = json_body(&body)?;
-    let path = ops.version_file(&p.tenant, &request.version)?;
-    Ok(Json(
-        ops.switch_to(&name, path, Some(&request.version)).await?,
-    ))
+    let path = admin.version_file(&p.tenant, &request.version)?;
+    let _steering = p.steer().await;
+    let record = Record::Push(Some(&request.version));
+    Ok(Json(admin.switch_to(&name, path, record).await?))
 }
 
 /// Points a pipeline back at its config's plugin file.
 async fn unpin(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    ops.pipeline(&caller, &name)?;
-    let path = ops.config.pipelines[&name].plugin.clone();
-    Ok(Json(ops.switch_to(&name, path, None).await?))
+    let p = admin.pipeline(&caller, &name)?.clone();
+    let _steering = p.steer().await;
+    let path = admin.config_plugin(&name)?;
+    Ok(Json(
+        admin.switch_to(&name, path, Record::Push(None)).await?,
+    ))
 }
 
-/// Points a pipeline at the version it ran before its last switch.
+/// Undoes the pipeline's last switch: back to the version it ran before
+/// (again and again, down to its config's file).
 async fn rollback(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    ops.pipeline(&caller, &name)?;
-    let pins = ops.state.plugin_pins(&name)?;
-    // Before the first switch the pipeline ran its config's file.
-    let before = match (pins.first(), pins.get(1)) {
-        (_, Some(before)) => before.digest.clone(),
-        (Some(only), None) if only.digest.is_some() => None,
-        _ => {
-            return Err(Problem::conflict(format!(
-                "pipeline `{name}` has no earlier version to roll back to"
-            )))
-        }
+    let p = admin.pipeline(&caller, &name)?.clone();
+    let _steering = p.steer().await;
+    let pins = admin.state.plugin_pins(&name)?;
+    if pins.is_empty() {
+        return Err(Problem::conflict(format!(
+            "pipeline `{name}` runs its config's plugin: there is no switch to roll back"
+        )));
+    }
+    // Below the stack's bottom, the pipeline ran its config's file.
+    let path = match pins.get(1).and_then(|pin| pin.digest.as_deref()) {
+        Some(digest) => stored_version(&admin.store, digest),
+        None => admin.config_plugin(&name)?,
     };
-    let path = match &before {
-        Some(digest) => stored(&ops.store, digest),
-        None => ops.config.pipelines[&name].plugin.clone(),
-    };
-    Ok(Json(ops.switch_to(&name, path, before.as_deref()).await?))
+    Ok(Json(admin.switch_to(&name, path, Record::Pop).await?))
 }
 
 #[derive(Deserialize)]
@@ -263,19 +284,20 @@ struct TestRequest {
 /// Runs rows through a version with the pipeline's settings and limits, in
 /// a sandbox of its own: no source, no destination, no actions, no state.
 async fn dry_run(
-    State(ops): State<Shared>,
+    State(admin): State<Shared>,
     caller: Caller,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let p = ops.pipeline(&caller, &name)?.clone();
+    let p = admin.pipeline(&caller, &name)?.clone();
     let request: TestRequest = json_body(&body)?;
+    let _turn = admin.heavy.acquire().await.map_err(Problem::internal)?;
     let (columns, rows) = crate::plugin::rows_file::parse(&request.rows.to_string())
         .map_err(|e| Problem::bad_request(format!("{e:#}")).field("rows"))?;
     let plugin = match &request.version {
         Some(digest) => {
-            let path = ops.version_file(&p.tenant, digest)?;
-            let runtime = ops.runtime.clone();
+            let path = admin.version_file(&p.tenant, digest)?;
+            let runtime = admin.runtime.clone();
             tokio::task::spawn_blocking(move || runtime.load(&path))
                 .await
                 .map_err(Problem::internal)?
@@ -283,7 +305,7 @@ async fn dry_run(
         }
         None => p.sandbox.plugin(),
     };
-    let config = &ops.config.pipelines[&name];
+    let config = &admin.config.pipelines[&name];
     let ctx = CallContext::new(
         &p.tenant,
         &format!("{name}/test"),

@@ -9,7 +9,7 @@ use crate::deliver::aep::{AepSettings, AepSink};
 use crate::deliver::auth::Tokens;
 use crate::deliver::file::FileSink;
 use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
-use crate::ops::board::PipelineOps;
+use crate::ops::control::PipelineControl;
 use crate::plugin::{CallContext, Plugin, Runtime, Sandbox};
 use crate::secrets::Secrets;
 use crate::source::snowflake::SnowflakeSource;
@@ -212,7 +212,7 @@ async fn build(
     let prefix = format!("pipelines.{name}");
     // A version switched in through the admin API outlives restarts; it
     // was checked when uploaded and is the tenant's by record.
-    let pinned = crate::ops::pinned_plugin(all, state.as_ref(), name)
+    let pinned = super::pins::pinned_plugin(all, state.as_ref(), name)
         .with_context(|| format!("{prefix}: the plugin version it was switched to"))?;
     if pinned.is_none() {
         check_plugin_dir(all, name)?;
@@ -251,7 +251,7 @@ async fn build(
     if let Some(m) = &metrics {
         sandbox.cpu().count_into(m.calls.clone(), m.fuel.clone());
     }
-    let ops = Arc::new(PipelineOps::new(
+    let control = Arc::new(PipelineControl::new(
         name.into(),
         tenant.into(),
         sandbox.clone(),
@@ -275,13 +275,13 @@ async fn build(
         poll_interval: Duration::from_millis(polling.poll_interval_ms),
         delay: Duration::from_millis(polling.delay_ms),
         initial,
-        ops,
+        control,
     })
 }
 
 /// Checks a pipeline's plugin file lies inside its tenant's `plugin_dir`,
 /// after resolving symlinks and `..` (an I/O check, run when building).
-pub(super) fn check_plugin_dir(config: &Config, name: &str) -> anyhow::Result<()> {
+pub fn check_plugin_dir(config: &Config, name: &str) -> anyhow::Result<()> {
     let pipeline = &config.pipelines[name];
     let Some(dir) = pipeline
         .tenant

@@ -12,18 +12,21 @@
 mod build;
 mod ledger;
 mod page;
+pub mod pins;
 mod progress;
 mod replay;
 mod watch_config;
 mod work;
 
-pub use build::{build_all, build_host, build_sink, initial_cursor, open_source, Host};
+pub use build::{
+    build_all, build_host, build_sink, check_plugin_dir, initial_cursor, open_source, Host,
+};
 pub use replay::{replay, ActionCounts, Replayed};
 pub use work::action_key;
 
 use crate::actions::Executors;
 use crate::deliver::{EnvelopeBuilder, Sink};
-use crate::ops::board::{Phase, PipelineOps};
+use crate::ops::control::{Phase, PipelineControl};
 use crate::plugin::reload::ReloadCounts;
 use crate::plugin::scheduler::Scheduler;
 use crate::plugin::{FailureCounts, Runtime, Sandbox};
@@ -123,7 +126,7 @@ pub struct Pipeline {
     delay: Duration,
     initial: build::Initial,
     /// What the operations surface sees of it and steers.
-    ops: Arc<PipelineOps>,
+    control: Arc<PipelineControl>,
 }
 
 /// What hot reload of a pipeline's plugin needs.
@@ -134,6 +137,15 @@ struct Reload {
     path: tokio::sync::watch::Sender<std::path::PathBuf>,
     every: Duration,
     counts: Arc<ReloadCounts>,
+}
+
+/// Why a pipeline's stream of pages ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Shutdown, or (`once`) nothing new.
+    Drained,
+    /// An operator asked for a pause; the pages in flight committed.
+    Paused,
 }
 
 /// First wait after a failed poll; doubles up to [`MAX_RETRY_WAIT`].
@@ -152,8 +164,8 @@ impl Pipeline {
     }
 
     /// Its record for the operations surface.
-    pub fn ops(&self) -> &Arc<PipelineOps> {
-        &self.ops
+    pub fn control(&self) -> &Arc<PipelineControl> {
+        &self.control
     }
 
     /// The stored offset, or (first start) the initial one, stored now so a
@@ -180,12 +192,13 @@ impl Pipeline {
         let mut committed = match self.start_cursor().await {
             Ok(cursor) => cursor,
             Err(e) => {
-                self.ops.set_phase(Phase::Failed, Some(format!("{e:#}")));
+                self.control
+                    .set_phase(Phase::Failed, Some(format!("{e:#}")));
                 return Err(e);
             }
         };
-        self.ops.set_cursor(committed.to_string());
-        self.ops.set_phase(Phase::Running, None);
+        self.control.set_cursor(committed.to_string());
+        self.control.set_phase(Phase::Running, None);
         tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, plugin = %&self.sandbox.plugin().version()[..12], "pipeline started");
         // The watcher stops with the pipeline, whether at shutdown or on a
         // fatal error.
@@ -202,37 +215,51 @@ impl Pipeline {
             ));
         }
         let mut retry_wait = FIRST_RETRY_WAIT;
+        // After a pause the stored offset is read again: an operator may
+        // have reset it.
+        let mut reread = false;
         while !shutdown.is_cancelled() {
+            if reread {
+                match self.start_cursor().await {
+                    Ok(cursor) => {
+                        committed = cursor;
+                        reread = false;
+                        self.control.set_cursor(committed.to_string());
+                        self.control.set_phase(Phase::Running, None);
+                        tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, "pipeline resumed");
+                    }
+                    Err(e) => {
+                        self.retry(&e, &mut retry_wait, &committed, &shutdown).await;
+                        continue;
+                    }
+                }
+            }
             let pages = stats.pages;
             match self
                 .stream(&mut committed, &shutdown, options, &profile, &mut stats)
                 .await
             {
-                Ok(()) if self.ops.pause_asked() && !shutdown.is_cancelled() => {
-                    if !self.paused(&mut committed, &shutdown).await? {
+                Ok(Ended::Paused) if !shutdown.is_cancelled() => {
+                    if !self.paused(&committed, &shutdown).await {
                         break;
                     }
+                    reread = true;
                 }
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(e) if shutdown.is_cancelled() => {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
                 }
                 Err(e) => {
                     if let Some(SourceError::Config { .. }) = e.downcast_ref::<SourceError>() {
                         let e = e.context(format!("pipeline {}", self.name));
-                        self.ops.set_phase(Phase::Failed, Some(format!("{e:#}")));
+                        self.control
+                            .set_phase(Phase::Failed, Some(format!("{e:#}")));
                         return Err(e);
                     }
                     if stats.pages > pages {
                         retry_wait = FIRST_RETRY_WAIT;
                     }
-                    self.ops.set_phase(Phase::Retrying, Some(format!("{e:#}")));
-                    tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?retry_wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry_wait) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                    retry_wait = (retry_wait * 2).min(MAX_RETRY_WAIT);
+                    self.retry(&e, &mut retry_wait, &committed, &shutdown).await;
                 }
             }
         }
@@ -245,30 +272,42 @@ impl Pipeline {
             stats.reloads = r.counts.reloads.load(Relaxed);
             stats.reload_failures = r.counts.failures.load(Relaxed);
         }
-        self.ops.set_phase(Phase::Stopped, None);
+        self.control.set_phase(Phase::Stopped, None);
         tracing::info!(pipeline = %self.name, cursor = %committed, rows = stats.rows, page_queries = stats.page_queries, "pipeline stopped");
         Ok(stats)
     }
 
-    /// Waits, paused, until resumed (then reads the stored offset again:
-    /// an operator may have reset it) or shutdown (`false`).
-    async fn paused(
-        &self,
-        committed: &mut Cursor,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<bool> {
-        self.ops.set_phase(Phase::Paused, None);
+    /// Waits, paused, until resumed (`true`; at once if a resume came
+    /// while the pages in flight were committing) or shutdown (`false`).
+    async fn paused(&self, committed: &Cursor, shutdown: &CancellationToken) -> bool {
+        self.control.set_phase(Phase::Paused, None);
         tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, "pipeline paused");
-        let mut pause = self.ops.pause_signal();
+        let mut pause = self.control.pause_signal();
         tokio::select! {
-            _ = pause.wait_for(|asked| !asked) => {}
-            () = shutdown.cancelled() => return Ok(false),
+            _ = pause.wait_for(|asked| !asked) => true,
+            () = shutdown.cancelled() => false,
         }
-        *committed = self.start_cursor().await?;
-        self.ops.set_cursor(committed.to_string());
-        self.ops.set_phase(Phase::Running, None);
-        tracing::info!(tenant = %self.tenant, pipeline = %self.name, cursor = %committed, "pipeline resumed");
-        Ok(true)
+    }
+
+    /// After a failure retrying can fix: shows it, waits (doubling `wait`
+    /// up to [`MAX_RETRY_WAIT`]) or until shutdown. A source failure clears
+    /// at the next answered poll; any other (the destination, the state
+    /// store) only at the next commit.
+    async fn retry(
+        &self,
+        e: &anyhow::Error,
+        wait: &mut Duration,
+        committed: &Cursor,
+        shutdown: &CancellationToken,
+    ) {
+        let source = e.downcast_ref::<SourceError>().is_some();
+        self.control.retrying(format!("{e:#}"), source);
+        tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?*wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
+        tokio::select! {
+            () = tokio::time::sleep(*wait) => {}
+            () = shutdown.cancelled() => {}
+        }
+        *wait = (*wait * 2).min(MAX_RETRY_WAIT);
     }
 
     /// One poll: the source's clock less the delay, and the page after
@@ -297,7 +336,7 @@ impl Pipeline {
         options: RunOptions,
         profile: &Arc<Profile>,
         stats: &mut Stats,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ended> {
         let (mapped_tx, mut mapped_rx) = tokio::sync::mpsc::channel(1);
         let (delivered_tx, mut delivered_rx) = tokio::sync::mpsc::channel(1);
         let polls = std::sync::atomic::AtomicU64::new(0);
@@ -312,8 +351,13 @@ impl Pipeline {
             // source's query (on the blocking pool, or the warehouse's
             // time) overlaps the plugin's work instead of waiting for it.
             let mut ahead = None;
-            let mut pause = self.ops.pause_signal();
-            while !stop.is_cancelled() && !*pause.borrow_and_update() {
+            let mut pause = self.control.pause_signal();
+            let mut ended = Ended::Drained;
+            while !stop.is_cancelled() {
+                if *pause.borrow_and_update() {
+                    ended = Ended::Paused;
+                    break;
+                }
                 let (page, upper) = match ahead.take() {
                     Some(read) => read,
                     None => self.poll(&cursor, profile).await?,
@@ -328,7 +372,7 @@ impl Pipeline {
                             Some(progress::Progress::start(&self.name, left));
                     }
                 }
-                self.ops.polled(behind(&page, upper), left);
+                self.control.polled(behind(&page, upper), left);
                 let next = page.rows.last().map(|r| r.cursor.clone()).filter(|_| full);
                 let mapped =
                     profile.measure(Stage::PageRecord, self.map_page(page, &stop, profile));
@@ -347,6 +391,9 @@ impl Pipeline {
                 } else {
                     // Idle: hand the warm instances' pooled slots back.
                     self.sandbox.release();
+                    if let Some(m) = &self.control.metrics {
+                        m.instances(0);
+                    }
                     if let Some(p) = progress.lock().expect("progress lock").take() {
                         p.finish();
                     }
@@ -367,7 +414,7 @@ impl Pipeline {
                 }
             }
             drop(mapped_tx);
-            anyhow::Ok(())
+            anyhow::Ok(ended)
         };
         let deliverer = async {
             while let Some((mut work, full)) = mapped_rx.recv().await {
@@ -391,6 +438,7 @@ impl Pipeline {
                         let mut progress = progress.lock().expect("progress lock");
                         if let Some(p) = progress.as_mut() {
                             p.advance(stats.rows - rows);
+                            self.control.rows_left(p.left());
                         }
                         if !full {
                             if let Some(p) = progress.take() {
@@ -465,7 +513,7 @@ async fn run_host(
         .map(|_| crate::metrics::Metrics::default());
     let host = build_host(config, &shutdown, metrics.as_ref()).await?;
     let server = match admin {
-        Some(_) => Some(crate::ops::start(config, &host, metrics.as_ref()).await?),
+        Some(_) => Some(crate::ops::start(config, file, &host, metrics.as_ref()).await?),
         None => None,
     };
     // The watcher stops with the pipelines.

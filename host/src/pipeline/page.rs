@@ -64,7 +64,7 @@ impl Pipeline {
         let Some(last) = page.rows.last().map(|r| r.cursor.clone()) else {
             return Ok(None);
         };
-        let stamps = match self.ops.metrics {
+        let stamps = match self.control.metrics {
             Some(_) => page.rows.iter().map(|r| r.cursor.ts).collect(),
             None => Vec::new(),
         };
@@ -157,12 +157,12 @@ impl Pipeline {
         let mut page = Stats::default();
         let last = work.last.clone();
         let (read_at, stamps) = (work.read_at, std::mem::take(&mut work.stamps));
-        let actions = match self.ops.metrics {
+        let actions = match self.control.metrics {
             Some(_) => work.action_tally(),
             None => Vec::new(),
         };
         let commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
-        let codes: Vec<String> = match self.ops.metrics {
+        let codes: Vec<String> = match self.control.metrics {
             Some(_) => commit.dead_letters.iter().map(|d| d.code.clone()).collect(),
             None => Vec::new(),
         };
@@ -171,7 +171,7 @@ impl Pipeline {
             .await??;
         page.pages = 1;
         total.add(&page);
-        if let Some(metrics) = &self.ops.metrics {
+        if let Some(metrics) = &self.control.metrics {
             let now = crate::source::Timestamp::now();
             let ages: Vec<f64> = stamps
                 .iter()
@@ -190,7 +190,7 @@ impl Pipeline {
                 instances: self.sandbox.warm_instances(),
             });
         }
-        self.ops.committed(last.to_string(), total);
+        self.control.committed(last.to_string(), total);
         Ok(last)
     }
 

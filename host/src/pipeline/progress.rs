@@ -68,6 +68,11 @@ impl Progress {
     }
 
     /// The table is read up to the bound: the catch-up is over.
+    /// Rows still to read, as far as the count at the start knew.
+    pub(super) fn left(&self) -> u64 {
+        self.total.saturating_sub(self.done)
+    }
+
     pub(super) fn finish(self) {
         let rate = self.rate();
         if let Some(bar) = &self.bar {

@@ -57,7 +57,7 @@ fn apply(config: &Config, plugins: &PluginPaths, state: &dyn StateStore) {
         if *current.borrow() == pipeline.plugin {
             continue;
         }
-        match crate::ops::pinned_plugin(config, state, name) {
+        match super::pins::pinned_plugin(config, state, name) {
             Ok(None) => {}
             Ok(Some(_)) => {
                 tracing::info!(pipeline = %name, "switched to an uploaded version through the admin API: the config's plugin applies once that is undone");

@@ -64,7 +64,7 @@ impl Sandbox {
             usage.budget += used.budget;
             usage.peak_memory = usage.peak_memory.max(used.peak_memory);
             usage.timing = match (usage.timing, used.timing) {
-                (Some(a), Some(b)) => Some(a.add(b)),
+                (Some(a), Some(b)) => Some(a + b),
                 (a, b) => a.or(b),
             };
             actions.push(match decided {

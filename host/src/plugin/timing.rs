@@ -26,9 +26,11 @@ pub struct Timing {
     pub host: Duration,
 }
 
-impl Timing {
-    /// The sum of two calls' timings (a 0.1 probe's map and decide calls).
-    pub fn add(self, other: Timing) -> Timing {
+/// The sum of two calls' timings (a 0.1 probe's map and decide calls).
+impl std::ops::Add for Timing {
+    type Output = Timing;
+
+    fn add(self, other: Timing) -> Timing {
         Timing {
             guest: self.guest + other.guest,
             boundary: self.boundary + other.boundary,

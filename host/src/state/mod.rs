@@ -85,7 +85,7 @@ pub struct PluginVersion {
 }
 
 /// A pipeline's plugin as switched by the admin API: one entry of its
-/// history, newest first.
+/// stack of switches.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PluginPin {
     /// The stored version, or `None`: back to the config's plugin file.
@@ -151,11 +151,15 @@ pub trait StateStore: Send + Sync {
     /// A tenant's uploaded versions, oldest first.
     fn plugin_versions(&self, tenant: &str) -> Result<Vec<PluginVersion>, StateError>;
 
-    /// Points a pipeline at a stored version (`None`: its config's file),
-    /// on top of its history.
+    /// Points a pipeline at a stored version (`None`: its config's file):
+    /// pushed on its stack of switches.
     fn pin_plugin(&self, pipeline: &str, digest: Option<&str>) -> Result<(), StateError>;
 
-    /// A pipeline's plugin history, newest first (empty: never switched).
+    /// Undoes a pipeline's last switch (a rollback): pops its stack.
+    fn pop_plugin_pin(&self, pipeline: &str) -> Result<(), StateError>;
+
+    /// A pipeline's stack of switches, newest first (empty: it runs its
+    /// config's file).
     fn plugin_pins(&self, pipeline: &str) -> Result<Vec<PluginPin>, StateError>;
 }
 

@@ -43,8 +43,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, id);
 -- Schema 3: plugin versions tenants uploaded through the admin API, and
--- which one each pipeline was pointed at (append-only: the history is
--- what a rollback reads).
+-- which one each pipeline was pointed at (a stack per pipeline: a switch
+-- pushes, a rollback pops).
 CREATE TABLE IF NOT EXISTS plugin_versions (
     tenant      TEXT NOT NULL,
     digest      TEXT NOT NULL,     -- SHA-256 of the component, hex
@@ -396,6 +396,10 @@ impl StateStore for SqliteState {
         super::versions::pin(&*self.conn()?, pipeline, digest, now_ms()).map_err(err)
     }
 
+    fn pop_plugin_pin(&self, pipeline: &str) -> Result<(), StateError> {
+        super::versions::pop(&*self.conn()?, pipeline).map_err(err)
+    }
+
     fn plugin_pins(&self, pipeline: &str) -> Result<Vec<PluginPin>, StateError> {
         super::versions::pins(&*self.conn()?, pipeline).map_err(err)
     }
@@ -573,7 +577,9 @@ mod tests {
 
         // Read again, with one key the crash left only started.
         let fresh = "p/r9999/0".to_string();
-        state.start_actions("p", &[fresh.clone()], false).unwrap();
+        state
+            .start_actions("p", std::slice::from_ref(&fresh), false)
+            .unwrap();
         let again = [keys[0].clone(), keys[1].clone(), fresh.clone()];
         let finished = state.start_actions("p", &again, false).unwrap();
         assert_eq!(finished.len(), 2, "{finished:?}");

@@ -1,5 +1,5 @@
 //! The SQLite side of plugin versions: what tenants uploaded, and each
-//! pipeline's history of switches (schema 3).
+//! pipeline's stack of switches (schema 3).
 
 use super::{PluginPin, PluginVersion};
 use rusqlite::{params, Connection};
@@ -39,6 +39,14 @@ pub(super) fn pin(
     conn.execute(
         "INSERT INTO plugin_pins (pipeline, digest, set_ms) VALUES (?1, ?2, ?3)",
         params![pipeline, digest, now_ms],
+    )?;
+    Ok(())
+}
+
+pub(super) fn pop(conn: &Connection, pipeline: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM plugin_pins WHERE id = (SELECT max(id) FROM plugin_pins WHERE pipeline = ?1)",
+        [pipeline],
     )?;
     Ok(())
 }

@@ -53,7 +53,7 @@ pub struct Status {
 
 /// One pipeline's shared record: written by the pipeline, read and steered
 /// by the operations surface. Cheap to share (`Arc`).
-pub struct PipelineOps {
+pub struct PipelineControl {
     /// The pipeline.
     pub name: Arc<str>,
     /// Its tenant.
@@ -68,9 +68,14 @@ pub struct PipelineOps {
     pub(crate) watched_plugin: Option<watch::Sender<PathBuf>>,
     status: Mutex<Status>,
     pause: watch::Sender<bool>,
+    /// Whether the retry under way is the source's.
+    source_failing: std::sync::atomic::AtomicBool,
+    /// Held by whoever steers the pipeline (pause, resume, offset reset,
+    /// plugin switch), so two operators' calls never interleave.
+    steering: tokio::sync::Mutex<()>,
 }
 
-impl PipelineOps {
+impl PipelineControl {
     /// A pipeline's record, starting.
     pub fn new(
         name: Arc<str>,
@@ -95,7 +100,14 @@ impl PipelineOps {
                 last_commit_ms: None,
             }),
             pause: watch::Sender::new(false),
+            steering: tokio::sync::Mutex::new(()),
+            source_failing: Default::default(),
         }
+    }
+
+    /// Waits for the steering lock: one operator call at a time.
+    pub async fn steer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.steering.lock().await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -123,10 +135,16 @@ impl PipelineOps {
         }
     }
 
-    /// A poll answered: a pipeline that was retrying runs again. `lag_rows`
-    /// is `None` when the source was not asked (the last answer stands).
-    pub fn polled(&self, lag_seconds: f64, lag_rows: Option<u64>) {
-        let mut status = self.lock();
+    /// A failure retrying can fix: `source` when the source failed (the
+    /// next answered poll ends it), else the next commit does.
+    pub fn retrying(&self, error: String, source: bool) {
+        self.set_phase(Phase::Retrying, Some(error));
+        self.source_failing
+            .store(source, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends a retry: the pipeline runs again.
+    fn recovered(&self, status: &mut Status) {
         if status.phase == Phase::Retrying {
             status.phase = Phase::Running;
             status.error = None;
@@ -134,18 +152,40 @@ impl PipelineOps {
                 m.phase(false, false);
             }
         }
+    }
+
+    /// A poll answered: a pipeline retrying because its source failed runs
+    /// again. `lag_rows` is `None` when the source was not asked (the last
+    /// answer stands).
+    pub fn polled(&self, lag_seconds: f64, lag_rows: Option<u64>) {
+        let mut status = self.lock();
+        if self
+            .source_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.recovered(&mut status);
+        }
         status.lag_seconds = lag_seconds;
+        if let Some(m) = &self.metrics {
+            m.behind(lag_seconds, lag_rows);
+        }
         if lag_rows.is_some() {
             status.lag_rows = lag_rows;
         }
+    }
+
+    /// Rows still to read while the pipeline catches up.
+    pub fn rows_left(&self, rows: u64) {
+        self.lock().lag_rows = Some(rows);
         if let Some(m) = &self.metrics {
-            m.behind(lag_seconds, lag_rows);
+            m.behind_rows(rows);
         }
     }
 
     /// A page committed: the new offset and the run's counters so far.
     pub fn committed(&self, cursor: String, stats: &Stats) {
         let mut status = self.lock();
+        self.recovered(&mut status);
         status.cursor = Some(cursor);
         status.stats = *stats;
         status.last_commit_ms = Some(crate::source::Timestamp::now().0 / 1_000_000);
