@@ -342,6 +342,25 @@ pub fn chromium(profile: &Path) -> Command {
     command
 }
 
+/// schemathesis (`.ci/setup` installs it in the cache folder's `api-venv`),
+/// run with its configuration file in `dir` setting the path parameters
+/// `tenant` and `name` (so its cases reach a real pipeline, not 404s).
+pub fn schemathesis(dir: &Path, tenant: &str, pipeline: &str) -> Command {
+    let cache = std::env::var_os("FRESHET_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/freshet")))
+        .unwrap_or_else(|| PathBuf::from(".cache/freshet"));
+    let config = dir.join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!("[parameters]\n\"path.tenant\" = {tenant:?}\n\"path.name\" = {pipeline:?}\n"),
+    )
+    .expect("write schemathesis.toml");
+    let mut command = Command::new(cache.join("api-venv/bin/schemathesis"));
+    command.arg("--config-file").arg(config);
+    command
+}
+
 /// The console messages (`console.*` and uncaught errors) Chromium logged.
 pub fn console_messages(stderr: &str) -> Vec<String> {
     stderr

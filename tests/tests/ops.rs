@@ -909,3 +909,58 @@ async fn a_host_with_an_unset_short_or_shared_token_or_a_busy_address_does_not_s
         assert!(!out.status.success() && stderr.contains(error), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_as_its_openapi_description_says() {
+    // schemathesis generates requests from the description, valid and not,
+    // and checks each answer against it: no server errors, only documented
+    // statuses and shapes, valid requests accepted and invalid ones refused.
+    let receiver = refusing(0, "schema mismatch").await;
+    let host = TwoTenants::new();
+    host.shop.insert(&orders(1..=20, "confirmed"));
+    let running = host.start(&receiver).await;
+    assert!(wait_for_messages(&receiver, 19, Duration::from_secs(30)).await);
+    let spec = format!("{}/api/v1/openapi.json", running.url);
+    let bearer = format!("Authorization: Bearer {ACME_TOKEN}");
+    // Any bytes are a schema-valid upload, but only a component loads: the
+    // upload is held to every check but accepting them.
+    let runs: [&[&str]; 2] = [
+        &[
+            "--exclude-operation-id",
+            "uploadPluginVersion",
+            "--checks",
+            "all",
+        ],
+        &[
+            "--include-operation-id",
+            "uploadPluginVersion",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ],
+    ];
+    for args in runs {
+        let out = schemathesis(host.shop.dir.path(), "acme", "shop")
+            .args([
+                "run",
+                &spec,
+                "-H",
+                &bearer,
+                "--max-examples",
+                "40",
+                "--seed",
+                "20261203",
+            ])
+            .args(args)
+            .output()
+            .expect("schemathesis runs (.ci/setup installs it)");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}:\n{report}\n{}",
+            running.logs()
+        );
+    }
+    running.stop();
+}

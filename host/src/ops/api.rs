@@ -141,11 +141,36 @@ struct OffsetRequest {
     to: Option<OffsetTarget>,
 }
 
+/// A whole number as JSON Schema's `integer` means it: `625` or `625.0`
+/// (JSON does not tell them apart), within 64 bits.
+#[derive(Debug, Clone, Copy)]
+struct Whole(i64);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_i64()
+            .or_else(|| {
+                let f = n.as_f64()?;
+                // i64's range as f64 rounds up to 2^63, one past i64::MAX.
+                (f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63)).then_some(f as i64)
+            })
+            .map(Whole)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{n} is not a whole number within 64 bits"))
+            })
+    }
+}
+
+/// The furthest instant from the epoch a cursor holds, in whole seconds.
+const MAX_EPOCH_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;
+
 /// Where a reset offset points.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum OffsetTarget {
-    Seconds(i64),
+    /// Epoch seconds.
+    Seconds(Whole),
     Text(String),
 }
 
@@ -159,10 +184,25 @@ async fn reset_offset(
 ) -> Result<Json<Value>, Problem> {
     let p = admin.pipeline(&caller, &name)?;
     let request: OffsetRequest = json_body(&body)?;
+    // `to` must be there: a missing one must not read as `null` (forget).
+    let given: Value = json_body(&body)?;
+    if given.get("to").is_none() {
+        return Err(Problem::bad_request(
+            "request body: missing field `to` (an instant, or null to forget the offset)",
+        )
+        .field("to"));
+    }
     let cursor = match request.to {
         None => None,
-        Some(OffsetTarget::Seconds(s)) => {
-            Some(Cursor::before(Timestamp(s.saturating_mul(1_000_000_000))))
+        Some(OffsetTarget::Seconds(Whole(seconds))) => {
+            // The instants a cursor holds: nanoseconds in 64 bits.
+            if seconds.unsigned_abs() > MAX_EPOCH_SECONDS {
+                return Err(Problem::bad_request(format!(
+                    "{seconds} epoch seconds is outside ±{MAX_EPOCH_SECONDS} (years 1677 to 2262)"
+                ))
+                .field("to"));
+            }
+            Some(Cursor::before(Timestamp(seconds * 1_000_000_000)))
         }
         Some(OffsetTarget::Text(text)) => Some(Cursor::before(text.parse().map_err(|e| {
             Problem::bad_request(format!(
@@ -205,7 +245,7 @@ async fn dead_letters(
 struct ReplayRequest {
     /// Only these dead letters; all of the pipeline's by default.
     #[serde(default)]
-    ids: Vec<i64>,
+    ids: Vec<Whole>,
 }
 
 /// `freshet dlq replay` for one pipeline: each dead letter's outcome; 200
@@ -222,7 +262,20 @@ async fn replay(
     } else {
         json_body(&body)?
     };
-    let replayed = crate::pipeline::replay(&admin.config, Some(&name), &request.ids)
+    // An id the pipeline has no dead letter under names the field.
+    let stored = admin.state.dead_letters(Some(&name))?;
+    if let Some(Whole(missing)) = request
+        .ids
+        .iter()
+        .find(|id| !stored.iter().any(|d| d.id == id.0))
+    {
+        return Err(
+            Problem::not_found(format!("pipeline `{name}` has no dead letter {missing}"))
+                .field("ids"),
+        );
+    }
+    let ids: Vec<i64> = request.ids.iter().map(|id| id.0).collect();
+    let replayed = crate::pipeline::replay(&admin.config, Some(&name), &ids)
         .await
         .map_err(Problem::internal)?;
     tracing::info!(pipeline = %name, ?caller, letters = replayed.len(), "dead letters replayed");

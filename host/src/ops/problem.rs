@@ -80,10 +80,16 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Parses a JSON request body; a problem names the field that is wrong.
+/// Parses a JSON request body, an object; a problem names the field that
+/// is wrong.
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("request body: {e}")).field("body"))?;
+    // serde reads a struct from an array too: `[]` must not pass as `{}`.
+    if !value.is_object() {
+        return Err(Problem::bad_request("request body: expected a JSON object").field("body"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let problem = Problem::bad_request(format!("request body: {}", e.inner()));
         if path == "." {
