@@ -220,6 +220,11 @@ impl Pipeline {
         let mut reread = false;
         while !shutdown.is_cancelled() {
             if reread {
+                // Paused again before the offset could be read: wait for
+                // the resume first (a retry's back-off ends at a pause).
+                if self.control.pause_asked() && !self.paused(&committed, &shutdown).await {
+                    break;
+                }
                 match self.start_cursor().await {
                     Ok(cursor) => {
                         committed = cursor;
@@ -290,9 +295,10 @@ impl Pipeline {
     }
 
     /// After a failure retrying can fix: shows it, waits (doubling `wait`
-    /// up to [`MAX_RETRY_WAIT`]) or until shutdown. A source failure clears
-    /// at the next answered poll; any other (the destination, the state
-    /// store) only at the next commit.
+    /// up to [`MAX_RETRY_WAIT`]) or until shutdown or a pause is asked (the
+    /// next stream then pauses at once). A source failure clears at the
+    /// next answered poll; any other (the destination, the state store)
+    /// only at the next commit.
     async fn retry(
         &self,
         e: &anyhow::Error,
@@ -303,9 +309,11 @@ impl Pipeline {
         let source = e.downcast_ref::<SourceError>().is_some();
         self.control.retrying(format!("{e:#}"), source);
         tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?*wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
+        let mut pause = self.control.pause_signal();
         tokio::select! {
             () = tokio::time::sleep(*wait) => {}
             () = shutdown.cancelled() => {}
+            _ = pause.wait_for(|asked| *asked) => {}
         }
         *wait = (*wait * 2).min(MAX_RETRY_WAIT);
     }
