@@ -66,6 +66,9 @@ pub struct PipelineControl {
     /// switched version points it at the stored file, so a later change to
     /// the config's file does not undo the switch.
     pub(crate) watched_plugin: Option<watch::Sender<PathBuf>>,
+    /// The uploaded version it was switched to and runs (`None`: its
+    /// config's file); kept with the switch in the state store.
+    pinned: Mutex<Option<String>>,
     status: Mutex<Status>,
     pause: watch::Sender<bool>,
     /// Whether the retry under way is the source's.
@@ -83,6 +86,7 @@ impl PipelineControl {
         sandbox: Sandbox,
         metrics: Option<PipelineMetrics>,
         watched_plugin: Option<watch::Sender<PathBuf>>,
+        pinned: Option<String>,
     ) -> Self {
         Self {
             name,
@@ -90,6 +94,7 @@ impl PipelineControl {
             sandbox,
             metrics,
             watched_plugin,
+            pinned: Mutex::new(pinned),
             status: Mutex::new(Status {
                 phase: Phase::Starting,
                 cursor: None,
@@ -117,6 +122,19 @@ impl PipelineControl {
     /// A copy of the status now.
     pub fn status(&self) -> Status {
         self.lock().clone()
+    }
+
+    /// The uploaded version it runs, if it was switched to one.
+    pub fn pinned(&self) -> Option<String> {
+        self.pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a switch: the uploaded version it runs now, if any.
+    pub fn set_pinned(&self, digest: Option<String>) {
+        *self.pinned.lock().unwrap_or_else(|e| e.into_inner()) = digest;
     }
 
     /// The plugin version (content hash) new pages use.
@@ -196,11 +214,10 @@ impl PipelineControl {
         self.lock().cursor = Some(cursor);
     }
 
-    /// Asks the pipeline to pause after the pages in flight; `false` if it
-    /// was paused or pausing already.
-    pub fn pause(&self) -> bool {
-        let asked = self.pause.send_if_modified(|p| !std::mem::replace(p, true));
-        if asked {
+    /// Asks the pipeline to pause after the pages in flight (again: no
+    /// change).
+    pub fn pause(&self) {
+        if self.pause.send_if_modified(|p| !std::mem::replace(p, true)) {
             let mut status = self.lock();
             if matches!(
                 status.phase,
@@ -209,7 +226,6 @@ impl PipelineControl {
                 status.phase = Phase::Pausing;
             }
         }
-        asked
     }
 
     /// Lets a paused pipeline read again; `false` if it was not paused.

@@ -167,23 +167,34 @@ impl AdminState {
         record: Record<'_>,
     ) -> Result<Value, Problem> {
         let p = &self.pipelines[name];
-        let runtime = self.runtime.clone();
-        let file = path.clone();
-        let plugin: Plugin = tokio::task::spawn_blocking(move || runtime.load(&file))
-            .await
-            .map_err(Problem::internal)?
-            .map_err(|e| refused(&e))?;
+        let plugin = self.load(path.clone()).await?;
         let version = plugin.version().to_owned();
-        match record {
-            Record::Push(digest) => self.state.pin_plugin(name, digest)?,
-            Record::Pop => self.state.pop_plugin_pin(name)?,
-        }
+        let running = match record {
+            Record::Push(digest) => {
+                self.state.pin_plugin(name, digest)?;
+                digest
+            }
+            Record::Pop { running } => {
+                self.state.pop_plugin_pin(name)?;
+                running
+            }
+        };
+        p.set_pinned(running.map(ToOwned::to_owned));
         let old = p.sandbox.swap(plugin);
         if let Some(watched) = &p.watched_plugin {
             watched.send_replace(path);
         }
         tracing::info!(pipeline = %name, from = &old.version()[..12], to = &version[..12], "plugin version switched; the next page uses it");
         Ok(json!({"pipeline": name, "version": version, "previous": old.version()}))
+    }
+
+    /// Loads a plugin file (off the async threads: compiling takes time).
+    async fn load(&self, path: PathBuf) -> Result<Plugin, Problem> {
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&path))
+            .await
+            .map_err(Problem::internal)?
+            .map_err(|e| refused(&e))
     }
 
     /// The plugin file the pipeline's config names now: the config file is
@@ -215,8 +226,12 @@ impl AdminState {
 enum Record<'a> {
     /// A new switch: to this version, or (`None`) to the config's file.
     Push(Option<&'a str>),
-    /// A rollback: the last switch undone.
-    Pop,
+    /// A rollback: the last switch undone, back to `running` (`None`: the
+    /// config's file).
+    Pop {
+        /// The version it runs again.
+        running: Option<&'a str>,
+    },
 }
 
 /// Points a pipeline at one of its tenant's versions.
@@ -264,11 +279,16 @@ async fn rollback(
         )));
     }
     // Below the stack's bottom, the pipeline ran its config's file.
-    let path = match pins.get(1).and_then(|pin| pin.digest.as_deref()) {
+    let running = pins.get(1).and_then(|pin| pin.digest.as_deref());
+    let path = match running {
         Some(digest) => stored_version(&admin.store, digest),
         None => admin.config_plugin(&name)?,
     };
-    Ok(Json(admin.switch_to(&name, path, Record::Pop).await?))
+    Ok(Json(
+        admin
+            .switch_to(&name, path, Record::Pop { running })
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -292,17 +312,10 @@ async fn dry_run(
     let p = admin.pipeline(&caller, &name)?.clone();
     let request: TestRequest = json_body(&body)?;
     let _turn = admin.heavy.acquire().await.map_err(Problem::internal)?;
-    let (columns, rows) = crate::plugin::rows_file::parse(&request.rows.to_string())
+    let (columns, rows) = crate::plugin::rows_file::from_json(request.rows)
         .map_err(|e| Problem::bad_request(format!("{e:#}")).field("rows"))?;
     let plugin = match &request.version {
-        Some(digest) => {
-            let path = admin.version_file(&p.tenant, digest)?;
-            let runtime = admin.runtime.clone();
-            tokio::task::spawn_blocking(move || runtime.load(&path))
-                .await
-                .map_err(Problem::internal)?
-                .map_err(|e| refused(&e))?
-        }
+        Some(digest) => admin.load(admin.version_file(&p.tenant, digest)?).await?,
         None => p.sandbox.plugin(),
     };
     let config = &admin.config.pipelines[&name];

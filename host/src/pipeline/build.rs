@@ -217,7 +217,9 @@ async fn build(
     if pinned.is_none() {
         check_plugin_dir(all, name)?;
     }
-    let plugin_path = pinned.unwrap_or_else(|| config.plugin.clone());
+    let plugin_path = pinned
+        .as_ref()
+        .map_or_else(|| config.plugin.clone(), |p| p.path.clone());
     let secrets = Secrets::of(all, config);
     let plugin = load_plugin(runtime, &plugin_path, &prefix).await?;
     let source = open_source(&config.source, &prefix, &secrets).await?;
@@ -257,6 +259,7 @@ async fn build(
         sandbox.clone(),
         metrics,
         reload.as_ref().map(|r| r.path.clone()),
+        pinned.map(|p| p.digest),
     ));
     Ok(Pipeline {
         name: name.into(),

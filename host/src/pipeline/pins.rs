@@ -13,6 +13,15 @@ pub fn stored_version(store: &Path, digest: &str) -> PathBuf {
     store.join(format!("{digest}.wasm"))
 }
 
+/// A stored version a pipeline runs.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// Its digest.
+    pub digest: String,
+    /// Its file in the plugin store.
+    pub path: PathBuf,
+}
+
 /// The stored version pipeline `name` was switched to, if it was (and not
 /// switched back to its config's file since): what the host loads instead
 /// of the config's `plugin`. A version that is not the pipeline's tenant's
@@ -23,7 +32,7 @@ pub fn pinned_plugin(
     config: &Config,
     state: &dyn StateStore,
     name: &str,
-) -> anyhow::Result<Option<PathBuf>> {
+) -> anyhow::Result<Option<Pinned>> {
     let Some(digest) = state
         .plugin_pins(name)?
         .into_iter()
@@ -46,5 +55,5 @@ pub fn pinned_plugin(
         tracing::error!(pipeline = %name, path = %path.display(), "the version the pipeline was switched to is missing from the plugin store; running its config's plugin");
         return Ok(None);
     }
-    Ok(Some(path))
+    Ok(Some(Pinned { digest, path }))
 }

@@ -70,6 +70,19 @@ pub fn read(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
 pub fn parse(text: &str) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
     let objects: Vec<serde_json::Map<String, Json>> =
         serde_json::from_str(text).context("expected a JSON array of objects")?;
+    from_objects(objects)
+}
+
+/// [`parse`] of a JSON value already read (the admin API's dry run).
+pub fn from_json(value: Json) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
+    let objects: Vec<serde_json::Map<String, Json>> =
+        serde_json::from_value(value).context("expected a JSON array of objects")?;
+    from_objects(objects)
+}
+
+fn from_objects(
+    objects: Vec<serde_json::Map<String, Json>>,
+) -> anyhow::Result<(Vec<String>, Vec<Row>)> {
     let mut columns: Vec<String> = Vec::new();
     for object in &objects {
         for key in object.keys().filter(|k| *k != "_identity") {
