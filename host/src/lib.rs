@@ -11,7 +11,9 @@
 //! - [`retry`]: the one HTTP retry classifier and backoff, for every peer.
 //! - [`secrets`]: typed references to secrets, read only through the
 //!   owning tenant's [`secrets::Secrets`].
-//! - [`state`]: offsets, the action ledger, dead letters (`StateStore`).
+//! - [`state`]: offsets, the action ledger, dead letters (`StateStore`),
+//!   in SQLite (one host) or PostgreSQL (hosts sharing pipelines).
+//! - [`cluster`]: each host's lease keeper when hosts share pipelines.
 //! - [`pipeline`]: one page at a time from source to commit; [`run`].
 //! - [`metrics`] and [`ops`]: Prometheus metrics, health, the admin API and
 //!   the status page of a running host.
@@ -20,6 +22,7 @@
 pub mod actions;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod metrics;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 pub mod ops;
+pub mod postgres;
 pub mod smtp;
 pub mod snowflake;
 

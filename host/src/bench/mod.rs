@@ -17,7 +17,7 @@ use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
 use crate::source::{Cursor, Source as _, Timestamp};
 pub use orders_config::{
-    record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
+    record_target, webhook_target, OrdersPipeline, OrdersSource, SharedState, SnowflakeOrders,
 };
 
 use anyhow::{ensure, Context as _};

@@ -22,6 +22,8 @@ pub struct OrdersPipeline {
     pub cache_dir: PathBuf,
     /// The state file.
     pub state: PathBuf,
+    /// Instead of the state file: a PostgreSQL store shared by hosts.
+    pub shared_state: Option<SharedState>,
     /// The plugin component.
     pub plugin: PathBuf,
     /// Where `orders` lives.
@@ -44,6 +46,15 @@ pub struct OrdersPipeline {
     pub limits: String,
     /// `[pipelines.orders.targets.*]` tables (see [`record_target`], [`webhook_target`]).
     pub targets: String,
+}
+
+/// A PostgreSQL state store, as `[state]` names it.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    /// `state.url_env`.
+    pub url_env: String,
+    /// `state.lease_ttl_ms`.
+    pub lease_ttl_ms: u64,
 }
 
 /// Where the `orders` table lives.
@@ -111,6 +122,7 @@ impl OrdersPipeline {
             extra: String::new(),
             cache_dir: dir.join("cache"),
             state: dir.join("state.db"),
+            shared_state: None,
             plugin,
             source,
             aep_url,
@@ -155,11 +167,17 @@ impl OrdersPipeline {
 
     /// The `[engine]` and `[state]` tables.
     pub fn render_head(&self) -> String {
+        let state = match &self.shared_state {
+            None => format!("path = {:?}", self.state),
+            Some(s) => format!(
+                "kind = \"postgres\"\nurl_env = {:?}\nlease_ttl_ms = {}",
+                s.url_env, s.lease_ttl_ms
+            ),
+        };
         format!(
-            "[engine]\ncache_dir = {cache:?}\n{engine}\n\n[state]\npath = {state:?}\n\n",
+            "[engine]\ncache_dir = {cache:?}\n{engine}\n\n[state]\n{state}\n\n",
             cache = self.cache_dir,
             engine = self.engine,
-            state = self.state,
         )
     }
 

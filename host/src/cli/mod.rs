@@ -2,12 +2,11 @@
 //! layer over the library; the work happens in the modules it calls.
 
 pub mod plugin_test;
+mod status;
 
 use crate::config::{self, Config};
 use crate::pipeline::{self, RunOptions};
 use crate::source::{Cursor, Timestamp};
-use crate::state::sqlite::SqliteState;
-use crate::state::StateStore as _;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -69,6 +68,15 @@ enum Command {
     },
     /// Measure this machine: prints one JSON line per figure.
     Bench(crate::bench::BenchArgs),
+    /// Each pipeline's owner, lease, epoch and lag, from the state store.
+    Status {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per pipeline instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +224,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             return tokio::task::spawn_blocking(move || plugin_test::run(args)).await?;
         }
         Command::Offsets { command } => offsets(command)?,
+        Command::Status { config, json } => status::run(&load(&config)?, json)?,
         Command::Dlq { command } => return dlq(command).await,
         Command::Sample { db, rows } => {
             let now = Timestamp::now();
@@ -237,7 +246,7 @@ fn offsets(command: OffsetsCommand) -> anyhow::Result<()> {
     match command {
         OffsetsCommand::Show { config } => {
             let config = load(&config)?;
-            let state = SqliteState::open(&config.state.path)?;
+            let state = crate::state::open(&config.state)?.store;
             let stored = state.offsets()?;
             for name in config.pipelines.keys() {
                 let line = match stored.iter().find(|o| &o.pipeline == name) {
@@ -258,7 +267,7 @@ fn offsets(command: OffsetsCommand) -> anyhow::Result<()> {
             if !config.pipelines.contains_key(&pipeline) {
                 bail!("the config has no pipeline `{pipeline}`");
             }
-            let state = SqliteState::open(&config.state.path)?;
+            let state = crate::state::open(&config.state)?.store;
             let cursor = to
                 .as_deref()
                 .map(parse_instant)
@@ -281,7 +290,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
         DlqCommand::List { config, pipeline } => {
             let config = load(&config)?;
-            let state = SqliteState::open(&config.state.path)?;
+            let state = crate::state::open(&config.state)?.store;
             for letter in state.dead_letters(pipeline.as_deref())? {
                 println!("{}", serde_json::to_string(&letter)?);
             }

@@ -57,6 +57,13 @@ pub(super) fn validate(config: &Config, out: &mut Vec<ConfigError>) {
         }
         return;
     };
+    if admin.plugin_store.is_none() && config.state.kind == super::StateKind::Postgres {
+        out.push(ConfigError::new(
+            "admin.plugin_store",
+            "missing: with state.kind = \"postgres\" there is no state file to keep uploaded \
+             versions beside; name a folder every host of the config reads",
+        ));
+    }
     if let Err(e) = admin.listen.parse::<std::net::SocketAddr>() {
         out.push(ConfigError::new(
             "admin.listen",

@@ -54,12 +54,41 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
 }
 
-/// `[state]`.
+/// `[state]`: SQLite (the default: one host) or PostgreSQL (many hosts
+/// sharing the pipelines through leases).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// The SQLite database file.
+    /// Which store.
+    #[serde(default)]
+    pub kind: StateKind,
+    /// `sqlite`: the database file.
+    #[serde(default)]
     pub path: PathBuf,
+    /// `postgres`: the environment variable holding the connection string
+    /// (`postgres://user:pass@host/db?sslmode=require`, or key=value form).
+    pub url_env: Option<String>,
+    /// `postgres`: how long a host's claim on a pipeline lasts unless
+    /// renewed (it renews every third of it), in milliseconds. A dead
+    /// host's pipelines move within about this much; a host that could not
+    /// renew stops sending this long after its last renewal began.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+}
+
+/// `state.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// One SQLite file: one host runs every pipeline.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by every host of the config.
+    Postgres,
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    10_000
 }
 
 /// `[pipelines.NAME]`: one table, one plugin, one destination.
@@ -186,7 +215,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.state.path);
+        if !self.state.path.as_os_str().is_empty() {
+            fix(&mut self.state.path);
+        }
         if let Some(store) = self.admin.as_mut().and_then(|a| a.plugin_store.as_mut()) {
             fix(store);
         }

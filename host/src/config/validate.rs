@@ -1,7 +1,7 @@
 //! Pure validation: no files opened, no variables read. Collects every
 //! problem, each with the key path a user searches their file for.
 
-use super::check::{is_identifier, ConfigError, Errors};
+use super::check::{is_env_name, is_identifier, ConfigError, Errors};
 use super::{
     AepConfig, Config, CrmTargetConfig, DeliverConfig, EmailTargetConfig, InitialTimestamp,
     PipelineConfig, Polling, SnowflakeSourceConfig, SourceConfig, TargetConfig,
@@ -62,11 +62,7 @@ impl Config {
                 prefix: "state".into(),
                 out: &mut out,
             };
-            e.check(
-                !self.state.path.as_os_str().is_empty(),
-                "path",
-                "must not be empty",
-            );
+            validate_state(&self.state, &mut e);
         }
         for (name, pipeline) in &self.pipelines {
             let prefix = format!("pipelines.{name}");
@@ -431,4 +427,47 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
     e.env_name(a.password_env.as_ref(), "source.auth.password_env");
     e.env_name(a.private_key_env.as_ref(), "source.auth.private_key_env");
     e.env_name(a.passphrase_env.as_ref(), "source.auth.passphrase_env");
+}
+
+/// `[state]`: each kind's keys, and none of the other's.
+fn validate_state(state: &super::StateConfig, e: &mut Errors<'_>) {
+    use super::StateKind;
+    let has_path = !state.path.as_os_str().is_empty();
+    match state.kind {
+        StateKind::Sqlite => {
+            e.check(has_path, "path", "must not be empty");
+            e.check(
+                state.url_env.is_none(),
+                "url_env",
+                "is for kind = \"postgres\"; an SQLite store is a file (`path`)",
+            );
+        }
+        StateKind::Postgres => {
+            e.check(
+                !has_path,
+                "path",
+                "is for kind = \"sqlite\"; a PostgreSQL store is named by `url_env`",
+            );
+            match &state.url_env {
+                None => e.check(
+                    false,
+                    "url_env",
+                    "missing: the environment variable holding the connection string",
+                ),
+                Some(name) => e.check(
+                    is_env_name(name),
+                    "url_env",
+                    format!("{name:?} is not an environment variable name"),
+                ),
+            }
+            e.check(
+                (1_000..=600_000).contains(&state.lease_ttl_ms),
+                "lease_ttl_ms",
+                format!(
+                    "must be between 1000 and 600000, not {}",
+                    state.lease_ttl_ms
+                ),
+            );
+        }
+    }
 }

@@ -30,6 +30,9 @@ pub enum Phase {
     Stopped,
     /// Stopped on an error retrying cannot fix.
     Failed,
+    /// Not this host's: another host holds its lease, or none does yet
+    /// (hosts sharing pipelines through PostgreSQL).
+    Elsewhere,
 }
 
 /// A pipeline's status as the API shows it.

@@ -170,7 +170,7 @@ async fn readyz(axum::extract::State(admin): axum::extract::State<Shared>) -> Re
     for (name, p) in &admin.pipelines {
         let status = p.status();
         match status.phase {
-            Phase::Running | Phase::Paused | Phase::Pausing => {}
+            Phase::Running | Phase::Paused | Phase::Pausing | Phase::Elsewhere => {}
             phase => {
                 let phase = serde_json::to_value(phase).unwrap_or_default();
                 let phase = phase.as_str().unwrap_or("?");

@@ -15,7 +15,6 @@ use crate::secrets::Secrets;
 use crate::source::snowflake::SnowflakeSource;
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
-use crate::state::sqlite::SqliteState;
 use crate::state::StateStore;
 use anyhow::{anyhow, Context as _};
 use std::sync::Arc;
@@ -76,6 +75,9 @@ pub struct Host {
     pub runtime: Runtime,
     /// Offsets, ledger, dead letters, plugin versions.
     pub state: Arc<dyn StateStore>,
+    /// The same store when hosts share the pipelines through it
+    /// (PostgreSQL): this host runs only those it holds a lease on.
+    pub shared: Option<Arc<crate::state::postgres::PostgresState>>,
 }
 
 /// [`build_all`], keeping the shared parts; with `metrics`, each pipeline
@@ -95,8 +97,8 @@ pub async fn build_host(
     if let Some(m) = metrics {
         runtime.count_loads_into(m.clone());
     }
-    let state: Arc<dyn StateStore> =
-        Arc::new(SqliteState::open(&config.state.path).map_err(|e| anyhow!("state.path: {e}"))?);
+    let opened = crate::state::open(&config.state)?;
+    let state = opened.store;
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
     for name in config.pipelines.keys() {
@@ -112,6 +114,7 @@ pub async fn build_host(
         pipelines,
         runtime,
         state,
+        shared: opened.shared,
     })
 }
 

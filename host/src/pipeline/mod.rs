@@ -187,6 +187,27 @@ impl Pipeline {
         shutdown: CancellationToken,
         options: RunOptions,
     ) -> anyhow::Result<Stats> {
+        self.run_under(None, shutdown, options).await
+    }
+
+    /// [`Pipeline::run`] under a lease (hosts sharing pipelines): until the
+    /// lease's token stops it, every commit carrying its fence, and nothing
+    /// sent once it ran out; a lost lease ends the run without an error.
+    pub async fn run_leased(
+        &self,
+        hold: &crate::cluster::Hold,
+        options: RunOptions,
+    ) -> anyhow::Result<Stats> {
+        self.run_under(Some(hold), hold.stop().clone(), options)
+            .await
+    }
+
+    async fn run_under(
+        &self,
+        lease: Option<&crate::cluster::Hold>,
+        shutdown: CancellationToken,
+        options: RunOptions,
+    ) -> anyhow::Result<Stats> {
         let mut stats = Stats::default();
         let profile = Profile::new(options.profile);
         let mut committed = match self.start_cursor().await {
@@ -241,7 +262,7 @@ impl Pipeline {
             }
             let pages = stats.pages;
             match self
-                .stream(&mut committed, &shutdown, options, &profile, &mut stats)
+                .stream(&mut committed, lease, &shutdown, options, &profile, &mut stats)
                 .await
             {
                 Ok(Ended::Paused) if !shutdown.is_cancelled() => {
@@ -253,6 +274,10 @@ impl Pipeline {
                 Ok(_) => break,
                 Err(e) if shutdown.is_cancelled() => {
                     tracing::info!(pipeline = %self.name, error = %e, "page abandoned at shutdown; it will be read again");
+                }
+                Err(e) if crate::cluster::lease_lost(&e) => {
+                    tracing::warn!(tenant = %self.tenant, pipeline = %self.name, error = %format!("{e:#}"), cursor = %committed, "lease lost: the run under it ends");
+                    break;
                 }
                 Err(e) => {
                     if let Some(SourceError::Config { .. }) = e.downcast_ref::<SourceError>() {
@@ -340,6 +365,7 @@ impl Pipeline {
     async fn stream(
         &self,
         committed: &mut Cursor,
+        lease: Option<&crate::cluster::Hold>,
         shutdown: &CancellationToken,
         options: RunOptions,
         profile: &Arc<Profile>,
@@ -426,7 +452,7 @@ impl Pipeline {
         };
         let deliverer = async {
             while let Some((mut work, full)) = mapped_rx.recv().await {
-                if let Err(e) = self.deliver(&mut work, profile).await {
+                if let Err(e) = self.deliver(&mut work, lease, profile).await {
                     stop.cancel();
                     return Err(e);
                 }
@@ -440,7 +466,7 @@ impl Pipeline {
         let writer = async {
             while let Some((work, full)) = delivered_rx.recv().await {
                 let rows = stats.rows;
-                match self.finish(work, profile, stats).await {
+                match self.finish(work, lease, profile, stats).await {
                     Ok(cursor) => {
                         *committed = cursor;
                         let mut progress = progress.lock().expect("progress lock");
@@ -515,6 +541,11 @@ async fn run_host(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> anyhow::Result<Vec<(String, Stats)>> {
+    anyhow::ensure!(
+        !(options.once && config.state.kind == crate::config::StateKind::Postgres),
+        "--once drains every pipeline on this host, but with state.kind = \"postgres\" hosts \
+         share the pipelines through leases: run without --once"
+    );
     let admin = config.admin.as_ref();
     let metrics = admin
         .filter(|a| a.metrics)
@@ -544,7 +575,13 @@ async fn run_host(
             ));
         }
     }
-    let results = run_pipelines(host.pipelines, shutdown, options).await;
+    let results = match host.shared {
+        Some(store) => {
+            let ttl = Duration::from_millis(config.state.lease_ttl_ms);
+            crate::cluster::run(store, host.pipelines, ttl, shutdown, options).await
+        }
+        None => run_pipelines(host.pipelines, shutdown, options).await,
+    };
     if let Some(server) = server {
         server.stop().await;
     }

@@ -6,6 +6,7 @@
 use super::ledger::{self, Rerun};
 use super::work::{ActionWork, EventWork, PageWork, RowWork};
 use super::{Pipeline, Stats};
+use crate::cluster::Hold;
 use crate::deliver::{Delivery, Message};
 use crate::plugin::calls::{self, batches, unshare, Runner};
 use crate::plugin::contract::{Action, Event, Row, RowBatch};
@@ -140,9 +141,13 @@ impl Pipeline {
     pub(super) async fn finish(
         &self,
         mut work: PageWork,
+        lease: Option<&Hold>,
         profile: &Arc<Profile>,
         total: &mut Stats,
     ) -> anyhow::Result<Cursor> {
+        if let Some(lease) = lease {
+            lease.check()?;
+        }
         let actions = work.deliverable_actions();
         let run = ledger::run(
             &self.state,
@@ -161,7 +166,8 @@ impl Pipeline {
             Some(_) => work.action_tally(),
             None => Vec::new(),
         };
-        let commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
+        let mut commit = profile.time(Stage::PageRecord, || work.settle(&mut page))?;
+        commit.fence = lease.map(Hold::fence);
         let codes: Vec<String> = match self.control.metrics {
             Some(_) => commit.dead_letters.iter().map(|d| d.code.clone()).collect(),
             None => Vec::new(),
@@ -199,8 +205,12 @@ impl Pipeline {
     pub(super) async fn deliver(
         &self,
         work: &mut PageWork,
+        lease: Option<&Hold>,
         profile: &Profile,
     ) -> anyhow::Result<()> {
+        if let Some(lease) = lease {
+            lease.check()?;
+        }
         let version = &work.version;
         let messages: Vec<Message> = profile.time(Stage::Envelopes, || {
             let events = work.rows.iter().flat_map(|r| r.result.iter().flatten());

@@ -22,7 +22,6 @@ use crate::actions::{ActionResult, Executors};
 use crate::config::Config;
 use crate::deliver::{Delivery, Message, Sink};
 use crate::secrets::Secrets;
-use crate::state::sqlite::SqliteState;
 use crate::state::{ActionOutcome, Commit, DeadLetter, Letter, Settled, StateStore};
 use serde::Serialize;
 use std::sync::Arc;
@@ -85,7 +84,7 @@ pub async fn replay(
             anyhow::bail!("no pipeline `{name}` in the config");
         }
     }
-    let state: Arc<dyn StateStore> = Arc::new(SqliteState::open(&config.state.path)?);
+    let state: Arc<dyn StateStore> = crate::state::open(&config.state)?.store;
     let letters: Vec<DeadLetter> = state
         .dead_letters(pipeline)?
         .into_iter()

@@ -7,6 +7,7 @@
 
 mod dead;
 mod migrate;
+pub mod postgres;
 pub mod sqlite;
 mod versions;
 
@@ -49,6 +50,8 @@ pub struct Commit {
     pub actions: Vec<ActionOutcome>,
     /// New dead letters.
     pub dead_letters: Vec<NewDeadLetter>,
+    /// The lease it is made under (`None`: one host owns every pipeline).
+    pub fence: Option<Fence>,
 }
 
 /// A pipeline's stored offset.
@@ -63,10 +66,37 @@ pub struct StoredOffset {
 }
 
 /// Why the state store failed. Always fatal for the pipeline's current page:
-/// nothing is committed, so the page is read again.
+/// nothing is committed, so the page is read again — by this host after a
+/// [`StateError::Failed`], by the lease's new owner after a
+/// [`StateError::Fenced`].
 #[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StateError(pub String);
+pub enum StateError {
+    /// The store failed or could not be reached; retrying may help.
+    #[error("state store: {0}")]
+    Failed(String),
+    /// Another host claimed the pipeline since this one's lease began: it
+    /// must stop acting for it.
+    #[error("pipeline {pipeline}: the lease of epoch {epoch} was lost (now {now}); the commit was refused")]
+    Fenced {
+        /// The pipeline.
+        pipeline: String,
+        /// The epoch this host held.
+        epoch: i64,
+        /// Who holds it now, and at which epoch (or that nobody does).
+        now: String,
+    },
+}
+
+/// The lease a commit is made under (see [`crate::cluster`]): the store
+/// refuses the commit unless the pipeline's lease is still this owner's at
+/// this epoch, checked in the commit's own transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The host holding the lease.
+    pub owner: std::sync::Arc<str>,
+    /// The epoch its claim began.
+    pub epoch: i64,
+}
 
 /// A plugin version a tenant uploaded (the component itself is kept by
 /// the admin API's store, named by its digest).
@@ -161,6 +191,26 @@ pub trait StateStore: Send + Sync {
     /// A pipeline's stack of switches, newest first (empty: it runs its
     /// config's file).
     fn plugin_pins(&self, pipeline: &str) -> Result<Vec<PluginPin>, StateError>;
+
+    /// Every pipeline's lease, for `freshet status` (none where one host
+    /// owns every pipeline).
+    fn leases(&self) -> Result<Vec<LeaseRow>, StateError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A pipeline's lease as the store holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseRow {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The host holding it, if any.
+    pub owner: Option<String>,
+    /// Bumped by every claim.
+    pub epoch: i64,
+    /// Milliseconds until it ends unless renewed (negative: ended), on the
+    /// database's clock.
+    pub remaining_ms: i64,
 }
 
 /// How a replayed dead letter ended.
@@ -176,4 +226,42 @@ pub enum Settled {
         /// The reason.
         reason: String,
     },
+}
+
+/// The configured store, opened (and, for PostgreSQL, migrated).
+pub struct Opened {
+    /// The store every pipeline and command uses.
+    pub store: std::sync::Arc<dyn StateStore>,
+    /// The same store when it is PostgreSQL: hosts share pipelines through
+    /// its leases.
+    pub shared: Option<std::sync::Arc<postgres::PostgresState>>,
+}
+
+/// Opens `[state]`; errors name the key.
+pub fn open(config: &crate::config::StateConfig) -> anyhow::Result<Opened> {
+    use crate::config::StateKind;
+    use std::sync::Arc;
+    Ok(match config.kind {
+        StateKind::Sqlite => Opened {
+            store: Arc::new(
+                sqlite::SqliteState::open(&config.path)
+                    .map_err(|e| anyhow::anyhow!("state.path: {e}"))?,
+            ),
+            shared: None,
+        },
+        StateKind::Postgres => {
+            let var = config.url_env.as_deref().unwrap_or_default();
+            let url = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("state.url_env: {var} is not set (the PostgreSQL connection string)")
+            })?;
+            let store = Arc::new(
+                postgres::PostgresState::connect(&url)
+                    .map_err(|e| anyhow::anyhow!("state (PostgreSQL at {var}): {e}"))?,
+            );
+            Opened {
+                store: store.clone(),
+                shared: Some(store),
+            }
+        }
+    })
 }

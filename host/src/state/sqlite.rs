@@ -80,7 +80,7 @@ pub struct SqliteState {
 }
 
 fn err(e: impl std::fmt::Display) -> StateError {
-    StateError(e.to_string())
+    StateError::Failed(e.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -111,10 +111,10 @@ impl SqliteState {
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
+                .map_err(|e| StateError::Failed(format!("creating {}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path)
-            .map_err(|e| StateError(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| StateError::Failed(format!("opening {}: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -125,7 +125,7 @@ impl SqliteState {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         if version > SCHEMA_VERSION {
-            return Err(StateError(format!(
+            return Err(StateError::Failed(format!(
                 "{} has schema version {version}, newer than this freshet's {SCHEMA_VERSION}",
                 path.display()
             )));
@@ -133,7 +133,7 @@ impl SqliteState {
         conn.execute_batch(SCHEMA).map_err(err)?;
         if version == 1 {
             super::migrate::to_v2(&mut conn).map_err(|e| {
-                StateError(format!("migrating {} to schema 2: {e}", path.display()))
+                StateError::Failed(format!("migrating {} to schema 2: {e}", path.display()))
             })?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -146,7 +146,7 @@ impl SqliteState {
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StateError> {
         self.conn
             .lock()
-            .map_err(|_| StateError("state connection lock poisoned".into()))
+            .map_err(|_| StateError::Failed("state connection lock poisoned".into()))
     }
 
     /// Marks `keys` started unless finished, in one transaction; returns
@@ -258,7 +258,7 @@ impl StateStore for SqliteState {
             .map_err(err)?;
         }
         self.offset(pipeline)?
-            .ok_or_else(|| StateError("offset vanished after insert".into()))
+            .ok_or_else(|| StateError::Failed("offset vanished after insert".into()))
     }
 
     fn reset_offset(&self, pipeline: &str, cursor: Option<&Cursor>) -> Result<(), StateError> {

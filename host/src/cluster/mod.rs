@@ -1,0 +1,312 @@
+//! Many hosts, one config: the pipelines are shared out through leases in
+//! the PostgreSQL state store, and this module is each host's keeper.
+//!
+//! Every `lease_ttl / 3` the keeper says the host is alive, renews the
+//! leases it holds, and moves towards its fair share (`ceil(pipelines /
+//! live hosts)`): it claims free or expired pipelines while it has fewer,
+//! and gives back (after the pages in flight commit) while it has more. A
+//! claim bumps the pipeline's epoch; every commit checks it in its own
+//! transaction ([`crate::state::Fence`]), so a host that lost a lease can
+//! never move an offset or mark an action done, and it stops sending once
+//! its own clock says the lease ran out ([`Hold::check`]). At shutdown the
+//! keeper stops its pipelines and gives their leases back, so the others
+//! take them at their next tick instead of after the TTL.
+
+mod hold;
+
+pub use hold::{lease_lost, Hold, LeaseExpired};
+
+use crate::ops::control::Phase;
+use crate::pipeline::{Pipeline, RunOptions, Stats};
+use crate::state::postgres::{Claimed, PostgresState};
+use crate::state::{Fence, StateError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// This host's name in the leases: `FRESHET_HOST_ID`, else the machine's
+/// hostname and the process id (unique among live processes, and a
+/// restarted host is a new one: it cannot mistake its predecessor's leases
+/// for its own).
+pub fn host_id() -> String {
+    if let Ok(id) = std::env::var("FRESHET_HOST_ID") {
+        if !id.trim().is_empty() {
+            return id.trim().to_owned();
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let name = if name.is_empty() { "host".into() } else { name };
+    format!("{name}-{}", std::process::id())
+}
+
+/// A lease this host holds, and what runs under it.
+struct Held {
+    hold: Arc<Hold>,
+    /// Being given back: its run was asked to stop.
+    releasing: bool,
+    /// Its run stopped on an error retrying cannot fix (the table changed):
+    /// it stays here, shown failed, rather than fail on host after host.
+    failed: bool,
+}
+
+/// What a run under a lease returns to the keeper.
+type Ended = (String, Arc<Hold>, anyhow::Result<Stats>);
+
+/// The keeper of one host's leases.
+struct Keeper {
+    store: Arc<PostgresState>,
+    host: Arc<str>,
+    ttl: Duration,
+    options: RunOptions,
+    pipelines: BTreeMap<String, Arc<Pipeline>>,
+    held: BTreeMap<String, Held>,
+    runs: JoinSet<Ended>,
+    totals: BTreeMap<String, Stats>,
+    failures: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+/// Runs this host's share of `pipelines` until `shutdown`, sharing them
+/// with the other hosts of `store`; returns the counters of every run this
+/// host made, per pipeline. `--once` has no meaning here (another host may
+/// hold a pipeline), and is refused by the caller.
+pub async fn run(
+    store: Arc<PostgresState>,
+    pipelines: Vec<Pipeline>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> anyhow::Result<Vec<(String, Stats)>> {
+    let host: Arc<str> = host_id().into();
+    let mut keeper = Keeper {
+        store,
+        host,
+        ttl,
+        options,
+        pipelines: pipelines
+            .into_iter()
+            .map(|p| (p.name().to_owned(), Arc::new(p)))
+            .collect(),
+        held: BTreeMap::new(),
+        runs: JoinSet::new(),
+        totals: BTreeMap::new(),
+        failures: Vec::new(),
+        shutdown,
+    };
+    for p in keeper.pipelines.values() {
+        p.control().set_phase(Phase::Elsewhere, None);
+    }
+    tracing::info!(host = %keeper.host, pipelines = keeper.pipelines.len(), ttl = ?ttl, "joining the hosts sharing these pipelines");
+    keeper.keep().await;
+    keeper.leave().await;
+    if !keeper.failures.is_empty() {
+        anyhow::bail!("{}", keeper.failures.join("\n"));
+    }
+    Ok(keeper.totals.into_iter().collect())
+}
+
+impl Keeper {
+    /// Ticks until shutdown, handling runs as they end.
+    async fn keep(&mut self) {
+        let names: Vec<String> = self.pipelines.keys().cloned().collect();
+        let mut registered = false;
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                Some(ended) = self.runs.join_next() => {
+                    match ended {
+                        Ok(ended) => self.ended(ended).await,
+                        Err(e) => tracing::error!(error = %e, "a pipeline's task panicked"),
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            if !registered {
+                match self.store.add_pipelines(&names).await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the state database did not answer; trying again");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.tick().await {
+                // The pipelines keep running until their leases run out on
+                // this host's clock; the next tick tries again.
+                tracing::warn!(host = %self.host, error = %e, "renewing leases failed; pipelines stop sending when their leases run out");
+            }
+        }
+    }
+
+    /// Heartbeat, renewals, then claims or releases towards the fair share.
+    async fn tick(&mut self) -> Result<(), StateError> {
+        let sent = Instant::now();
+        let live = self.store.heartbeat(&self.host, self.ttl).await?;
+        let mine: Vec<String> = self.held.keys().cloned().collect();
+        if !mine.is_empty() {
+            let renewed = self.store.renew(&self.host, &mine, self.ttl).await?;
+            let deadline = self.deadline(sent);
+            for name in mine {
+                let held = &self.held[&name];
+                let epoch = held.hold.epoch();
+                if renewed.iter().any(|c| c.pipeline == name && c.epoch == epoch) {
+                    held.hold.extend(deadline);
+                } else {
+                    tracing::warn!(host = %self.host, pipeline = %name, epoch, "lease lost to another host; stopping without committing");
+                    held.hold.lose();
+                    self.held.remove(&name);
+                }
+            }
+        }
+        let share = self.pipelines.len().div_ceil(live.max(1));
+        let active: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.releasing)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if active.len() < share {
+            let free: Vec<String> = self
+                .pipelines
+                .keys()
+                .filter(|name| !self.held.contains_key(*name))
+                .cloned()
+                .collect();
+            let sent = Instant::now();
+            let claimed = self
+                .store
+                .claim(&self.host, &free, share - active.len(), self.ttl)
+                .await?;
+            for lease in claimed {
+                self.start(lease, self.deadline(sent));
+            }
+        } else if active.len() > share {
+            // Give back the excess, newest claims last to go: those with
+            // the highest epochs moved most recently.
+            let excess = active.len() - share;
+            let mut candidates: Vec<(i64, String)> = active
+                .into_iter()
+                .filter(|name| !self.held[name].failed)
+                .map(|name| (self.held[&name].hold.epoch(), name))
+                .collect();
+            candidates.sort();
+            for (_, name) in candidates.into_iter().take(excess) {
+                tracing::info!(host = %self.host, pipeline = %name, live, share, "giving a pipeline back to balance the hosts");
+                let held = self.held.get_mut(&name).expect("held");
+                held.releasing = true;
+                held.hold.stop().cancel();
+            }
+        }
+        Ok(())
+    }
+
+    /// Where sending must stop for a lease renewed or claimed by a request
+    /// sent at `sent`: its TTL from then (the database's `now()` came
+    /// later), less a tenth for the two clocks' drift.
+    fn deadline(&self, sent: Instant) -> Instant {
+        sent + self.ttl - self.ttl / 10
+    }
+
+    /// Starts the run of a freshly claimed pipeline.
+    fn start(&mut self, lease: Claimed, deadline: Instant) {
+        let Some(pipeline) = self.pipelines.get(&lease.pipeline).cloned() else {
+            return;
+        };
+        let fence = Fence {
+            owner: self.host.clone(),
+            epoch: lease.epoch,
+        };
+        let hold = Arc::new(Hold::new(
+            &lease.pipeline,
+            fence,
+            deadline,
+            self.shutdown.child_token(),
+        ));
+        tracing::info!(host = %self.host, pipeline = %lease.pipeline, epoch = lease.epoch, "lease claimed");
+        self.held.insert(
+            lease.pipeline.clone(),
+            Held {
+                hold: hold.clone(),
+                releasing: false,
+                failed: false,
+            },
+        );
+        let options = self.options;
+        self.runs.spawn(async move {
+            let result = pipeline.run_leased(&hold, options).await;
+            (pipeline.name().to_owned(), hold, result)
+        });
+    }
+
+    /// A run ended: count it, and give the lease back unless it was lost
+    /// (or the pipeline failed for good, which stays here).
+    async fn ended(&mut self, (name, hold, result): Ended) {
+        match result {
+            Ok(stats) => self.totals.entry(name.clone()).or_default().add(&stats),
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline stopped on an error");
+                self.failures.push(format!("{e:#}"));
+                if let Some(held) = self.held.get_mut(&name) {
+                    held.failed = true;
+                }
+                return;
+            }
+        }
+        if hold.is_lost() {
+            self.pipelines[&name]
+                .control()
+                .set_phase(Phase::Elsewhere, None);
+            return;
+        }
+        let lease = Claimed {
+            pipeline: name.clone(),
+            epoch: hold.epoch(),
+        };
+        match self.store.release(&self.host, &lease).await {
+            Ok(true) => tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease given back"),
+            Ok(false) => tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease already another host's; nothing given back"),
+            Err(e) => tracing::warn!(host = %self.host, pipeline = %name, error = %e, "giving the lease back failed; it ends at its TTL"),
+        }
+        if self.held.get(&name).is_some_and(|h| h.hold.epoch() == lease.epoch) {
+            self.held.remove(&name);
+        }
+        self.pipelines[&name]
+            .control()
+            .set_phase(Phase::Elsewhere, None);
+    }
+
+    /// At shutdown: the runs stop (their tokens are the shutdown's
+    /// children), commit what is in flight, and give their leases back.
+    async fn leave(&mut self) {
+        while let Some(ended) = self.runs.join_next().await {
+            match ended {
+                Ok(ended) => self.ended(ended).await,
+                Err(e) => tracing::error!(error = %e, "a pipeline's task panicked"),
+            }
+        }
+        // What stayed here failed: free for a host where it may work.
+        let failed: Vec<(String, i64)> = self
+            .held
+            .iter()
+            .map(|(name, h)| (name.clone(), h.hold.epoch()))
+            .collect();
+        for (pipeline, epoch) in failed {
+            let lease = Claimed { pipeline, epoch };
+            if let Err(e) = self.store.release(&self.host, &lease).await {
+                tracing::warn!(host = %self.host, pipeline = %lease.pipeline, error = %e, "giving the lease back failed; it ends at its TTL");
+            }
+        }
+        if let Err(e) = self.store.leave(&self.host).await {
+            tracing::warn!(host = %self.host, error = %e, "could not say this host left; the others notice at its heartbeat's end");
+        }
+        tracing::info!(host = %self.host, "left the hosts sharing these pipelines");
+    }
+}

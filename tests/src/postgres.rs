@@ -1,0 +1,228 @@
+//! A real PostgreSQL server for the tests: Debian's package (`.ci/setup`
+//! installs it), started once per test binary with `initdb` and `pg_ctl` in
+//! a temporary folder, listening on loopback only. As root it runs as the
+//! `postgres` user (the server refuses root). A watchdog process stops it
+//! and removes its folder when the test binary exits, however it exits.
+//! Each test takes a database of its own ([`Postgres::database`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// The running server.
+pub struct Postgres {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    /// Whether commands run as the `postgres` user (the tests run as root).
+    as_postgres: bool,
+}
+
+static SERVER: OnceLock<Postgres> = OnceLock::new();
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// Where the server's programs are: `pg_config --bindir`, else the newest
+/// `/usr/lib/postgresql/N/bin` (Debian keeps them off `PATH`).
+fn bin_dir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (apt-get install postgresql; .ci/setup does)")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found
+        .pop()
+        .expect("no /usr/lib/postgresql/N/bin/initdb (apt-get install postgresql)")
+}
+
+impl Postgres {
+    /// The server of this test binary, started at first use.
+    pub fn get() -> &'static Postgres {
+        SERVER.get_or_init(Postgres::start)
+    }
+
+    fn start() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("freshet-pg-")
+            .tempdir()
+            .expect("postgres dir")
+            .keep();
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&root)
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown the postgres folder");
+        }
+        let server = Self {
+            port: crate::ops::free_port(),
+            bin: bin_dir(),
+            data: root.join("data"),
+            as_postgres,
+        };
+        let init = server
+            .command("initdb")
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&server.data)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        // Durability as in production (fsync on): the crash tests rely on
+        // what a commit promises; the socket directory is the folder itself.
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
+            server.port,
+            root.display()
+        );
+        std::fs::write(root.join("options"), &options).expect("write options");
+        server.pg_ctl(&["start", "-w", "-t", "60", "-o", &options]);
+        // The watchdog: stops the server and removes its folder once this
+        // process is gone, even after a panic or a kill.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {root}",
+            pid = std::process::id(),
+            stop = server
+                .shell(&format!(
+                    "{} -D {} stop -m immediate",
+                    server.bin.join("pg_ctl").display(),
+                    server.data.display()
+                )),
+            root = root.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the postgres watchdog");
+        server
+    }
+
+    /// A server program, run as the server's user.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn shell(&self, line: &str) -> String {
+        if self.as_postgres {
+            format!("runuser -u postgres -- {line}")
+        } else {
+            line.to_owned()
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let log = self.data.parent().expect("root").join("server.log");
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (fast: connections are cut, as in a failover).
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-w", "-m", "fast"]);
+    }
+
+    /// Starts it again after [`Postgres::stop`].
+    pub fn start_again(&self) {
+        let options = std::fs::read_to_string(self.data.parent().expect("root").join("options"))
+            .expect("options");
+        self.pg_ctl(&["start", "-w", "-t", "60", "-o", &options]);
+    }
+
+    /// A new, empty database; its connection URL.
+    pub fn database(&self, prefix: &str) -> String {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-c", &format!("CREATE DATABASE {name}")])
+            .stdout(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(&name)
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The folder holding the data directory.
+    pub fn root(&self) -> &Path {
+        self.data.parent().expect("root")
+    }
+}
+
+/// Runs one SQL statement on `url` and returns its rows, each a vector of
+/// text cells (`psql`'s unaligned output): for assertions on the store.
+pub fn query(url: &str, sql: &str) -> Vec<Vec<String>> {
+    let server = Postgres::get();
+    let out = Command::new(server.bin.join("psql"))
+        .args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
