@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster;
 pub mod ops;
 pub mod postgres;
 pub mod smtp;

@@ -80,7 +80,15 @@ impl Postgres {
         };
         let init = server
             .command("initdb")
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&server.data)
             .stdout(Stdio::null())
             .output()
@@ -104,14 +112,15 @@ impl Postgres {
         let watchdog = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {root}",
             pid = std::process::id(),
-            stop = server
-                .shell(&format!(
-                    "{} -D {} stop -m immediate",
-                    server.bin.join("pg_ctl").display(),
-                    server.data.display()
-                )),
+            stop = server.shell(&format!(
+                "{} -D {} stop -m immediate",
+                server.bin.join("pg_ctl").display(),
+                server.data.display()
+            )),
             root = root.display(),
         );
+        // Outlives this process on purpose: never waited for.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &watchdog])
             .stdin(Stdio::null())
@@ -182,7 +191,17 @@ impl Postgres {
             DATABASES.fetch_add(1, Ordering::SeqCst)
         );
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-p"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-p",
+            ])
             .arg(self.port.to_string())
             .args(["-c", &format!("CREATE DATABASE {name}")])
             .stdout(Stdio::null())
@@ -212,7 +231,19 @@ impl Postgres {
 pub fn query(url: &str, sql: &str) -> Vec<Vec<String>> {
     let server = Postgres::get();
     let out = Command::new(server.bin.join("psql"))
-        .args(["-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-F",
+            "\t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
         .output()
         .expect("run psql");
     assert!(

@@ -114,7 +114,10 @@ fn exercise(store: &dyn StateStore) {
     };
     store.add_plugin_version(&version).unwrap();
     store.add_plugin_version(&version).unwrap();
-    assert_eq!(store.plugin_versions("acme").unwrap(), vec![version.clone()]);
+    assert_eq!(
+        store.plugin_versions("acme").unwrap(),
+        vec![version.clone()]
+    );
     store.pin_plugin("p", Some(&version.digest)).unwrap();
     store.pin_plugin("p", None).unwrap();
     let pins = store.plugin_pins("p").unwrap();
@@ -136,23 +139,28 @@ fn the_sqlite_store_keeps_state_as_every_store_must() {
 
 #[test]
 fn the_postgres_store_keeps_state_as_the_sqlite_one_does() {
+    let _one = ONE_FLEET.blocking_lock();
     let url = Postgres::get().database("store");
-    let store = PostgresState::connect(&url).unwrap();
+    let store = PostgresState::connect(&url, std::time::Duration::from_secs(2)).unwrap();
     exercise(&store);
     // A second host's connection finds the schema there and migrates
     // nothing; the offsets are the same rows.
-    let other = PostgresState::connect(&url).unwrap();
+    let other = PostgresState::connect(&url, std::time::Duration::from_secs(2)).unwrap();
     assert_eq!(
         other.offset("p").unwrap(),
         Some(Cursor::after(Timestamp(4_000), Key::Int(42)))
     );
-    assert_eq!(query(&url, "SELECT max(version) FROM freshet.migrations"), [["1"]]);
+    assert_eq!(
+        query(&url, "SELECT max(version) FROM freshet.migrations"),
+        [["1"]]
+    );
 }
 
 #[tokio::test]
 async fn a_commit_under_a_lost_lease_is_refused_and_changes_nothing() {
+    let _one = ONE_FLEET.lock().await;
     let url = Postgres::get().database("fence");
-    let store = PostgresState::connect(&url).unwrap();
+    let store = PostgresState::connect(&url, std::time::Duration::from_secs(2)).unwrap();
     let ttl = std::time::Duration::from_millis(300);
     let pipelines = vec!["p".to_string()];
     store.add_pipelines(&pipelines).await.unwrap();
@@ -160,7 +168,11 @@ async fn a_commit_under_a_lost_lease_is_refused_and_changes_nothing() {
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].epoch, 1);
     // Held: nobody else can claim it.
-    assert!(store.claim("host-b", &pipelines, 10, ttl).await.unwrap().is_empty());
+    assert!(store
+        .claim("host-b", &pipelines, 10, ttl)
+        .await
+        .unwrap()
+        .is_empty());
     let fence_a = Fence {
         owner: "host-a".into(),
         epoch: 1,
@@ -183,12 +195,22 @@ async fn a_commit_under_a_lost_lease_is_refused_and_changes_nothing() {
     );
     // Nothing of A's late page landed: the offset, ledger and dead letters
     // are as A's last good commit left them.
-    assert_eq!(store.offset("p").unwrap(), Some(Cursor::before(Timestamp(10))));
-    assert!(store.finished_actions(&["p/20/0".into()]).unwrap().is_empty());
+    assert_eq!(
+        store.offset("p").unwrap(),
+        Some(Cursor::before(Timestamp(10)))
+    );
+    assert!(store
+        .finished_actions(&["p/20/0".into()])
+        .unwrap()
+        .is_empty());
     assert_eq!(store.dead_letters(None).unwrap().len(), 1);
     // A cannot give back what it lost, nor renew it; B can commit.
     assert!(!store.release("host-a", &a[0]).await.unwrap());
-    assert!(store.renew("host-a", &pipelines, ttl).await.unwrap().is_empty());
+    assert!(store
+        .renew("host-a", &pipelines, ttl)
+        .await
+        .unwrap()
+        .is_empty());
     let fence_b = Fence {
         owner: "host-b".into(),
         epoch: 2,
@@ -204,4 +226,318 @@ async fn a_commit_under_a_lost_lease_is_refused_and_changes_nothing() {
     assert!(store.release("host-b", &b[0]).await.unwrap());
     let a2 = store.claim("host-a", &pipelines, 10, ttl).await.unwrap();
     assert_eq!(a2[0].epoch, 3);
+}
+
+// ---- Hosts sharing pipelines: real `freshet run` processes. ----
+
+use freshet_tests::cluster::{Fleet, Writer};
+use freshet_tests::{received_order_ids, Receiver};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One fleet at a time: they share two cores, and the takeover times they
+/// assert must not stretch under another test's load.
+static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PIPELINES: usize = 30;
+const TTL: Duration = Duration::from_secs(2);
+
+/// Every inserted row delivered at least once; returns how many events
+/// were sent beyond one per row.
+async fn all_delivered(fleet: &Fleet, receiver: &Receiver) -> usize {
+    let want = fleet.all_ids();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut got = received_order_ids(receiver);
+        let sent = got.len();
+        got.sort_unstable();
+        got.dedup();
+        if got.len() >= want.len() {
+            let mut want = want.clone();
+            want.sort_unstable();
+            assert_eq!(got, want, "delivered rows that were never inserted");
+            return sent - got.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} rows delivered after 120 s\n{}",
+            got.len(),
+            want.len(),
+            fleet.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `pipelines` pipelines over three hosts, rows arriving (two per table
+/// every 200 ms), once the hosts hold a fair share each.
+fn three_hosts(receiver: &Receiver, pipelines: usize, ttl: Duration) -> (Fleet, Writer) {
+    let mut fleet = Fleet::new(receiver, pipelines, 40, ttl);
+    for host in ["h1", "h2", "h3"] {
+        fleet.start(host);
+    }
+    let writer = fleet.keep_inserting(2, Duration::from_millis(200));
+    let share = pipelines.div_ceil(3);
+    fleet.wait_for(
+        "balanced",
+        Duration::from_secs(60),
+        balanced(3, share * 4 / 5, (share * 6 / 5).max(share + 1)),
+    );
+    (fleet, writer)
+}
+
+/// Adds `rows` rows to each of `pipelines`' tables and returns once about a
+/// third of them reached the receiver: their hosts are busy, with pages in
+/// flight, when the test strikes.
+async fn burst(fleet: &Fleet, receiver: &Receiver, pipelines: &[String], rows: i64) {
+    let before = receiver.message_count();
+    for p in pipelines {
+        let k: usize = p[1..].parse().expect("pNN");
+        fleet.insert(k, rows);
+    }
+    let target = before + (rows as u64 * pipelines.len() as u64) / 3;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.message_count() < target {
+        assert!(
+            Instant::now() < deadline,
+            "the burst was not read\n{}",
+            fleet.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Webhook calls per idempotency key: every confirmed order's exactly
+/// once, but for `repeats` allowed; returns the repeats.
+fn webhooks(fleet: &Fleet, receiver: &Receiver) -> usize {
+    let mut calls: HashMap<String, usize> = HashMap::new();
+    for hook in receiver.hooks() {
+        *calls
+            .entry(hook.idempotency_key.expect("every call has a key"))
+            .or_default() += 1;
+    }
+    let confirmed = fleet
+        .all_ids()
+        .into_iter()
+        .filter(|id| freshet::bench::sample::status_of(*id as u64) == "confirmed")
+        .count();
+    assert_eq!(calls.len(), confirmed, "every confirmed order's webhook");
+    calls.values().map(|n| n - 1).sum()
+}
+
+fn balanced(
+    hosts: usize,
+    low: usize,
+    high: usize,
+) -> impl Fn(&std::collections::BTreeMap<String, Option<String>>) -> bool {
+    move |owners| {
+        let mut shares: HashMap<&str, usize> = HashMap::new();
+        for owner in owners.values() {
+            match owner {
+                Some(o) => *shares.entry(o).or_default() += 1,
+                None => return false,
+            }
+        }
+        shares.len() == hosts && shares.values().all(|n| (low..=high).contains(n))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_thirty_pipelines_and_a_fourth_joins_without_losing_or_repeating_a_row() {
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut fleet = Fleet::new(&receiver, PIPELINES, 40, TTL);
+    for host in ["h1", "h2", "h3"] {
+        fleet.start(host);
+    }
+    let writer = fleet.keep_inserting(2, Duration::from_millis(300));
+    let took = fleet.wait_for(
+        "balanced over 3 hosts",
+        Duration::from_secs(60),
+        balanced(3, 8, 12),
+    );
+    println!(
+        "3 hosts: balanced {:?} after the start: {:?}",
+        took,
+        fleet.shares()
+    );
+    fleet.start("h4");
+    let took = fleet.wait_for(
+        "balanced over 4 hosts",
+        Duration::from_secs(60),
+        balanced(4, 6, 9),
+    );
+    println!(
+        "a 4th host joined: balanced after {took:?}: {:?}",
+        fleet.shares()
+    );
+    writer.stop();
+    let resent = all_delivered(&fleet, &receiver).await;
+    fleet.stop_all();
+    // Hand-overs are graceful (the pages in flight commit, then the lease
+    // is given back): nothing is sent twice.
+    assert_eq!(resent, 0, "events sent twice while rebalancing");
+    assert_eq!(
+        webhooks(&fleet, &receiver),
+        0,
+        "actions run twice while rebalancing"
+    );
+    let claims = fleet.assert_history_exclusive();
+    println!("{claims} claims, never two owners at once");
+    // At shutdown every lease was given back.
+    assert!(
+        fleet.owners().values().all(Option::is_none),
+        "{:?}",
+        fleet.owners()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_pipelines_move_within_two_ttls_and_only_its_pages_in_flight_repeat() {
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let (mut fleet, writer) = three_hosts(&receiver, PIPELINES, TTL);
+    let held = fleet.held_by("h2");
+    burst(&fleet, &receiver, &held, 600).await;
+    fleet.kill("h2");
+    let killed = Instant::now();
+    let took = fleet.wait_for("taken over", TTL * 3, |owners| {
+        owners
+            .values()
+            .all(|o| o.as_deref().is_some_and(|o| o != "h2"))
+    });
+    println!(
+        "SIGKILL: {} pipelines of h2 taken over {took:?} after the kill (TTL {TTL:?})",
+        held.len()
+    );
+    assert!(killed.elapsed() >= took);
+    assert!(took <= TTL * 2, "taken over after {took:?}");
+    writer.stop();
+    let resent = all_delivered(&fleet, &receiver).await;
+    fleet.stop_all();
+    // The window: each of h2's pipelines had at most three pages delivered
+    // and not committed (50 rows each: one committing, one waiting for
+    // it, one being sent), and one page's actions run.
+    let repeated = webhooks(&fleet, &receiver);
+    println!("SIGKILL: {resent} events resent, {repeated} webhook calls repeated (same keys)");
+    assert!(resent <= held.len() * 3 * 50, "{resent} events resent");
+    assert!(repeated <= held.len() * 50, "{repeated} actions repeated");
+    fleet.assert_history_exclusive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_paused_past_its_lease_is_fenced_and_moves_no_offset_back() {
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let (mut fleet, writer) = three_hosts(&receiver, PIPELINES, TTL);
+    // Offsets sampled all along: none may ever move back.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (url, watching) = (fleet.url.clone(), watching.clone());
+        std::thread::spawn(move || {
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            let mut samples = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                for row in query(&url, "SELECT pipeline, ts_nanos FROM freshet.offsets") {
+                    let ts: i64 = row[1].parse().unwrap();
+                    let before = seen.insert(row[0].clone(), ts).unwrap_or(i64::MIN);
+                    assert!(
+                        ts >= before,
+                        "{}: offset moved back from {before} to {ts}",
+                        row[0]
+                    );
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        })
+    };
+    let held = fleet.held_by("h3");
+    burst(&fleet, &receiver, &held, 600).await;
+    fleet.signal("h3", "STOP");
+    fleet.wait_for("taken from the paused host", TTL * 4, |owners| {
+        owners
+            .values()
+            .all(|o| o.as_deref().is_some_and(|o| o != "h3"))
+    });
+    tokio::time::sleep(TTL / 2).await;
+    fleet.signal("h3", "CONT");
+    // It rejoins: the others give it a share again.
+    fleet.wait_for(
+        "balanced again",
+        Duration::from_secs(60),
+        balanced(3, 8, 12),
+    );
+    writer.stop();
+    let resent = all_delivered(&fleet, &receiver).await;
+    fleet.stop_all();
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let samples = watcher.join().expect("no offset moved back");
+    let log = fleet.log("h3");
+    // Every pipeline it held when paused, it learned it lost — at its first
+    // renewal after resuming, or when the run under the lease ended first
+    // (out of time on its own clock, or refused by the epoch) and the
+    // lease was found to be another host's — and it gave none back.
+    let lost: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| {
+            l.contains("lease lost to another host") || l.contains("lease already another host's")
+        })
+        .map(|l| (field(l, "pipeline"), field(l, "epoch")))
+        .collect();
+    for pipeline in &held {
+        assert!(
+            lost.iter().any(|(p, _)| p == pipeline),
+            "{pipeline}: h3 never saw it lost:\n{log}"
+        );
+    }
+    for line in log.lines().filter(|l| l.contains("lease given back")) {
+        let given = (field(line, "pipeline"), field(line, "epoch"));
+        assert!(!lost.contains(&given), "gave back a lost lease: {line}");
+    }
+    let fenced = log.matches("the commit was refused").count();
+    let expired = log.matches("ran out").count();
+    println!("SIGSTOP past the lease: {} pipelines lost; {fenced} commits refused by the epoch, {expired} pages stopped by the host's own clock; {resent} events resent; {samples} offset samples, none moved back", held.len());
+    fleet.assert_history_exclusive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarting_mid_run_loses_nothing() {
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    // A lease outlives the restart (about two seconds): the pipelines wait
+    // for the database and go on under the same leases. (An outage longer
+    // than the TTL ends them, and their pages in flight repeat once more
+    // under the next owner: see the README's failure story.)
+    let (mut fleet, writer) = three_hosts(&receiver, 12, TTL * 3);
+    let all: Vec<String> = fleet.owners().into_keys().collect();
+    burst(&fleet, &receiver, &all, 300).await;
+    let server = Postgres::get();
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start_again();
+    writer.stop();
+    let resent = all_delivered(&fleet, &receiver).await;
+    fleet.wait_for("owned again", Duration::from_secs(60), |owners| {
+        owners.values().all(Option::is_some)
+    });
+    fleet.stop_all();
+    let repeated = webhooks(&fleet, &receiver);
+    println!("PostgreSQL restarted: {resent} events resent, {repeated} actions repeated");
+    // Pages in flight when the database went away are read again: at most
+    // three pages of events and one of actions per pipeline.
+    assert!(resent <= 12 * 3 * 50, "{resent}");
+    assert!(repeated <= 12 * 50, "{repeated}");
+    fleet.assert_history_exclusive();
+}
+
+/// A `key=value` field of a log line.
+fn field(line: &str, key: &str) -> String {
+    let at = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&at))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
 }

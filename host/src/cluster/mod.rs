@@ -157,7 +157,10 @@ impl Keeper {
             for name in mine {
                 let held = &self.held[&name];
                 let epoch = held.hold.epoch();
-                if renewed.iter().any(|c| c.pipeline == name && c.epoch == epoch) {
+                if renewed
+                    .iter()
+                    .any(|c| c.pipeline == name && c.epoch == epoch)
+                {
                     held.hold.extend(deadline);
                 } else {
                     tracing::warn!(host = %self.host, pipeline = %name, epoch, "lease lost to another host; stopping without committing");
@@ -271,11 +274,21 @@ impl Keeper {
             epoch: hold.epoch(),
         };
         match self.store.release(&self.host, &lease).await {
-            Ok(true) => tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease given back"),
-            Ok(false) => tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease already another host's; nothing given back"),
-            Err(e) => tracing::warn!(host = %self.host, pipeline = %name, error = %e, "giving the lease back failed; it ends at its TTL"),
+            Ok(true) => {
+                tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease given back")
+            }
+            Ok(false) => {
+                tracing::info!(host = %self.host, pipeline = %name, epoch = lease.epoch, "lease already another host's; nothing given back")
+            }
+            Err(e) => {
+                tracing::warn!(host = %self.host, pipeline = %name, error = %e, "giving the lease back failed; it ends at its TTL")
+            }
         }
-        if self.held.get(&name).is_some_and(|h| h.hold.epoch() == lease.epoch) {
+        if self
+            .held
+            .get(&name)
+            .is_some_and(|h| h.hold.epoch() == lease.epoch)
+        {
             self.held.remove(&name);
         }
         self.pipelines[&name]

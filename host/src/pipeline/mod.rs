@@ -262,7 +262,14 @@ impl Pipeline {
             }
             let pages = stats.pages;
             match self
-                .stream(&mut committed, lease, &shutdown, options, &profile, &mut stats)
+                .stream(
+                    &mut committed,
+                    lease,
+                    &shutdown,
+                    options,
+                    &profile,
+                    &mut stats,
+                )
                 .await
             {
                 Ok(Ended::Paused) if !shutdown.is_cancelled() => {
@@ -320,7 +327,8 @@ impl Pipeline {
     }
 
     /// After a failure retrying can fix: shows it, waits (doubling `wait`
-    /// up to [`MAX_RETRY_WAIT`]) or until shutdown or a pause is asked (the
+    /// up to [`MAX_RETRY_WAIT`]; after a state store failure, until the
+    /// store answers again) or until shutdown or a pause is asked (the
     /// next stream then pauses at once). A source failure clears at the
     /// next answered poll; any other (the destination, the state store)
     /// only at the next commit.
@@ -335,12 +343,34 @@ impl Pipeline {
         self.control.retrying(format!("{e:#}"), source);
         tracing::warn!(pipeline = %self.name, error = %format!("{e:#}"), wait = ?*wait, cursor = %committed, "reading or delivering failed; resuming from the committed offset");
         let mut pause = self.control.pause_signal();
-        tokio::select! {
-            () = tokio::time::sleep(*wait) => {}
-            () = shutdown.cancelled() => {}
-            _ = pause.wait_for(|asked| *asked) => {}
+        // The state store failed (a database restarting): every attempt
+        // before it answers again would deliver its pages once more and
+        // fail to commit them, so the next attempt waits for it.
+        let store_down = matches!(
+            e.downcast_ref::<crate::state::StateError>(),
+            Some(crate::state::StateError::Failed(_))
+        );
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(*wait) => {}
+                () = shutdown.cancelled() => return,
+                _ = pause.wait_for(|asked| *asked) => return,
+            }
+            *wait = (*wait * 2).min(MAX_RETRY_WAIT);
+            if !store_down {
+                return;
+            }
+            let state = self.state.clone();
+            match tokio::task::spawn_blocking(move || state.check()).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(pipeline = %self.name, error = %e, wait = ?*wait, "the state store still does not answer");
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.name, error = %e, "checking the state store")
+                }
+            }
         }
-        *wait = (*wait * 2).min(MAX_RETRY_WAIT);
     }
 
     /// One poll: the source's clock less the delay, and the page after
@@ -371,8 +401,8 @@ impl Pipeline {
         profile: &Arc<Profile>,
         stats: &mut Stats,
     ) -> anyhow::Result<Ended> {
-        let (mapped_tx, mut mapped_rx) = tokio::sync::mpsc::channel(1);
-        let (delivered_tx, mut delivered_rx) = tokio::sync::mpsc::channel(1);
+        let (mapped_tx, mapped_rx) = tokio::sync::mpsc::channel(1);
+        let (delivered_tx, delivered_rx) = tokio::sync::mpsc::channel(1);
         let polls = std::sync::atomic::AtomicU64::new(0);
         // Started by the reader when it finds the pipeline behind, advanced
         // and ended by the writer as pages commit.
@@ -451,7 +481,16 @@ impl Pipeline {
             anyhow::Ok(ended)
         };
         let deliverer = async {
+            // Owned here, so a failed delivery closes the channel and a
+            // reader waiting to hand over its next page stops instead of
+            // waiting forever.
+            let mut mapped_rx = mapped_rx;
             while let Some((mut work, full)) = mapped_rx.recv().await {
+                // The writer failed: what is delivered now would only be
+                // delivered again.
+                if delivered_tx.is_closed() {
+                    break;
+                }
                 if let Err(e) = self.deliver(&mut work, lease, profile).await {
                     stop.cancel();
                     return Err(e);
@@ -464,6 +503,9 @@ impl Pipeline {
             anyhow::Ok(())
         };
         let writer = async {
+            // Owned here for the same reason: a failed commit frees the
+            // deliverer.
+            let mut delivered_rx = delivered_rx;
             while let Some((work, full)) = delivered_rx.recv().await {
                 let rows = stats.rows;
                 match self.finish(work, lease, profile, stats).await {

@@ -252,11 +252,16 @@ pub fn open(config: &crate::config::StateConfig) -> anyhow::Result<Opened> {
         StateKind::Postgres => {
             let var = config.url_env.as_deref().unwrap_or_default();
             let url = std::env::var(var).map_err(|_| {
-                anyhow::anyhow!("state.url_env: {var} is not set (the PostgreSQL connection string)")
+                anyhow::anyhow!(
+                    "state.url_env: {var} is not set (the PostgreSQL connection string)"
+                )
             })?;
             let store = Arc::new(
-                postgres::PostgresState::connect(&url)
-                    .map_err(|e| anyhow::anyhow!("state (PostgreSQL at {var}): {e}"))?,
+                postgres::PostgresState::connect(
+                    &url,
+                    std::time::Duration::from_millis(config.lease_ttl_ms),
+                )
+                .map_err(|e| anyhow::anyhow!("state (PostgreSQL at {var}): {e}"))?,
             );
             Opened {
                 store: store.clone(),

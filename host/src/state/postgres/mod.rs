@@ -40,15 +40,26 @@ pub struct PostgresState {
     _stop: std::sync::mpsc::SyncSender<()>,
 }
 
-fn failed(e: impl std::fmt::Display) -> StateError {
-    StateError::Failed(e.to_string())
+/// An error with its causes (the pool's "could not create a connection"
+/// says why only in its source).
+fn failed(e: impl std::error::Error) -> StateError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    StateError::Failed(text)
 }
 
 /// A tokio-postgres error with its cause (the server's message).
 fn pg(e: tokio_postgres::Error) -> StateError {
     match e.as_db_error() {
         Some(db) => StateError::Failed(format!("{}: {}", db.code().code(), db.message())),
-        None => StateError::Failed(format!("{e}")),
+        None => failed(e),
     }
 }
 
@@ -94,10 +105,21 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
 impl PostgresState {
     /// Connects (`url`: a libpq connection string or URL), applies the
     /// migrations the database lacks, and returns the store.
-    pub fn connect(url: &str) -> Result<Self, StateError> {
-        let config: tokio_postgres::Config = url
+    pub fn connect(url: &str, lease_ttl: Duration) -> Result<Self, StateError> {
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StateError::Failed(format!("the connection string: {e}")))?;
+        // A host frozen in the middle of a commit (SIGSTOP, a VM paused)
+        // holds its lease row locked, and no other host could claim that
+        // pipeline until it woke: the server ends such a session (and
+        // rolls back its commit) after half a TTL.
+        let idle = (lease_ttl / 2).max(Duration::from_millis(500));
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            idle.as_millis()
+        );
+        config.options(options.trim());
         let (runtime, stop) = Self::start_runtime()?;
         let manager = Manager::from_config(
             config,
@@ -121,15 +143,17 @@ impl PostgresState {
         };
         store.block(|pool| async move {
             let mut client = pool.get().await.map_err(failed)?;
-            schema::migrate(&mut client).await.map_err(StateError::Failed)
+            schema::migrate(&mut client)
+                .await
+                .map_err(StateError::Failed)
         })?;
         Ok(store)
     }
 
     /// A one-worker runtime on a thread of its own, alive until the
     /// returned sender drops.
-    fn start_runtime() -> Result<(tokio::runtime::Handle, std::sync::mpsc::SyncSender<()>), StateError>
-    {
+    fn start_runtime(
+    ) -> Result<(tokio::runtime::Handle, std::sync::mpsc::SyncSender<()>), StateError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("freshet-postgres")
@@ -295,7 +319,9 @@ impl StateStore for PostgresState {
 
     fn reset_offset(&self, pipeline: &str, cursor: Option<&Cursor>) -> Result<(), StateError> {
         let pipeline = pipeline.to_owned();
-        let cursor = cursor.map(|c| Ok::<_, StateError>((c.ts.0, key_json(c)?))).transpose()?;
+        let cursor = cursor
+            .map(|c| Ok::<_, StateError>((c.ts.0, key_json(c)?)))
+            .transpose()?;
         self.block(|pool| async move {
             let client = pool.get().await.map_err(failed)?;
             match cursor {

@@ -105,7 +105,10 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), String> {
     .await
     .map_err(|e| format!("creating schema freshet: {e}"))?;
     let row = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM freshet.migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM freshet.migrations",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?;
     let have: i64 = row.get(0);
