@@ -361,6 +361,42 @@ async fn three_hosts_share_thirty_pipelines_and_a_fourth_joins_without_losing_or
         took,
         fleet.shares()
     );
+    // `freshet status` shows what the database says, from any machine.
+    let status = freshet_tests::succeed(
+        freshet_tests::freshet()
+            .args(["status", "--json", "--config"])
+            .arg(&fleet.config)
+            .env("FRESHET_TEST_PG_URL", &fleet.url),
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), PIPELINES);
+    let owners = fleet.owners();
+    for line in &lines {
+        let pipeline = line["pipeline"].as_str().unwrap();
+        assert_eq!(
+            line["owner"].as_str(),
+            owners[pipeline].as_deref(),
+            "{line}"
+        );
+        assert!(line["epoch"].as_i64().unwrap() >= 1, "{line}");
+        assert!(line["lease_ms"].as_i64().unwrap() > 0, "{line}");
+        assert!(line["lag_seconds"].as_f64().unwrap() < 60.0, "{line}");
+    }
+    let table = freshet_tests::succeed(
+        freshet_tests::freshet()
+            .args(["status", "--config"])
+            .arg(&fleet.config)
+            .env("FRESHET_TEST_PG_URL", &fleet.url),
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.starts_with("PIPELINE  OWNER  EPOCH  LEASE"),
+        "{table}"
+    );
+    assert!(table.contains("s left"), "{table}");
     fleet.start("h4");
     let took = fleet.wait_for(
         "balanced over 4 hosts",
@@ -540,4 +576,48 @@ fn field(line: &str, key: &str) -> String {
         .unwrap_or_default()
         .trim_matches('"')
         .to_owned()
+}
+
+#[test]
+fn a_host_without_its_database_says_which_setting_and_why() {
+    let receiver_free = tempfile::tempdir().unwrap();
+    let config = receiver_free.path().join("freshet.toml");
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("golden/config/postgres_url_env.toml"),
+    )
+    .unwrap()
+    .replace("not a variable", "FRESHET_TEST_NO_SUCH_URL");
+    std::fs::write(&config, &text).unwrap();
+    let run = |env: &[(&str, &str)], once: bool| {
+        let mut command = freshet_tests::freshet();
+        command.arg("run");
+        if once {
+            command.arg("--once");
+        }
+        let out = command
+            .arg("--config")
+            .arg(&config)
+            .env_remove("FRESHET_TEST_NO_SUCH_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unset = run(&[], false);
+    assert!(
+        unset.contains("state.url_env: FRESHET_TEST_NO_SUCH_URL is not set"),
+        "{unset}"
+    );
+    let port = freshet_tests::ops::free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/none?connect_timeout=2");
+    let down = run(&[("FRESHET_TEST_NO_SUCH_URL", &url)], false);
+    assert!(
+        down.contains("state (PostgreSQL at FRESHET_TEST_NO_SUCH_URL)")
+            && down.contains("Connection refused"),
+        "{down}"
+    );
+    let once = run(&[("FRESHET_TEST_NO_SUCH_URL", &url)], true);
+    assert!(once.contains("run without --once"), "{once}");
 }
