@@ -2,6 +2,7 @@
 //! machine, one JSON line each. Not a test: nothing here passes or fails on
 //! speed; it fails only if rows went missing.
 
+mod cluster;
 mod languages;
 mod latency;
 mod metrics;
@@ -52,6 +53,8 @@ enum BenchCommand {
     Languages(languages::LanguagesArgs),
     /// End-to-end rows/s with the host's metrics exported (and scraped) and without.
     Metrics(metrics::MetricsArgs),
+    /// Hosts sharing pipelines through PostgreSQL: the store's cost, scale over hosts, failover.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -176,6 +179,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Density(args)) => tenants::density(args).await,
         Some(BenchCommand::Languages(args)) => languages::run(args).await,
         Some(BenchCommand::Metrics(args)) => metrics::run(args).await,
+        Some(BenchCommand::Cluster(args)) => cluster::run(args).await,
         None => throughput(args.throughput).await,
     }
 }
