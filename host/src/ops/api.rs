@@ -108,7 +108,7 @@ async fn pause(
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
     let p = admin.pipeline(&caller, &name)?;
-    let _steering = p.steer().await;
+    let _steering = steer(p).await?;
     p.pause();
     tracing::info!(pipeline = %name, ?caller, "pause asked");
     Ok((StatusCode::ACCEPTED, Json(view(p))).into_response())
@@ -121,7 +121,7 @@ async fn resume(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let p = admin.pipeline(&caller, &name)?;
-    let _steering = p.steer().await;
+    let _steering = steer(p).await?;
     if !p.resume() {
         return Err(Problem::conflict(format!(
             "pipeline `{name}` is not paused"
@@ -211,7 +211,7 @@ async fn reset_offset(
     };
     // Under the steering lock, a resume cannot slip in between the check
     // and the write: a paused pipeline reads its offset only once resumed.
-    let _steering = p.steer().await;
+    let _steering = steer(p).await?;
     if p.status().phase != Phase::Paused || !p.pause_asked() {
         return Err(Problem::conflict(format!(
             "pipeline `{name}` is {}: pause it and wait for `paused` first, so no page in flight commits over the new offset",
@@ -278,4 +278,16 @@ async fn replay(
         .map_err(Problem::internal)?;
     tracing::info!(pipeline = %name, ?caller, letters = replayed.len(), "dead letters replayed");
     Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// Takes the pipeline's steering lock, if this host runs it: a pipeline
+/// another host holds (hosts sharing pipelines) is steered there.
+pub(super) async fn steer(p: &PipelineControl) -> Result<tokio::sync::MutexGuard<'_, ()>, Problem> {
+    if p.status().phase == Phase::Elsewhere {
+        return Err(Problem::conflict(format!(
+            "pipeline `{}` runs on another host now (`freshet status` names it): steer it there",
+            p.name
+        )));
+    }
+    Ok(p.steer().await)
 }

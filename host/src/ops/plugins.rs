@@ -244,7 +244,7 @@ async fn switch(
     let p = admin.pipeline(&caller, &name)?.clone();
     let request: SwitchRequest = json_body(&body)?;
     let path = admin.version_file(&p.tenant, &request.version)?;
-    let _steering = p.steer().await;
+    let _steering = super::api::steer(&p).await?;
     let record = Record::Push(Some(&request.version));
     Ok(Json(admin.switch_to(&name, path, record).await?))
 }
@@ -256,7 +256,7 @@ async fn unpin(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let p = admin.pipeline(&caller, &name)?.clone();
-    let _steering = p.steer().await;
+    let _steering = super::api::steer(&p).await?;
     let path = admin.config_plugin(&name)?;
     Ok(Json(
         admin.switch_to(&name, path, Record::Push(None)).await?,
@@ -271,7 +271,7 @@ async fn rollback(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let p = admin.pipeline(&caller, &name)?.clone();
-    let _steering = p.steer().await;
+    let _steering = super::api::steer(&p).await?;
     let pins = admin.state.plugin_pins(&name)?;
     if pins.is_empty() {
         return Err(Problem::conflict(format!(

@@ -395,6 +395,13 @@ impl StateStore for PostgresState {
         self.block(|pool| async move {
             let mut client = pool.get().await.map_err(failed)?;
             let tx = client.transaction().await.map_err(pg)?;
+            // `started` marks tell an operator what began; they decide
+            // nothing (an action not finished runs again, marked or not).
+            // So they don't wait for the WAL's flush: the page's commit
+            // makes them durable together with it, as in the SQLite store.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(pg)?;
             let now = now_ms();
             // A page's keys are usually all new: this one statement is the
             // lookup and the mark.
