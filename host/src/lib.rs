@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod plugin;
+pub mod postgres;
 pub mod profile;
 pub mod retry;
 pub mod secrets;

@@ -19,7 +19,7 @@ pub mod smtp;
 pub mod snowflake;
 
 pub use freshet::bench::{
-    record_target, webhook_target, OrdersPipeline, OrdersSource, SnowflakeOrders,
+    record_target, webhook_target, OrdersPipeline, OrdersSource, PostgresOrders, SnowflakeOrders,
 };
 pub use freshet_peers::receiver::{Receiver, Scripted};
 

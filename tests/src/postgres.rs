@@ -257,3 +257,97 @@ pub fn query(url: &str, sql: &str) -> Vec<Vec<String>> {
         .map(|l| l.split('\t').map(str::to_owned).collect())
         .collect()
 }
+
+/// The `orders` table as a PostgreSQL application would declare it: exact
+/// amounts, a `timestamptz`, an index for the cursor.
+pub const ORDERS_TABLE: &str = "
+CREATE TABLE orders (
+    id             bigint PRIMARY KEY,
+    customer_email text NOT NULL,
+    status         text NOT NULL,
+    amount         numeric(12, 2) NOT NULL,
+    currency       char(3) NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+CREATE INDEX orders_cursor ON orders (updated_at, id);
+";
+
+/// A [`crate::Setup`] whose pipeline reads `orders` from a database of its
+/// own on the shared server.
+pub struct PostgresSetup {
+    /// The folder, state and pipeline settings.
+    pub setup: crate::Setup,
+    /// The database's URL (also in the variable `source.url_env` names).
+    pub url: String,
+    /// A session on the database, for the test's writes.
+    pub client: tokio_postgres::Client,
+}
+
+impl PostgresSetup {
+    /// A new database with a table made by `table_sql`, read in `zone`,
+    /// running `plugin`.
+    pub async fn new(plugin: &str, table_sql: &str, zone: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let url = Postgres::get().database("src");
+        let client = connect(&url).await;
+        client
+            .batch_execute(table_sql)
+            .await
+            .expect("create the table");
+        // A variable per setup: tests run side by side in one process.
+        let url_env = format!(
+            "FRESHET_TEST_PG_SOURCE_{}",
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        std::env::set_var(&url_env, &url);
+        let mut setup = crate::Setup::new(plugin);
+        setup.pipeline.source = crate::OrdersSource::Postgres(crate::PostgresOrders {
+            url_env,
+            timezone: zone.to_owned(),
+        });
+        Self { setup, url, client }
+    }
+
+    /// The typed `orders` table.
+    pub async fn orders(plugin: &str) -> Self {
+        Self::new(plugin, ORDERS_TABLE, "UTC").await
+    }
+
+    /// Inserts orders in one statement (`updated_at` as the instant its
+    /// epoch milliseconds are).
+    pub async fn insert(&self, orders: &[crate::Order]) {
+        insert_orders(&self.client, orders).await;
+    }
+}
+
+/// A session on `url`, its connection driven in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Inserts orders into `orders` through `client` (a session or an open
+/// transaction), as one statement.
+pub async fn insert_orders(client: &impl tokio_postgres::GenericClient, orders: &[crate::Order]) {
+    for chunk in orders.chunks(1000) {
+        let values = chunk
+            .iter()
+            .map(|o| {
+                format!(
+                    "({}, '{}', '{}', {}, '{}', to_timestamp({}::numeric / 1000))",
+                    o.id, o.email, o.status, o.amount, o.currency, o.updated_at
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .execute(&format!("INSERT INTO orders VALUES {values}"), &[])
+            .await
+            .expect("insert orders");
+    }
+}

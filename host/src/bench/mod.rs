@@ -18,7 +18,8 @@ use crate::plugin::contract::{Row, RowBatch};
 use crate::plugin::{CallContext, Limits, Runtime, Sandbox};
 use crate::source::{Cursor, Source as _, Timestamp};
 pub use orders_config::{
-    record_target, webhook_target, OrdersPipeline, OrdersSource, SharedState, SnowflakeOrders,
+    record_target, webhook_target, OrdersPipeline, OrdersSource, PostgresOrders, SharedState,
+    SnowflakeOrders,
 };
 
 use anyhow::{ensure, Context as _};
@@ -132,6 +133,7 @@ async fn end_to_end(
     let kind = match &source {
         OrdersSource::Sqlite(_) => "sqlite",
         OrdersSource::Snowflake(_) => "snowflake",
+        OrdersSource::Postgres(_) => "postgres",
     };
     std::fs::create_dir_all(dir)?;
     let text = bench_config(dir, source, run, &receiver.url());

@@ -30,6 +30,8 @@ pub struct OrdersPipeline {
     pub source: OrdersSource,
     /// The AEP (or loopback receiver) base URL.
     pub aep_url: String,
+    /// `source.key_column` (`id`).
+    pub key_column: String,
     /// Rows per page.
     pub page_size: usize,
     /// Rows per plugin call.
@@ -64,6 +66,17 @@ pub enum OrdersSource {
     Sqlite(PathBuf),
     /// A Snowflake table `ORDERS` (timestamps `TIMESTAMP_NTZ`).
     Snowflake(SnowflakeOrders),
+    /// A PostgreSQL table `orders` in schema `public`.
+    Postgres(PostgresOrders),
+}
+
+/// Where a PostgreSQL `orders` table is.
+#[derive(Debug, Clone)]
+pub struct PostgresOrders {
+    /// `source.url_env`: the variable holding the connection string.
+    pub url_env: String,
+    /// `source.timezone`, for a `timestamp` (without time zone) column.
+    pub timezone: String,
 }
 
 /// Where a Snowflake `ORDERS` table is and how to sign in.
@@ -126,6 +139,7 @@ impl OrdersPipeline {
             plugin,
             source,
             aep_url,
+            key_column: "id".into(),
             page_size: 1000,
             batch_size: 500,
             poll_interval_ms: 100,
@@ -154,6 +168,14 @@ impl OrdersPipeline {
                     zone = s.timezone,
                     staleness = s.max_staleness_ms,
                     auth = s.auth,
+                ),
+                "",
+            ),
+            OrdersSource::Postgres(p) => (
+                format!(
+                    "kind = \"postgres\"\nurl_env = {url_env:?}\ntimezone = {zone:?}",
+                    url_env = p.url_env,
+                    zone = p.timezone
                 ),
                 "",
             ),
@@ -207,7 +229,7 @@ plugin_settings = {{ tenant = "acme" }}
 [pipelines.orders.source]
 {source}
 table = "orders"
-key_column = "id"
+key_column = {key:?}
 page_size = {page}
 poll_interval_ms = {poll}
 delay_ms = {delay}
@@ -229,6 +251,7 @@ timeout_ms = 5000
             extra = self.extra,
             batch = self.batch_size,
             limits = self.limits,
+            key = self.key_column,
             page = self.page_size,
             poll = self.poll_interval_ms,
             delay = self.delay_ms,

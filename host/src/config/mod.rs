@@ -26,8 +26,8 @@ pub use admin::AdminConfig;
 pub use check::{env_references, ConfigError, Parsed};
 pub use deliver::{AepConfig, DeliverConfig, FileSinkConfig, OAuthConfig, IMS_DEFAULTS};
 pub use source::{
-    InitialTimestamp, Polling, SnowflakeAuthConfig, SnowflakeSourceConfig, SourceConfig,
-    SqliteSourceConfig, TimestampConfig, TimestampUnit,
+    InitialTimestamp, Polling, PostgresSourceConfig, SnowflakeAuthConfig, SnowflakeSourceConfig,
+    SourceConfig, SqliteSourceConfig, TimestampConfig, TimestampUnit,
 };
 pub use targets::{
     CappingConfig, CrmFlavor, CrmTargetConfig, EmailTargetConfig, EmailTemplateConfig,
@@ -241,6 +241,7 @@ impl Config {
                         file.rebase(base);
                     }
                 }
+                SourceConfig::Postgres(_) => {}
             }
             if let DeliverConfig::File(f) = &mut pipeline.deliver {
                 fix(&mut f.path);

@@ -15,6 +15,8 @@ pub enum SourceConfig {
     Sqlite(SqliteSourceConfig),
     /// A Snowflake table.
     Snowflake(Box<SnowflakeSourceConfig>),
+    /// A PostgreSQL table.
+    Postgres(PostgresSourceConfig),
 }
 
 /// What every source polled by timestamp has, whatever its kind.
@@ -50,6 +52,15 @@ impl SourceConfig {
                 backfill: s.backfill,
             },
             SourceConfig::Snowflake(s) => Polling {
+                table: &s.table,
+                key_column: &s.key_column,
+                timestamp: &s.timestamp,
+                page_size: s.page_size,
+                poll_interval_ms: s.poll_interval_ms,
+                delay_ms: s.delay_ms,
+                backfill: s.backfill,
+            },
+            SourceConfig::Postgres(s) => Polling {
                 table: &s.table,
                 key_column: &s.key_column,
                 timestamp: &s.timestamp,
@@ -172,6 +183,55 @@ fn default_query_timeout_ms() -> u64 {
     120_000
 }
 
+/// A PostgreSQL table polled by timestamp, through tokio-postgres.
+/// Identifiers are matched as PostgreSQL matches unquoted ones (folded to
+/// lower case) unless a name with capitals exists as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// Environment variable holding the connection string (a libpq URL or
+    /// `key=value` string; TLS as its `sslmode` says).
+    pub url_env: SecretEnv,
+    /// The schema.
+    #[serde(default = "default_postgres_schema")]
+    pub schema: String,
+    /// The table (or view).
+    pub table: String,
+    /// The column that, with the timestamp, orders rows and breaks ties: an
+    /// integer or text, NOT NULL.
+    pub key_column: String,
+    /// The timestamp column (`timestamptz` or `timestamp`, NOT NULL) and
+    /// where reading starts.
+    pub timestamp: TimestampConfig,
+    /// The IANA zone a `timestamp` (without time zone) column's wall-clock
+    /// times are in.
+    #[serde(default = "default_timezone")]
+    pub timezone: Parsed<chrono_tz::Tz>,
+    /// Rows per page query.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// Wait after a poll that found nothing new, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows newer than the server's `clock_timestamp() - delay_ms` wait for
+    /// a later poll (late commits with earlier timestamps are still read).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// `true`: read the whole table on first start; `false`: only new rows.
+    #[serde(default)]
+    pub backfill: bool,
+    /// Per-query time limit (`statement_timeout`), in milliseconds.
+    #[serde(default = "default_postgres_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn default_postgres_schema() -> String {
+    "public".into()
+}
+fn default_postgres_query_timeout_ms() -> u64 {
+    30_000
+}
+
 /// `[pipelines.NAME.source.auth]`: a password, or a key pair (PKCS#8 PEM,
 /// optionally encrypted). Never the secret itself.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -231,7 +291,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
         match kind.as_str() {
             "sqlite" => tagged::variant(rest).map(Self::Sqlite),
             "snowflake" => tagged::variant(rest).map(|s| Self::Snowflake(Box::new(s))),
-            other => Err(tagged::unknown(other, &["sqlite", "snowflake"])),
+            "postgres" => tagged::variant(rest).map(Self::Postgres),
+            other => Err(tagged::unknown(other, &["sqlite", "snowflake", "postgres"])),
         }
     }
 }

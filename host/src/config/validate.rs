@@ -3,8 +3,9 @@
 
 use super::check::{is_env_name, is_identifier, ConfigError, Errors};
 use super::{
-    AepConfig, Config, CrmTargetConfig, DeliverConfig, EmailTargetConfig, InitialTimestamp,
-    PipelineConfig, Polling, SnowflakeSourceConfig, SourceConfig, TargetConfig,
+    AepConfig, Config, CrmTargetConfig, DeliverConfig, EmailTargetConfig, InitialTimestamp, Parsed,
+    PipelineConfig, Polling, PostgresSourceConfig, SnowflakeSourceConfig, SourceConfig,
+    TargetConfig, TimestampConfig,
 };
 use crate::plugin::Limits;
 
@@ -120,6 +121,7 @@ fn validate_pipeline(
             );
         }
         SourceConfig::Snowflake(s) => validate_snowflake(s, &mut e),
+        SourceConfig::Postgres(s) => validate_postgres_source(s, &mut e),
     }
     match &p.deliver {
         DeliverConfig::Aep(a) => validate_aep(a, &mut e),
@@ -358,6 +360,41 @@ fn validate_polling(p: &Polling<'_>, e: &mut Errors<'_>) {
     }
 }
 
+fn validate_postgres_source(s: &PostgresSourceConfig, e: &mut Errors<'_>) {
+    e.env_name(Some(&s.url_env), "source.url_env");
+    e.identifier(&s.schema, "source.schema");
+    no_timestamp_unit(&s.timestamp, "PostgreSQL", e);
+    valid_timezone(&s.timezone, e);
+    e.range(
+        s.query_timeout_ms,
+        1_000,
+        3_600_000,
+        "source.query_timeout_ms",
+    );
+}
+
+/// `timestamp.unit` is only for the integer columns of the sqlite source.
+fn no_timestamp_unit(timestamp: &TimestampConfig, kind: &str, e: &mut Errors<'_>) {
+    if timestamp.unit.is_some() {
+        e.at(
+            "source.timestamp.unit",
+            format!("only for INTEGER columns of the sqlite source; a {kind} timestamp column carries its own type"),
+        );
+    }
+}
+
+fn valid_timezone(zone: &Parsed<chrono_tz::Tz>, e: &mut Errors<'_>) {
+    if zone.value().is_err() {
+        e.at(
+            "source.timezone",
+            format!(
+                "{:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Paris\")",
+                zone.text()
+            ),
+        );
+    }
+}
+
 fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
     e.non_empty(&s.account, "source.account");
     e.non_empty(&s.user, "source.user");
@@ -371,21 +408,8 @@ fn validate_snowflake(s: &SnowflakeSourceConfig, e: &mut Errors<'_>) {
             e.identifier(value, key);
         }
     }
-    if s.timestamp.unit.is_some() {
-        e.at(
-            "source.timestamp.unit",
-            "only for INTEGER columns of the sqlite source; a Snowflake timestamp column carries its own type",
-        );
-    }
-    if s.timezone.value().is_err() {
-        e.at(
-            "source.timezone",
-            format!(
-                "{:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Paris\")",
-                s.timezone.text()
-            ),
-        );
-    }
+    no_timestamp_unit(&s.timestamp, "Snowflake", e);
+    valid_timezone(&s.timezone, e);
     e.range(
         s.max_staleness_ms,
         s.poll_interval_ms,

@@ -12,6 +12,7 @@ use crate::deliver::{EnvelopeBuilder, SchemaRef, Sink};
 use crate::ops::control::PipelineControl;
 use crate::plugin::{CallContext, Plugin, Runtime, Sandbox};
 use crate::secrets::Secrets;
+use crate::source::postgres::PostgresSource;
 use crate::source::snowflake::SnowflakeSource;
 use crate::source::sqlite::SqliteSource;
 use crate::source::{Cursor, Source, Timestamp};
@@ -185,6 +186,7 @@ pub async fn open_source(
     Ok(match config {
         SourceConfig::Sqlite(s) => Box::new(Arc::new(SqliteSource::open(s, &prefix)?)),
         SourceConfig::Snowflake(s) => Box::new(SnowflakeSource::open(s, &prefix, secrets).await?),
+        SourceConfig::Postgres(s) => Box::new(PostgresSource::open(s, &prefix, secrets).await?),
     })
 }
 

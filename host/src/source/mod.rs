@@ -8,8 +8,10 @@
 //! nothing; because of the delay, a transaction that commits a little late
 //! with an earlier timestamp is still read.
 
+pub mod postgres;
 pub mod snowflake;
 pub mod sqlite;
+pub mod wall;
 
 use crate::plugin::contract::{Instant, Row};
 use serde::{Deserialize, Serialize};

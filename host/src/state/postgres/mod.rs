@@ -19,7 +19,7 @@ use super::{
     StateStore, StoredOffset,
 };
 use crate::source::{Cursor, Key, Timestamp};
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Pool};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
@@ -40,27 +40,14 @@ pub struct PostgresState {
     _stop: std::sync::mpsc::SyncSender<()>,
 }
 
-/// An error with its causes (the pool's "could not create a connection"
-/// says why only in its source).
-fn failed(e: impl std::error::Error) -> StateError {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    StateError::Failed(text)
+/// An error with its causes, as a state error.
+fn failed(e: impl std::error::Error + 'static) -> StateError {
+    StateError::Failed(crate::postgres::describe(&e))
 }
 
 /// A tokio-postgres error with its cause (the server's message).
 fn pg(e: tokio_postgres::Error) -> StateError {
-    match e.as_db_error() {
-        Some(db) => StateError::Failed(format!("{}: {}", db.code().code(), db.message())),
-        None => failed(e),
-    }
+    failed(e)
 }
 
 fn now_ms() -> i64 {
@@ -86,22 +73,6 @@ fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
     })
 }
 
-/// TLS as the connection string asks (`sslmode`), with the web's root
-/// certificates; `prefer` (the default) falls back to plain text.
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("aws-lc-rs supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
 impl PostgresState {
     /// Connects (`url`: a libpq connection string or URL), applies the
     /// migrations the database lacks, and returns the store.
@@ -114,28 +85,14 @@ impl PostgresState {
         // pipeline until it woke: the server ends such a session (and
         // rolls back its commit) after half a TTL.
         let idle = (lease_ttl / 2).max(Duration::from_millis(500));
-        let options = format!(
-            "{} -c idle_in_transaction_session_timeout={}",
-            config.get_options().unwrap_or_default(),
-            idle.as_millis()
+        crate::postgres::set_option(
+            &mut config,
+            "idle_in_transaction_session_timeout",
+            idle.as_millis(),
         );
-        config.options(options.trim());
         let (runtime, stop) = Self::start_runtime()?;
-        let manager = Manager::from_config(
-            config,
-            tls(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(failed)?;
+        let pool = crate::postgres::pool(config, POOL_SIZE, CONNECT_TIMEOUT)
+            .map_err(StateError::Failed)?;
         let store = Self {
             pool,
             runtime,
