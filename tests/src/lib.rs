@@ -6,7 +6,7 @@
 use freshet::config::Config;
 use freshet::source::Timestamp;
 use freshet::state::sqlite::SqliteState;
-use freshet::state::{DeadLetter, StateStore as _};
+use freshet::state::DeadLetter;
 use freshet::{RunOptions, Stats};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
@@ -250,9 +250,38 @@ impl Setup {
             .unwrap_or_default())
     }
 
-    /// The state store.
-    pub fn state(&self) -> SqliteState {
-        SqliteState::open(&self.path("state.db")).expect("open state")
+    /// Keeps the pipeline's state in a database of its own on the test
+    /// binary's PostgreSQL server instead of the state file, with leases of
+    /// `lease_ttl_ms`: the same suite, on the shared store.
+    pub fn with_postgres_state(mut self, lease_ttl_ms: u64) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let url = postgres::Postgres::get().database("state");
+        let url_env = format!(
+            "FRESHET_TEST_PG_STATE_{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        std::env::set_var(&url_env, url);
+        self.pipeline.shared_state = Some(freshet::bench::SharedState {
+            url_env,
+            lease_ttl_ms,
+        });
+        self
+    }
+
+    /// The state store: the state file, or the PostgreSQL database of
+    /// [`Setup::with_postgres_state`].
+    pub fn state(&self) -> Box<dyn freshet::state::StateStore> {
+        match &self.pipeline.shared_state {
+            None => Box::new(SqliteState::open(&self.path("state.db")).expect("open state")),
+            Some(shared) => {
+                let url = std::env::var(&shared.url_env).expect("the state URL's variable");
+                let ttl = std::time::Duration::from_millis(shared.lease_ttl_ms);
+                Box::new(
+                    freshet::state::postgres::PostgresState::connect(&url, ttl)
+                        .expect("connect to the state database"),
+                )
+            }
+        }
     }
 
     /// Dead letters so far.

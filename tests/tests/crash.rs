@@ -13,10 +13,22 @@ use std::time::{Duration, Instant};
 const ROWS: i64 = 10_000;
 const KILLS: usize = 10;
 
+/// Where a run keeps its state.
+#[derive(Clone, Copy)]
+enum Store {
+    Sqlite,
+    /// With a one-second lease: a killed host's successor claims the
+    /// pipeline a second after the kill.
+    Postgres,
+}
+
 /// `rows` sample orders in pages of 200, and a config file delivering them
-/// to `receiver`.
-fn sample_orders(receiver: &Receiver, rows: i64) -> (Setup, std::path::PathBuf) {
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+/// to `receiver`, with state in `store`.
+fn sample_orders(receiver: &Receiver, rows: i64, store: Store) -> (Setup, std::path::PathBuf) {
+    let mut setup = match store {
+        Store::Sqlite => Setup::new(plugins::ORDERS_PLUGIN),
+        Store::Postgres => Setup::new(plugins::ORDERS_PLUGIN).with_postgres_state(1_000),
+    };
     setup.pipeline.page_size = 200;
     let base = now_ms() - 3_600_000;
     setup.insert(
@@ -31,8 +43,17 @@ fn sample_orders(receiver: &Receiver, rows: i64) -> (Setup, std::path::PathBuf) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
+    ten_kills(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kill_9s_with_the_postgres_store_lose_nothing_and_repeat_only_inside_the_window() {
+    ten_kills(Store::Postgres).await;
+}
+
+async fn ten_kills(store: Store) {
     let receiver = Receiver::start(true).await.unwrap();
-    let (setup, config) = sample_orders(&receiver, ROWS);
+    let (setup, config) = sample_orders(&receiver, ROWS, store);
 
     // Kill when AEP has seen a pseudo-random number more messages, or (every
     // other time) the webhook receiver more calls: in the middle of a page's
@@ -114,7 +135,6 @@ async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
     assert!(repeated <= kills * 200, "{repeated} repeats");
     // And the ledger agrees: nothing left started-but-unfinished.
     let state = setup.state();
-    use freshet::state::StateStore as _;
     let keys: Vec<String> = calls.keys().cloned().collect();
     assert_eq!(state.finished_actions(&keys).unwrap().len(), confirmed);
 }
@@ -124,10 +144,19 @@ async fn ten_kill_9s_lose_nothing_and_repeat_only_inside_the_named_window() {
 /// process exits 0, and a restart sends no event and runs no action twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_and_commits_the_pages_in_flight() {
+    sigterm(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_postgres_store_commits_the_pages_in_flight_and_gives_the_lease_back() {
+    sigterm(Store::Postgres).await;
+}
+
+async fn sigterm(store: Store) {
     const ROWS: i64 = 3_000;
     let receiver = Receiver::start(true).await.unwrap();
     // Kept alive: it owns the folder the table and config live in.
-    let (_setup, config) = sample_orders(&receiver, ROWS);
+    let (setup, config) = sample_orders(&receiver, ROWS, store);
     let mut child = freshet()
         .args(["run", "--config"])
         .arg(&config)
@@ -159,6 +188,13 @@ async fn sigterm_finishes_and_commits_the_pages_in_flight() {
         Some(0),
         "a clean exit, not death by signal: {status:?}"
     );
+    if let Store::Postgres = store {
+        // Given back at exit, not left to run out: the next host (the
+        // restart below) claims it at once.
+        let leases = setup.state().leases().unwrap();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].owner, None, "{leases:?}");
+    }
     let stopped_at = receiver.message_count();
     assert!(
         stopped_at < ROWS as u64,

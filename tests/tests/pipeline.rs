@@ -111,8 +111,17 @@ async fn rows_become_aep_envelopes_and_confirmed_orders_fire_webhooks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_the_committed_offset() {
+    restart_resumes(Setup::new(plugins::ORDERS_PLUGIN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_the_committed_offset_with_the_postgres_store() {
+    restart_resumes(Setup::new(plugins::ORDERS_PLUGIN).with_postgres_state(10_000)).await;
+}
+
+/// Stopped part-way, restarted with more rows: every row once.
+async fn restart_resumes(mut setup: Setup) {
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.page_size = 25;
     let base = now_ms() - 60_000;
     setup.insert(&orders(1..1001, base));
@@ -152,7 +161,6 @@ async fn replay_after_an_offset_reset_redelivers_events_but_not_actions() {
     let hooks = receiver.hooks().len();
     assert!(hooks > 0);
 
-    use freshet::state::StateStore as _;
     setup.state().reset_offset("orders", None).unwrap();
     let replay = setup.run_once(&receiver).await.unwrap();
     assert_eq!(
@@ -172,8 +180,17 @@ async fn replay_after_an_offset_reset_redelivers_events_but_not_actions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once() {
+    one_thousand_ties(Setup::new(plugins::ORDERS_PLUGIN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once_with_the_postgres_store() {
+    one_thousand_ties(Setup::new(plugins::ORDERS_PLUGIN).with_postgres_state(10_000)).await;
+}
+
+/// 1,000 rows at one instant, pages of 100: each once.
+async fn one_thousand_ties(mut setup: Setup) {
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.page_size = 100;
     setup.pipeline.batch_size = 30;
     let ts = now_ms() - 10_000;
@@ -189,8 +206,17 @@ async fn a_thousand_rows_sharing_one_timestamp_are_each_delivered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_committed_late_inside_the_delay_window_is_delivered() {
+    late_commit(Setup::new(plugins::ORDERS_PLUGIN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_late_inside_the_delay_window_is_delivered_with_the_postgres_store() {
+    late_commit(Setup::new(plugins::ORDERS_PLUGIN).with_postgres_state(10_000)).await;
+}
+
+/// A row stamped before another but committed after it.
+async fn late_commit(mut setup: Setup) {
     let receiver = Receiver::start(true).await.unwrap();
-    let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
     setup.pipeline.delay_ms = 1_500;
     setup.pipeline.poll_interval_ms = 100;
     let running = Running::start(setup.config(&receiver));

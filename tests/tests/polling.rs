@@ -2,7 +2,6 @@
 //! page is followed at once, an empty poll waits the interval, and shutdown
 //! finishes and commits what is in flight.
 
-use freshet::state::StateStore as _;
 use freshet_tests::*;
 use std::time::Duration;
 

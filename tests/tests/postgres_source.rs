@@ -217,6 +217,9 @@ async fn wall_times_without_a_zone_are_read_in_the_configured_zone_across_a_cloc
     assert_eq!(again.rows, 1, "{again:?}");
 }
 
+/// A table, a change to the setup, and the error it must give.
+type Refusal = (&'static str, fn(&mut PostgresSetup), &'static str);
+
 /// Runs a pipeline over a table made by `table_sql` and returns its error.
 async fn start_up_error(table_sql: &str, edit: impl FnOnce(&mut PostgresSetup)) -> String {
     let receiver = Receiver::start(true).await.unwrap();
@@ -231,7 +234,7 @@ async fn start_up_error(table_sql: &str, edit: impl FnOnce(&mut PostgresSetup)) 
 async fn a_table_that_cannot_be_polled_safely_is_refused_with_its_key() {
     let _server = SERVER.read().await;
     let key = "pipelines.orders.source";
-    let cases: [(&str, fn(&mut PostgresSetup), &str); 7] = [
+    let cases: [Refusal; 7] = [
         (
             "CREATE TABLE orders (id bigint NOT NULL, updated_at timestamptz)",
             |_| {},

@@ -1,6 +1,6 @@
 //! `freshet dlq replay`: dead letters sent again once their cause is fixed.
 
-use freshet::state::{DeadKind, Letter, StateStore as _};
+use freshet::state::{DeadKind, Letter};
 use freshet_tests::*;
 
 fn orders(ids: std::ops::Range<i64>, status: &str) -> Vec<Order> {

@@ -536,7 +536,6 @@ async fn an_event_over_aeps_one_megabyte_is_dead_lettered_not_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actions_key_stays_put_when_a_neighbour_decides_on_a_later_run() {
     use freshet::source::{Cursor, Timestamp};
-    use freshet::state::StateStore as _;
     let receiver = Receiver::start(true).await.unwrap();
     let mut setup = Setup::new(plugins::HOSTILE_PLUGIN);
     setup.insert(&[Order::new(1, "pair", now_ms() - 60_000)]);

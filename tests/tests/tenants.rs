@@ -4,7 +4,6 @@
 //! version that produced it.
 
 use freshet::config::Config;
-use freshet::state::StateStore as _;
 use freshet::{RunOptions, Stats};
 use freshet_tests::*;
 use sha2::{Digest, Sha256};

@@ -11,6 +11,11 @@
 //! its own clock says the lease ran out ([`Hold::check`]). At shutdown the
 //! keeper stops its pipelines and gives their leases back, so the others
 //! take them at their next tick instead of after the TTL.
+//!
+//! With `--once` a host claims every pipeline it can (not a share), drains
+//! each under its lease, gives it back, and returns. A pipeline still held
+//! elsewhere after two TTLs (a crashed holder's lease has ended by then) is
+//! a live host's to drain, and is left to it.
 
 mod hold;
 
@@ -68,13 +73,17 @@ struct Keeper {
     runs: JoinSet<Ended>,
     totals: BTreeMap<String, Stats>,
     failures: Vec<String>,
+    /// `--once`: the pipelines drained (or failed, or held elsewhere).
+    done: std::collections::BTreeSet<String>,
+    /// When this host joined.
+    joined: Instant,
     shutdown: CancellationToken,
 }
 
 /// Runs this host's share of `pipelines` until `shutdown`, sharing them
 /// with the other hosts of `store`; returns the counters of every run this
-/// host made, per pipeline. `--once` has no meaning here (another host may
-/// hold a pipeline), and is refused by the caller.
+/// host made, per pipeline. With `options.once`, returns when every
+/// pipeline is drained or held by another live host.
 pub async fn run(
     store: Arc<PostgresState>,
     pipelines: Vec<Pipeline>,
@@ -96,6 +105,8 @@ pub async fn run(
         runs: JoinSet::new(),
         totals: BTreeMap::new(),
         failures: Vec::new(),
+        done: Default::default(),
+        joined: Instant::now(),
         shutdown,
     };
     for p in keeper.pipelines.values() {
@@ -125,6 +136,9 @@ impl Keeper {
                         Ok(ended) => self.ended(ended).await,
                         Err(e) => tracing::error!(error = %e, "a pipeline's task panicked"),
                     }
+                    if self.drained() {
+                        return;
+                    }
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -143,7 +157,15 @@ impl Keeper {
                 // this host's clock; the next tick tries again.
                 tracing::warn!(host = %self.host, error = %e, "renewing leases failed; pipelines stop sending when their leases run out");
             }
+            if self.drained() {
+                return;
+            }
         }
+    }
+
+    /// `--once`: every pipeline drained, failed, or left to its holder.
+    fn drained(&self) -> bool {
+        self.options.once && self.runs.is_empty() && self.done.len() == self.pipelines.len()
     }
 
     /// Heartbeat, renewals, then claims or releases towards the fair share.
@@ -169,7 +191,11 @@ impl Keeper {
                 }
             }
         }
-        let share = self.pipelines.len().div_ceil(live.max(1));
+        let share = if self.options.once {
+            self.pipelines.len()
+        } else {
+            self.pipelines.len().div_ceil(live.max(1))
+        };
         let active: Vec<String> = self
             .held
             .iter()
@@ -180,7 +206,7 @@ impl Keeper {
             let free: Vec<String> = self
                 .pipelines
                 .keys()
-                .filter(|name| !self.held.contains_key(*name))
+                .filter(|name| !self.held.contains_key(*name) && !self.done.contains(*name))
                 .cloned()
                 .collect();
             let sent = Instant::now();
@@ -188,6 +214,15 @@ impl Keeper {
                 .store
                 .claim(&self.host, &free, share - active.len(), self.ttl)
                 .await?;
+            if self.options.once && self.joined.elapsed() > 2 * self.ttl {
+                for name in free
+                    .iter()
+                    .filter(|n| !claimed.iter().any(|c| &c.pipeline == *n))
+                {
+                    tracing::warn!(host = %self.host, pipeline = %name, "held by another live host, which drains it; not drained by this run");
+                    self.done.insert(name.clone());
+                }
+            }
             for lease in claimed {
                 self.start(lease, self.deadline(sent));
             }
@@ -252,6 +287,9 @@ impl Keeper {
     /// A run ended: count it, and give the lease back unless it was lost
     /// (or the pipeline failed for good, which stays here).
     async fn ended(&mut self, (name, hold, result): Ended) {
+        if self.options.once {
+            self.done.insert(name.clone());
+        }
         match result {
             Ok(stats) => self.totals.entry(name.clone()).or_default().add(&stats),
             Err(e) => {

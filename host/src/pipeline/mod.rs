@@ -583,11 +583,6 @@ async fn run_host(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> anyhow::Result<Vec<(String, Stats)>> {
-    anyhow::ensure!(
-        !(options.once && config.state.kind == crate::config::StateKind::Postgres),
-        "--once drains every pipeline on this host, but with state.kind = \"postgres\" hosts \
-         share the pipelines through leases: run without --once"
-    );
     let admin = config.admin.as_ref();
     let metrics = admin
         .filter(|a| a.metrics)
