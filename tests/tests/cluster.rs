@@ -382,7 +382,11 @@ async fn three_hosts_share_thirty_pipelines_and_a_fourth_joins_without_losing_or
             "{line}"
         );
         assert!(line["epoch"].as_i64().unwrap() >= 1, "{line}");
-        assert!(line["lease_ms"].as_i64().unwrap() > 0, "{line}");
+        // A pipeline given back to balance the fourth host is free (and
+        // its lease over) until a host claims it at its next tick.
+        if line["owner"].is_string() {
+            assert!(line["lease_ms"].as_i64().unwrap() > 0, "{line}");
+        }
         assert!(line["lag_seconds"].as_f64().unwrap() < 60.0, "{line}");
     }
     let table = freshet_tests::succeed(
