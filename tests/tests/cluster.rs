@@ -625,3 +625,101 @@ fn a_host_without_its_database_says_which_setting_and_why() {
     let once = run(&[("FRESHET_TEST_NO_SUCH_URL", &url)], true);
     assert!(once.contains("Connection refused"), "{once}");
 }
+
+/// Two hosts with admin APIs (one config each, differing only in the port)
+/// share two pipelines: each holds one, steers it, and refuses to steer the
+/// other's with 409 and where to go instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_steers_only_the_pipelines_it_holds() {
+    use freshet_tests::ops::{admin_table, free_port, Api, HostProcess, OPERATOR_TOKEN};
+    use freshet_tests::{now_ms, plugins, Order, Setup};
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let url = freshet_tests::postgres::Postgres::get().database("steer");
+    let setups: Vec<Setup> = ["left", "right"]
+        .iter()
+        .map(|name| {
+            let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
+            setup.pipeline.name = (*name).into();
+            setup.pipeline.shared_state = Some(freshet::bench::SharedState {
+                url_env: "FRESHET_TEST_STEER_URL".into(),
+                lease_ttl_ms: 3_000,
+            });
+            setup.insert(&[Order::new(1, "pending", now_ms() - 1_000)]);
+            setup
+        })
+        .collect();
+    let pipelines = setups[0].config_text(&receiver) + &setups[1].pipeline_text(&receiver);
+    let store = setups[0].path("plugins");
+    let mut hosts = Vec::new();
+    for id in ["host-a", "host-b"] {
+        let port = free_port();
+        let admin = format!(
+            "{}\nplugin_store = {store:?}\n\n",
+            admin_table(port).trim_end()
+        );
+        let dir = setups[0].path(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = HostProcess::start(
+            &dir,
+            &format!("{admin}\n{pipelines}"),
+            port,
+            &[
+                ("FRESHET_TEST_STEER_URL", url.as_str()),
+                ("FRESHET_HOST_ID", id),
+            ],
+        )
+        .await;
+        hosts.push(host);
+    }
+    // Each settles on one pipeline (a fair share of two between two).
+    let apis: Vec<Api> = hosts.iter().map(|h| Api::of(&h.url)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let mut held = Vec::new();
+        for api in &apis {
+            let (status, all) = api.get("/api/v1/pipelines", OPERATOR_TOKEN).await;
+            assert_eq!(status, 200, "{all}");
+            let running: Vec<String> = all["pipelines"]
+                .as_array()
+                .unwrap_or(&Vec::new())
+                .iter()
+                .filter(|p| p["phase"] != "elsewhere")
+                .filter_map(|p| Some(p["name"].as_str()?.to_owned()))
+                .collect();
+            held.push(running);
+        }
+        if held.iter().all(|h| h.len() == 1) && held[0] != held[1] {
+            break held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hosts never settled on one pipeline each: {held:?}\n{}\n{}",
+            hosts[0].logs(),
+            hosts[1].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (api, mine, theirs) in [
+        (&apis[0], &held[0][0], &held[1][0]),
+        (&apis[1], &held[1][0], &held[0][0]),
+    ] {
+        let (status, body) = api
+            .post(&format!("/api/v1/pipelines/{theirs}/pause"), OPERATOR_TOKEN)
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body.to_string()
+                .contains(&format!("pipeline `{theirs}` runs on another host now")),
+            "{body}"
+        );
+        let (status, body) = api
+            .post(&format!("/api/v1/pipelines/{mine}/pause"), OPERATOR_TOKEN)
+            .await;
+        assert_eq!(status, 202, "accepted: pausing after its page ({body})");
+        api.wait_for_phase(mine, "paused").await;
+    }
+    for host in hosts {
+        host.stop();
+    }
+}
