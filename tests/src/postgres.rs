@@ -303,6 +303,7 @@ impl PostgresSetup {
         let mut setup = crate::Setup::new(plugin);
         setup.pipeline.source = crate::OrdersSource::Postgres(crate::PostgresOrders {
             url_env,
+            schema: "public".into(),
             timezone: zone.to_owned(),
         });
         Self { setup, url, client }

@@ -9,6 +9,7 @@ mod metrics;
 mod native;
 mod orders_config;
 pub mod peers;
+mod postgres;
 pub mod sample;
 pub mod seed;
 mod snowflake;
@@ -56,6 +57,8 @@ enum BenchCommand {
     Metrics(metrics::MetricsArgs),
     /// Hosts sharing pipelines through PostgreSQL: the store's cost, scale over hosts, failover.
     Cluster(cluster::ClusterArgs),
+    /// Rows/s from a PostgreSQL table beside the same rows from SQLite.
+    Postgres(postgres::PostgresArgs),
 }
 
 /// Arguments of the throughput figures.
@@ -182,6 +185,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Languages(args)) => languages::run(args).await,
         Some(BenchCommand::Metrics(args)) => metrics::run(args).await,
         Some(BenchCommand::Cluster(args)) => cluster::run(args).await,
+        Some(BenchCommand::Postgres(args)) => postgres::run(args).await,
         None => throughput(args.throughput).await,
     }
 }

@@ -66,7 +66,7 @@ pub enum OrdersSource {
     Sqlite(PathBuf),
     /// A Snowflake table `ORDERS` (timestamps `TIMESTAMP_NTZ`).
     Snowflake(SnowflakeOrders),
-    /// A PostgreSQL table `orders` in schema `public`.
+    /// A PostgreSQL table `orders`.
     Postgres(PostgresOrders),
 }
 
@@ -75,6 +75,8 @@ pub enum OrdersSource {
 pub struct PostgresOrders {
     /// `source.url_env`: the variable holding the connection string.
     pub url_env: String,
+    /// `source.schema`.
+    pub schema: String,
     /// `source.timezone`, for a `timestamp` (without time zone) column.
     pub timezone: String,
 }
@@ -173,8 +175,9 @@ impl OrdersPipeline {
             ),
             OrdersSource::Postgres(p) => (
                 format!(
-                    "kind = \"postgres\"\nurl_env = {url_env:?}\ntimezone = {zone:?}",
+                    "kind = \"postgres\"\nurl_env = {url_env:?}\nschema = {schema:?}\ntimezone = {zone:?}",
                     url_env = p.url_env,
+                    schema = p.schema,
                     zone = p.timezone
                 ),
                 "",
