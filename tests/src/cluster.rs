@@ -42,6 +42,32 @@ impl Fleet {
     /// `pipelines` pipelines delivering to `receiver`, sharing a new
     /// database with leases of `ttl`; `rows` rows in each table already.
     pub fn new(receiver: &Receiver, pipelines: usize, rows: i64, ttl: Duration) -> Self {
+        Self::build(receiver, &[], pipelines, rows, ttl)
+    }
+
+    /// As [`Fleet::new`], the pipelines dealt in order to `tenants`: each
+    /// (name, weight, how many pipelines).
+    pub fn weighted(
+        receiver: &Receiver,
+        tenants: &[(&str, u32, usize)],
+        rows: i64,
+        ttl: Duration,
+    ) -> Self {
+        let pipelines = tenants.iter().map(|t| t.2).sum();
+        Self::build(receiver, tenants, pipelines, rows, ttl)
+    }
+
+    fn build(
+        receiver: &Receiver,
+        tenants: &[(&str, u32, usize)],
+        pipelines: usize,
+        rows: i64,
+        ttl: Duration,
+    ) -> Self {
+        let owners: Vec<&str> = tenants
+            .iter()
+            .flat_map(|(name, _, n)| std::iter::repeat_n(*name, *n))
+            .collect();
         let url = Postgres::get().database("fleet");
         // The schema, as the first host would make it: the fleet's queries
         // may come before any host connected.
@@ -52,6 +78,7 @@ impl Fleet {
             let mut setup = Setup::new(plugins::ORDERS_PLUGIN);
             setup.pipeline.name = format!("p{k:02}");
             setup.pipeline.page_size = 50;
+            setup.pipeline.tenant = owners.get(k).map(|t| (*t).to_owned());
             setup.pipeline.shared_state = Some(freshet::bench::SharedState {
                 url_env: URL_ENV.into(),
                 lease_ttl_ms: ttl.as_millis() as u64,
@@ -61,6 +88,11 @@ impl Fleet {
         let mut text = setups[0].config_text(receiver);
         for setup in &setups[1..] {
             text.push_str(&setup.pipeline_text(receiver));
+        }
+        for (name, weight, _) in tenants {
+            text.push_str(&format!(
+                "\n[tenants.{name}]\nsecrets = [\"FRESHET_TEST_HOOK_KEY\"]\nweight = {weight}\n"
+            ));
         }
         let logs = tempfile::tempdir().expect("logs dir");
         let config = logs.path().join("freshet.toml");

@@ -723,3 +723,41 @@ async fn a_host_steers_only_the_pipelines_it_holds() {
         host.stop();
     }
 }
+
+/// With tenant weights a host's share is of the total weight: a tenant
+/// whose one pipeline weighs 5 gets a host to itself beside five pipelines
+/// of weight 1 (by count the two hosts would hold three pipelines each, a
+/// weight of 7 against 3). Rows keep flowing through the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_weights_share_the_pipelines_by_weight_not_count() {
+    let _one = ONE_FLEET.lock().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let mut fleet = Fleet::weighted(&receiver, &[("big", 5, 1), ("small", 1, 5)], 20, TTL);
+    fleet.start("h1");
+    fleet.wait_for("all on h1", Duration::from_secs(30), |owners| {
+        owners.values().all(|o| o.as_deref() == Some("h1"))
+    });
+    let writer = fleet.keep_inserting(2, Duration::from_millis(200));
+    fleet.start("h2");
+    // p00 is the heavy one: it ends alone on one host, the rest on the other.
+    fleet.wait_for("weighed out", Duration::from_secs(30), |owners| {
+        let heavy = owners["p00"].clone();
+        heavy.is_some()
+            && owners
+                .iter()
+                .filter(|(p, _)| p.as_str() != "p00")
+                .all(|(_, o)| o.is_some() && *o != heavy)
+    });
+    // And it stays so: the rule gives nothing back and forth.
+    let settled = fleet.owners();
+    tokio::time::sleep(3 * TTL).await;
+    assert_eq!(fleet.owners(), settled, "no hand-over after settling");
+    writer.stop();
+    let resent = all_delivered(&fleet, &receiver).await;
+    fleet.assert_history_exclusive();
+    fleet.stop_all();
+    assert_eq!(
+        resent, 0,
+        "a pipeline given back after its pages commit repeats nothing"
+    );
+}

@@ -2,9 +2,14 @@
 //! the PostgreSQL state store, and this module is each host's keeper.
 //!
 //! Every `lease_ttl / 3` the keeper says the host is alive, renews the
-//! leases it holds, and moves towards its fair share (`ceil(pipelines /
-//! live hosts)`): it claims free or expired pipelines while it has fewer,
-//! and gives back (after the pages in flight commit) while it has more. A
+//! leases it holds, and moves towards its fair share, `ceil(total weight /
+//! live hosts)`, where a pipeline weighs its tenant's `weight` (1 unless
+//! configured, so by default the share is of the number of pipelines): it
+//! claims free or expired pipelines while it holds less, and gives back
+//! (after the pages in flight commit) what it can while staying at or above
+//! its share. That rule is stable: a host only takes while below its share
+//! and only gives what leaves it at or above, so a pipeline is never handed
+//! back and forth. A
 //! claim bumps the pipeline's epoch; every commit checks it in its own
 //! transaction ([`crate::state::Fence`]), so a host that lost a lease can
 //! never move an offset or mark an action done, and it stops sending once
@@ -69,6 +74,8 @@ struct Keeper {
     ttl: Duration,
     options: RunOptions,
     pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// Each pipeline's weight in the fair share.
+    weights: BTreeMap<String, u32>,
     held: BTreeMap<String, Held>,
     runs: JoinSet<Ended>,
     totals: BTreeMap<String, Stats>,
@@ -87,6 +94,7 @@ struct Keeper {
 pub async fn run(
     store: Arc<PostgresState>,
     pipelines: Vec<Pipeline>,
+    weights: BTreeMap<String, u32>,
     ttl: Duration,
     shutdown: CancellationToken,
     options: RunOptions,
@@ -101,6 +109,7 @@ pub async fn run(
             .into_iter()
             .map(|p| (p.name().to_owned(), Arc::new(p)))
             .collect(),
+        weights,
         held: BTreeMap::new(),
         runs: JoinSet::new(),
         totals: BTreeMap::new(),
@@ -191,10 +200,11 @@ impl Keeper {
                 }
             }
         }
+        let total: u64 = self.pipelines.keys().map(|n| self.weight(n)).sum();
         let share = if self.options.once {
-            self.pipelines.len()
+            total
         } else {
-            self.pipelines.len().div_ceil(live.max(1))
+            total.div_ceil(live.max(1) as u64)
         };
         let active: Vec<String> = self
             .held
@@ -202,41 +212,53 @@ impl Keeper {
             .filter(|(_, h)| !h.releasing)
             .map(|(name, _)| name.clone())
             .collect();
-        if active.len() < share {
-            let free: Vec<String> = self
+        let mut holding: u64 = active.iter().map(|n| self.weight(n)).sum();
+        if holding < share {
+            let mut free: Vec<String> = self
                 .pipelines
                 .keys()
                 .filter(|name| !self.held.contains_key(*name) && !self.done.contains(*name))
                 .cloned()
                 .collect();
-            let sent = Instant::now();
-            let claimed = self
-                .store
-                .claim(&self.host, &free, share - active.len(), self.ttl)
-                .await?;
-            if self.options.once && self.joined.elapsed() > 2 * self.ttl {
-                for name in free
-                    .iter()
-                    .filter(|n| !claimed.iter().any(|c| &c.pipeline == *n))
-                {
-                    tracing::warn!(host = %self.host, pipeline = %name, "held by another live host, which drains it; not drained by this run");
-                    self.done.insert(name.clone());
+            while holding < share && !free.is_empty() {
+                // As many as surely fit the gap (all of it when every
+                // pipeline weighs 1), at least one.
+                let heaviest = free.iter().map(|n| self.weight(n)).max().unwrap_or(1);
+                let n = ((share - holding) / heaviest).max(1) as usize;
+                let sent = Instant::now();
+                let claimed = self.store.claim(&self.host, &free, n, self.ttl).await?;
+                if claimed.is_empty() {
+                    break;
+                }
+                for lease in claimed {
+                    free.retain(|name| *name != lease.pipeline);
+                    holding += self.weight(&lease.pipeline);
+                    self.start(lease, self.deadline(sent));
                 }
             }
-            for lease in claimed {
-                self.start(lease, self.deadline(sent));
+            if self.options.once && holding < share && self.joined.elapsed() > 2 * self.ttl {
+                for name in free {
+                    tracing::warn!(host = %self.host, pipeline = %name, "held by another live host, which drains it; not drained by this run");
+                    self.done.insert(name);
+                }
             }
-        } else if active.len() > share {
-            // Give back the excess, newest claims last to go: those with
-            // the highest epochs moved most recently.
-            let excess = active.len() - share;
+        } else if holding > share {
+            // Give back, newest claims last to go (the highest epochs moved
+            // most recently), whatever leaves this host at or above its share.
             let mut candidates: Vec<(i64, String)> = active
                 .into_iter()
                 .filter(|name| !self.held[name].failed)
                 .map(|name| (self.held[&name].hold.epoch(), name))
                 .collect();
             candidates.sort();
-            for (_, name) in candidates.into_iter().take(excess) {
+            let weighed: Vec<(String, u64)> = candidates
+                .into_iter()
+                .map(|(_, name)| {
+                    let w = self.weight(&name);
+                    (name, w)
+                })
+                .collect();
+            for name in to_give_back(holding, share, &weighed) {
                 tracing::info!(host = %self.host, pipeline = %name, live, share, "giving a pipeline back to balance the hosts");
                 let held = self.held.get_mut(&name).expect("held");
                 held.releasing = true;
@@ -244,6 +266,11 @@ impl Keeper {
             }
         }
         Ok(())
+    }
+
+    /// A pipeline's weight in the fair share.
+    fn weight(&self, name: &str) -> u64 {
+        u64::from(self.weights.get(name).copied().unwrap_or(1))
     }
 
     /// Where sending must stop for a lease renewed or claimed by a request
@@ -359,5 +386,48 @@ impl Keeper {
             tracing::warn!(host = %self.host, error = %e, "could not say this host left; the others notice at its heartbeat's end");
         }
         tracing::info!(host = %self.host, "left the hosts sharing these pipelines");
+    }
+}
+
+/// Which of `candidates` (name, weight; in the order to give them back) a
+/// host holding `holding` gives back to come down towards `share`: each
+/// that leaves it at or above the share.
+fn to_give_back(holding: u64, share: u64, candidates: &[(String, u64)]) -> Vec<String> {
+    let mut left = holding;
+    let mut out = Vec::new();
+    for (name, weight) in candidates {
+        if left >= share + weight {
+            left -= weight;
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_give_back;
+
+    fn weighed(items: &[(&str, u64)]) -> Vec<(String, u64)> {
+        items.iter().map(|(n, w)| ((*n).to_owned(), *w)).collect()
+    }
+
+    #[test]
+    fn by_count_the_excess_goes_back_in_order() {
+        let held = weighed(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]);
+        assert_eq!(to_give_back(5, 3, &held), ["a", "b"]);
+        assert!(to_give_back(3, 3, &held).is_empty());
+    }
+
+    #[test]
+    fn a_heavy_pipeline_stays_when_giving_it_would_drop_below_the_share() {
+        // Weight 10 held as a heavy 5 and five of 1; the share is 5.
+        let heavy_first = weighed(&[("h", 5), ("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]);
+        assert_eq!(to_give_back(10, 5, &heavy_first), ["h"]);
+        let heavy_later = weighed(&[("a", 1), ("b", 1), ("h", 5), ("c", 1), ("d", 1), ("e", 1)]);
+        assert_eq!(to_give_back(10, 5, &heavy_later), ["a", "b", "c", "d", "e"]);
+        // 8 held as 5 + 3 x 1 with a share of 7: one of 1 goes, the 5 stays.
+        let over = weighed(&[("h", 5), ("a", 1), ("b", 1), ("c", 1)]);
+        assert_eq!(to_give_back(8, 7, &over), ["a"]);
     }
 }

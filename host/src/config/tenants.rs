@@ -40,12 +40,28 @@ pub struct TenantConfig {
     /// sees and changes only this tenant's pipelines, plugin versions and
     /// dead letters. Needs `[admin]`.
     pub admin_token_env: Option<String>,
+    /// What each of the tenant's pipelines counts for when hosts share
+    /// pipelines (`state.kind = "postgres"`): a host's fair share is of the
+    /// total weight, not of the number of pipelines. 1-1000, default 1.
+    pub weight: Option<u32>,
 }
+
+/// The most a tenant's pipelines may weigh.
+const MAX_WEIGHT: u32 = 1000;
 
 impl Config {
     /// The tenant owning a pipeline.
     pub fn tenant_of<'a>(&'a self, pipeline: &'a PipelineConfig) -> &'a str {
         pipeline.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
+    }
+
+    /// What a pipeline counts for in a host's fair share: its tenant's
+    /// `weight`, else 1.
+    pub fn weight_of(&self, pipeline: &PipelineConfig) -> u32 {
+        self.tenants
+            .get(self.tenant_of(pipeline))
+            .and_then(|t| t.weight)
+            .unwrap_or(1)
     }
 }
 
@@ -60,6 +76,14 @@ pub(super) fn validate(config: &Config, out: &mut Vec<ConfigError>) {
                 format!("tenants.{name}"),
                 "a tenant name is 1-64 of a-z, 0-9, '-' and '_'",
             ));
+        }
+        if let Some(weight) = tenant.weight {
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                out.push(ConfigError::new(
+                    format!("tenants.{name}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}, not {weight}"),
+                ));
+            }
         }
         for (i, var) in tenant.secrets.iter().enumerate() {
             if !is_env_name(var) {

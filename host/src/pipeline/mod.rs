@@ -615,7 +615,12 @@ async fn run_host(
     let results = match host.shared {
         Some(store) => {
             let ttl = Duration::from_millis(config.state.lease_ttl_ms);
-            crate::cluster::run(store, host.pipelines, ttl, shutdown, options).await
+            let weights = config
+                .pipelines
+                .iter()
+                .map(|(name, p)| (name.clone(), config.weight_of(p)))
+                .collect();
+            crate::cluster::run(store, host.pipelines, weights, ttl, shutdown, options).await
         }
         None => run_pipelines(host.pipelines, shutdown, options).await,
     };
