@@ -1,16 +1,120 @@
 //! What every PostgreSQL connection of the host shares, the state store's
-//! and the source's: TLS as the connection string's `sslmode` asks, a pool
-//! that gives up instead of hanging, and errors that carry their causes.
+//! and the source's: the connection string read as libpq reads it, TLS as
+//! its `sslmode` asks, a pool that gives up instead of hanging, and errors
+//! that carry their causes.
+//!
+//! tokio-postgres knows `sslmode` `disable`, `prefer` and `require`; libpq
+//! also has `verify-ca` and `verify-full`, and `sslrootcert` for a private
+//! CA (every managed PostgreSQL has one). [`parse`] takes those too. The
+//! server's certificate is always verified when TLS is used (rustls checks
+//! the host name as well, so `verify-ca` is as strict as `verify-full`),
+//! which is stricter than libpq's `require` (encryption only): a server
+//! whose certificate the web's roots do not vouch for needs `sslrootcert`.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rustls::pki_types::{pem::PemObject as _, CertificateDer};
 use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// TLS as the connection string asks (`sslmode`), with the web's root
-/// certificates; `prefer` (the default) falls back to plain text.
-pub fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+/// A connection string parsed: the driver's config and the TLS it asks for.
+pub struct Target {
+    /// For tokio-postgres.
+    pub config: tokio_postgres::Config,
+    /// Trusting `sslrootcert`'s CAs, else the web's roots.
+    pub tls: MakeRustlsConnect,
+}
+
+/// Parses a libpq connection string (`postgres://` URL or `key=value`
+/// words), with libpq's `sslmode=verify-ca|verify-full` and `sslrootcert`
+/// (a PEM file of the CAs to trust, or `system` for the default roots).
+/// Errors never repeat the string (it may hold a password).
+pub fn parse(text: &str) -> Result<Target, String> {
+    let (rest, verify, root_cert) = take_tls_params(text);
+    let mut config: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| e.to_string())?;
+    if verify {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    let roots = match root_cert.as_deref() {
+        None | Some("system") => webpki_roots::TLS_SERVER_ROOTS
+            .to_vec()
+            .into_iter()
+            .collect(),
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|e| format!("sslrootcert: cannot read {path}: {e}"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("sslrootcert: {path} holds no CA certificate"));
+            }
+            roots
+        }
     };
+    Ok(Target {
+        config,
+        tls: tls(roots),
+    })
+}
+
+/// Takes out of a connection string what tokio-postgres does not parse:
+/// `sslmode=verify-*` (as `true`) and `sslrootcert`; the rest as it was.
+fn take_tls_params(text: &str) -> (String, bool, Option<String>) {
+    let mut verify = false;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: String| -> bool {
+        match key {
+            "sslmode" if value.starts_with("verify-") => verify = true,
+            "sslrootcert" => root_cert = Some(value),
+            _ => return false,
+        }
+        true
+    };
+    let text = text.trim();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        let Some((base, query)) = text.split_once('?') else {
+            return (text.to_owned(), false, None);
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+                !take(key, value.into_owned())
+            })
+            .collect();
+        let mut out = base.to_owned();
+        if verify {
+            out.push_str(if kept.is_empty() {
+                "?sslmode=require"
+            } else {
+                "?sslmode=require&"
+            });
+        } else if !kept.is_empty() {
+            out.push('?');
+        }
+        out.push_str(&kept.join("&"));
+        (out, verify, root_cert)
+    } else {
+        let mut kept: Vec<&str> = text
+            .split_whitespace()
+            .filter(|word| match word.split_once('=') {
+                Some((key, value)) => !take(key.trim(), value.trim_matches('\'').to_owned()),
+                None => true,
+            })
+            .collect();
+        if verify {
+            kept.push("sslmode=require");
+        }
+        (kept.join(" "), verify, root_cert)
+    }
+}
+
+/// TLS trusting `roots`; `prefer` (the default mode) falls back to plain
+/// text when the server has no TLS.
+fn tls(roots: rustls::RootCertStore) -> MakeRustlsConnect {
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -18,20 +122,16 @@ pub fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
     .expect("aws-lc-rs supports the default TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    MakeRustlsConnect::new(config)
 }
 
 /// A pool of at most `size` connections; waiting for one, making one and
 /// checking one each fail after `timeout`, so a server that is down is an
 /// error to retry, not a hang.
-pub fn pool(
-    config: tokio_postgres::Config,
-    size: usize,
-    timeout: Duration,
-) -> Result<Pool, String> {
+pub fn pool(target: Target, size: usize, timeout: Duration) -> Result<Pool, String> {
     let manager = Manager::from_config(
-        config,
-        tls(),
+        target.config,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -71,6 +171,11 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
+    if text.contains("invalid peer certificate") {
+        text.push_str(
+            " (a server whose CA the web's roots do not include: add sslrootcert=/path/to/ca.pem to the connection string)",
+        );
+    }
     text
 }
 
@@ -91,4 +196,50 @@ pub fn find_db_error<'a>(
         current = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_tls_params;
+
+    #[test]
+    fn libpq_tls_words_are_taken_out_of_a_url() {
+        let (rest, verify, root) = take_tls_params(
+            "postgres://u:p@db.example.com:5432/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        );
+        assert_eq!(
+            rest,
+            "postgres://u:p@db.example.com:5432/shop?sslmode=require&application_name=x"
+        );
+        assert!(verify);
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        let (rest, verify, root) = take_tls_params("postgres://db/shop?sslmode=require");
+        assert_eq!(
+            (rest.as_str(), verify, root),
+            ("postgres://db/shop?sslmode=require", false, None)
+        );
+        let (rest, ..) = take_tls_params("postgres://db/shop?sslmode=verify-ca");
+        assert_eq!(rest, "postgres://db/shop?sslmode=require");
+        assert!(rest.parse::<tokio_postgres::Config>().is_ok());
+    }
+
+    #[test]
+    fn and_out_of_key_value_words() {
+        let (rest, verify, root) =
+            take_tls_params("host=db dbname=shop sslmode=verify-full sslrootcert='/etc/ca.pem'");
+        assert_eq!(rest, "host=db dbname=shop sslmode=require");
+        assert!(verify);
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn a_missing_root_certificate_file_is_named() {
+        let error = super::parse("postgres://db/shop?sslrootcert=/no/such/ca.pem")
+            .err()
+            .expect("refused");
+        assert!(
+            error.starts_with("sslrootcert: cannot read /no/such/ca.pem"),
+            "{error}"
+        );
+    }
 }

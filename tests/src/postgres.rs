@@ -98,12 +98,24 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        let tls = server.make_certificates(&root);
+        // The role `tls_only` may connect only over TLS: a session that
+        // works as it proves the client used TLS.
+        let hba = server.data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("hostnossl all tls_only 127.0.0.1/32 reject\n{rules}"),
+        )
+        .expect("write pg_hba.conf");
         // Durability as in production (fsync on): the crash tests rely on
         // what a commit promises; the socket directory is the folder itself.
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=200 \
+             -c ssl=on -c ssl_cert_file={tls}/server.pem -c ssl_key_file={tls}/server.key",
             server.port,
-            root.display()
+            root.display(),
+            tls = tls.display(),
         );
         std::fs::write(root.join("options"), &options).expect("write options");
         server.pg_ctl(&["start", "-w", "-t", "60", "-o", &options]);
@@ -128,7 +140,59 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the postgres watchdog");
+        let role = Command::new(server.bin.join("psql"))
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &server.url("postgres"),
+                "-c",
+            ])
+            .arg("CREATE ROLE tls_only SUPERUSER LOGIN")
+            .output()
+            .expect("run psql");
+        assert!(
+            role.status.success(),
+            "{}",
+            String::from_utf8_lossy(&role.stderr)
+        );
         server
+    }
+
+    /// A CA and a certificate for `localhost` and 127.0.0.1 signed by it,
+    /// in `root/tls` (the key readable by the server's user alone).
+    fn make_certificates(&self, root: &Path) -> PathBuf {
+        let dir = root.join("tls");
+        std::fs::create_dir_all(&dir).expect("tls dir");
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+              -subj /CN=freshet-test-ca -keyout ca.key -out ca.pem
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+              -subj /CN=localhost -keyout server.key -out server.csr
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+              -days 2 -extfile ext -out server.pem
+            chmod 600 server.key";
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if self.as_postgres {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(chown.success());
+        }
+        dir
     }
 
     /// A server program, run as the server's user.
@@ -215,9 +279,23 @@ impl Postgres {
         self.url(&name)
     }
 
-    /// The URL of database `name`.
+    /// The URL of database `name`, without TLS.
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The URL of database `name` as the role that may connect only over
+    /// TLS, with `query` (e.g. `sslmode=verify-full&sslrootcert=...`).
+    pub fn tls_url(&self, name: &str, query: &str) -> String {
+        format!("postgres://tls_only@localhost:{}/{name}?{query}", self.port)
+    }
+
+    /// The test CA's certificate (PEM), which signed the server's.
+    pub fn ca_file(&self) -> PathBuf {
+        self.root().join("tls/ca.pem")
     }
 
     /// The folder holding the data directory.

@@ -269,7 +269,7 @@ async fn a_table_that_cannot_be_polled_safely_is_refused_with_its_key() {
             freshet_tests::postgres::ORDERS_TABLE,
             |pg| {
                 let OrdersSource::Postgres(p) = &mut pg.setup.pipeline.source else { unreachable!() };
-                let url = pg.url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database";
+                let url = Postgres::get().url("no_such_database");
                 std::env::set_var(&p.url_env, url);
             },
             "source.url_env: cannot connect: 3D000: database \"no_such_database\" does not exist",
@@ -330,4 +330,67 @@ async fn the_server_restarting_mid_run_loses_and_repeats_nothing() {
     running.stop().await;
     assert!(delivered, "{} of 400 delivered", receiver.message_count());
     assert_exactly_once(received_order_ids(&receiver), 1..=400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_against_the_servers_own_ca_as_libpq_names_it() {
+    let _server = SERVER.read().await;
+    let receiver = Receiver::start(true).await.unwrap();
+    let pg = PostgresSetup::orders(plugins::ORDERS_PLUGIN).await;
+    pg.insert(
+        &(1..=20)
+            .map(|id| Order::new(id, "pending", now_ms() - 10_000))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let server = Postgres::get();
+    let database = pg
+        .url
+        .rsplit_once('/')
+        .unwrap()
+        .1
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let verified = server.tls_url(
+        &database,
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            server.ca_file().display()
+        ),
+    );
+    let OrdersSource::Postgres(source) = &pg.setup.pipeline.source else {
+        unreachable!()
+    };
+    // `tls_only` is refused without TLS: rows read prove TLS was used.
+    let plain = server.tls_url(&database, "sslmode=disable");
+    let refused = freshet::state::postgres::PostgresState::connect(&plain, Duration::from_secs(10))
+        .err()
+        .expect("refused without TLS");
+    assert!(
+        refused.to_string().contains("pg_hba.conf rejects"),
+        "{refused}"
+    );
+    std::env::set_var(&source.url_env, &verified);
+    let stats = pg.setup.run_once(&receiver).await.unwrap();
+    assert_eq!(stats.rows, 20);
+    let store =
+        freshet::state::postgres::PostgresState::connect(&verified, Duration::from_secs(10));
+    assert!(store.is_ok(), "the state store over verified TLS");
+
+    // `require` without the CA: the web's roots do not vouch for the test
+    // CA, and freshet verifies under `require` too (stricter than libpq).
+    let unverified = server.tls_url(&database, "sslmode=require");
+    std::env::set_var(&source.url_env, &unverified);
+    let error = format!("{:#}", pg.setup.run_once(&receiver).await.unwrap_err());
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("add sslrootcert="),
+        "{error}"
+    );
+    let error =
+        freshet::state::postgres::PostgresState::connect(&unverified, Duration::from_secs(10))
+            .err()
+            .expect("refused");
+    assert!(error.to_string().contains("add sslrootcert="), "{error}");
 }

@@ -59,8 +59,9 @@ pub async fn run(args: PostgresArgs) -> anyhow::Result<()> {
         now.minus(Duration::from_secs(60)),
     )?;
     let schema = format!("bench_{}", now.0 / 1_000_000);
-    let pool = crate::postgres::pool(url.parse()?, 1, Duration::from_secs(10))
-        .map_err(anyhow::Error::msg)?;
+    let target = crate::postgres::parse(&url).map_err(anyhow::Error::msg)?;
+    let pool =
+        crate::postgres::pool(target, 1, Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
     let client = pool.get().await.context("connecting to the database")?;
     client
         .batch_execute(&format!(

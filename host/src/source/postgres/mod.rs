@@ -89,21 +89,25 @@ impl PostgresSource {
                 key: e.key,
                 message: e.message,
             })?;
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut target = crate::postgres::parse(&url).map_err(|e| {
             bad(
                 "url_env",
                 format!(
-                    "{} does not hold a PostgreSQL connection string: {e}",
+                    "{} does not hold a usable PostgreSQL connection string: {e}",
                     config.url_env.name()
                 ),
             )
         })?;
-        crate::postgres::set_option(&mut pg, "statement_timeout", config.query_timeout_ms);
+        crate::postgres::set_option(
+            &mut target.config,
+            "statement_timeout",
+            config.query_timeout_ms,
+        );
         // A page is read in one statement: its own snapshot, so rows
         // committing meanwhile are in the next page or not at all.
-        crate::postgres::set_option(&mut pg, "default_transaction_read_only", "on");
-        let pool =
-            crate::postgres::pool(pg, POOL_SIZE, CONNECT_TIMEOUT).map_err(|e| bad("url_env", e))?;
+        crate::postgres::set_option(&mut target.config, "default_transaction_read_only", "on");
+        let pool = crate::postgres::pool(target, POOL_SIZE, CONNECT_TIMEOUT)
+            .map_err(|e| bad("url_env", e))?;
         let client = pool.get().await.map_err(|e| {
             let text = crate::postgres::describe(&e);
             // A refused password or an unknown database will not pass.

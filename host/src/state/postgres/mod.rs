@@ -77,8 +77,7 @@ impl PostgresState {
     /// Connects (`url`: a libpq connection string or URL), applies the
     /// migrations the database lacks, and returns the store.
     pub fn connect(url: &str, lease_ttl: Duration) -> Result<Self, StateError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
+        let mut target = crate::postgres::parse(url)
             .map_err(|e| StateError::Failed(format!("the connection string: {e}")))?;
         // A host frozen in the middle of a commit (SIGSTOP, a VM paused)
         // holds its lease row locked, and no other host could claim that
@@ -86,12 +85,12 @@ impl PostgresState {
         // rolls back its commit) after half a TTL.
         let idle = (lease_ttl / 2).max(Duration::from_millis(500));
         crate::postgres::set_option(
-            &mut config,
+            &mut target.config,
             "idle_in_transaction_session_timeout",
             idle.as_millis(),
         );
         let (runtime, stop) = Self::start_runtime()?;
-        let pool = crate::postgres::pool(config, POOL_SIZE, CONNECT_TIMEOUT)
+        let pool = crate::postgres::pool(target, POOL_SIZE, CONNECT_TIMEOUT)
             .map_err(StateError::Failed)?;
         let store = Self {
             pool,
