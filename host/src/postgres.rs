@@ -73,10 +73,16 @@ fn take_tls_params(text: &str) -> (String, bool, Option<String>) {
         true
     };
     let text = text.trim();
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        let Some((base, query)) = text.split_once('?') else {
+    let rewritten = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        // The query starts at the first `?` after the user info (a
+        // password may hold a `?`), which ends at the authority's last `@`.
+        let start = text.find("://").map_or(0, |i| i + 3);
+        let authority_end = text[start..].find('/').map_or(text.len(), |i| start + i);
+        let after_user = text[..authority_end].rfind('@').map_or(start, |at| at + 1);
+        let Some(q) = text[after_user..].find('?').map(|q| after_user + q) else {
             return (text.to_owned(), false, None);
         };
+        let (base, query) = (&text[..q], &text[q + 1..]);
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| {
@@ -96,7 +102,7 @@ fn take_tls_params(text: &str) -> (String, bool, Option<String>) {
             out.push('?');
         }
         out.push_str(&kept.join("&"));
-        (out, verify, root_cert)
+        out
     } else {
         let mut kept: Vec<&str> = text
             .split_whitespace()
@@ -108,7 +114,14 @@ fn take_tls_params(text: &str) -> (String, bool, Option<String>) {
         if verify {
             kept.push("sslmode=require");
         }
-        (kept.join(" "), verify, root_cert)
+        kept.join(" ")
+    };
+    // Untouched unless there was something to take out: the driver parses
+    // quoting and spacing the rewrite would not keep.
+    if verify || root_cert.is_some() {
+        (rewritten, verify, root_cert)
+    } else {
+        (text.to_owned(), false, None)
     }
 }
 
@@ -220,6 +233,12 @@ mod tests {
         );
         let (rest, ..) = take_tls_params("postgres://db/shop?sslmode=verify-ca");
         assert_eq!(rest, "postgres://db/shop?sslmode=require");
+        // A `?` in the password is not the query's.
+        let (rest, ..) = take_tls_params("postgres://u:p?w@db/shop?sslmode=verify-full");
+        assert_eq!(rest, "postgres://u:p?w@db/shop?sslmode=require");
+        // Nothing to take: the string as written, spacing and all.
+        let words = "host=db  password='a  b'";
+        assert_eq!(take_tls_params(words).0, words);
         assert!(rest.parse::<tokio_postgres::Config>().is_ok());
     }
 

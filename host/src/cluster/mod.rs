@@ -78,6 +78,8 @@ struct Keeper {
     weights: BTreeMap<String, u32>,
     held: BTreeMap<String, Held>,
     runs: JoinSet<Ended>,
+    /// Which pipeline each run is, to name one whose task panicked.
+    tasks: BTreeMap<tokio::task::Id, String>,
     totals: BTreeMap<String, Stats>,
     failures: Vec<String>,
     /// `--once`: the pipelines drained (or failed, or held elsewhere).
@@ -112,6 +114,7 @@ pub async fn run(
         weights,
         held: BTreeMap::new(),
         runs: JoinSet::new(),
+        tasks: BTreeMap::new(),
         totals: BTreeMap::new(),
         failures: Vec::new(),
         done: Default::default(),
@@ -140,11 +143,8 @@ impl Keeper {
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                Some(ended) = self.runs.join_next() => {
-                    match ended {
-                        Ok(ended) => self.ended(ended).await,
-                        Err(e) => tracing::error!(error = %e, "a pipeline's task panicked"),
-                    }
+                Some(ended) = self.runs.join_next_with_id() => {
+                    self.joined(ended).await;
                     if self.drained() {
                         return;
                     }
@@ -180,7 +180,13 @@ impl Keeper {
     /// Heartbeat, renewals, then claims or releases towards the fair share.
     async fn tick(&mut self) -> Result<(), StateError> {
         let sent = Instant::now();
-        let live = self.store.heartbeat(&self.host, self.ttl).await?;
+        // A `--once` run is no member: counted live, it would lower the
+        // others' shares and strand what they give back while it drains.
+        let live = if self.options.once {
+            1
+        } else {
+            self.store.heartbeat(&self.host, self.ttl).await?
+        };
         let mine: Vec<String> = self.held.keys().cloned().collect();
         if !mine.is_empty() {
             let renewed = self.store.renew(&self.host, &mine, self.ttl).await?;
@@ -305,28 +311,39 @@ impl Keeper {
             },
         );
         let options = self.options;
-        self.runs.spawn(async move {
+        let lease_name = lease.pipeline.clone();
+        let task = self.runs.spawn(async move {
             let result = pipeline.run_leased(&hold, options).await;
             (pipeline.name().to_owned(), hold, result)
         });
+        self.tasks.insert(task.id(), lease_name);
     }
 
     /// A run ended: count it, and give the lease back unless it was lost
     /// (or the pipeline failed for good, which stays here).
     async fn ended(&mut self, (name, hold, result): Ended) {
-        if self.options.once {
-            self.done.insert(name.clone());
-        }
         match result {
             Ok(stats) => self.totals.entry(name.clone()).or_default().add(&stats),
             Err(e) => {
                 tracing::error!(pipeline = %name, error = %format!("{e:#}"), "pipeline stopped on an error");
                 self.failures.push(format!("{e:#}"));
+                if self.options.once {
+                    self.done.insert(name.clone());
+                }
+                // Only if it is still this run's lease: a run that lost
+                // its lease may end after the pipeline was claimed again.
                 if let Some(held) = self.held.get_mut(&name) {
-                    held.failed = true;
+                    if held.hold.epoch() == hold.epoch() {
+                        held.failed = true;
+                    }
                 }
                 return;
             }
+        }
+        // `--once`: drained only if the run ended under its lease; one that
+        // ran out or was lost is claimed again at a later tick.
+        if self.options.once && !hold.is_lost() && hold.check().is_ok() {
+            self.done.insert(name.clone());
         }
         if hold.is_lost() {
             self.pipelines[&name]
@@ -361,14 +378,40 @@ impl Keeper {
             .set_phase(Phase::Elsewhere, None);
     }
 
+    /// A run's task ended, returning or panicking.
+    async fn joined(&mut self, ended: Result<(tokio::task::Id, Ended), tokio::task::JoinError>) {
+        match ended {
+            Ok((id, ended)) => {
+                self.tasks.remove(&id);
+                self.ended(ended).await;
+            }
+            Err(e) => self.panicked(&e),
+        }
+    }
+
+    /// A run's task panicked: the pipeline is failed here (kept, so it is
+    /// not renewed elsewhere into the same panic), and done for `--once`.
+    fn panicked(&mut self, e: &tokio::task::JoinError) {
+        let Some(name) = self.tasks.remove(&e.id()) else {
+            tracing::error!(error = %e, "a pipeline's task panicked");
+            return;
+        };
+        tracing::error!(pipeline = %name, error = %e, "a pipeline's task panicked");
+        self.failures
+            .push(format!("pipeline {name}: its task panicked: {e}"));
+        if self.options.once {
+            self.done.insert(name.clone());
+        }
+        if let Some(held) = self.held.get_mut(&name) {
+            held.failed = true;
+        }
+    }
+
     /// At shutdown: the runs stop (their tokens are the shutdown's
     /// children), commit what is in flight, and give their leases back.
     async fn leave(&mut self) {
-        while let Some(ended) = self.runs.join_next().await {
-            match ended {
-                Ok(ended) => self.ended(ended).await,
-                Err(e) => tracing::error!(error = %e, "a pipeline's task panicked"),
-            }
+        while let Some(ended) = self.runs.join_next_with_id().await {
+            self.joined(ended).await;
         }
         // What stayed here failed: free for a host where it may work.
         let failed: Vec<(String, i64)> = self

@@ -41,6 +41,8 @@ pub struct PostgresSource {
     /// `None`: the timestamp column is a `timestamptz`; a zone: it is a
     /// `timestamp` of wall times in that zone.
     wall_zone: Option<Tz>,
+    /// `source.timezone`: every `timestamp` column's cells are read in it.
+    zone: Tz,
     sql: Queries,
     page_queries: AtomicU64,
 }
@@ -137,6 +139,7 @@ impl PostgresSource {
             ts_index: table.ts_index,
             key_index: table.key_index,
             wall_zone: (table.columns[table.ts_index].kind == Kind::Wall).then_some(zone),
+            zone,
             sql: Queries::new(&table),
             page_queries: AtomicU64::new(0),
         };
@@ -181,7 +184,14 @@ impl PostgresSource {
         let client = self.pool.get().await.map_err(|e| self.error(&e))?;
         let upper = self.bound(upper, false);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = match &after.key {
+        // A cursor between two microseconds (kept from a source with finer
+        // timestamps) has no row at its instant: every row at or after the
+        // next microsecond is after it.
+        let key = after
+            .key
+            .as_ref()
+            .filter(|_| after.ts.0.rem_euclid(1_000) == 0);
+        let rows = match key {
             Some(key) => {
                 let sql = if page {
                     &self.sql.page_after_key
@@ -244,19 +254,29 @@ impl PostgresSource {
             .collect::<Result<Vec<_>, _>>()?;
         let ts = match &cells[self.ts_index] {
             Value::Timestamp(t) => Timestamp::from_instant(*t),
+            // Only a view can hand out a NULL timestamp.
             other => {
-                return Err(SourceError::Transient(format!(
-                    "the timestamp column held {other:?}"
-                )))
+                return Err(SourceError::Config {
+                    key: format!("{}.timestamp.column", self.prefix),
+                    message: format!(
+                        "a row holds {other:?} as its timestamp: it must never be NULL"
+                    ),
+                })
             }
         };
         let key = match &cells[self.key_index] {
             Value::Integer(i) => Key::Int(*i),
             Value::Text(t) => Key::Text(t.clone()),
+            // Only a view can hand out a NULL key (a table's was checked
+            // NOT NULL): no retry will read past it.
             other => {
-                return Err(SourceError::Transient(format!(
-                    "the key column held {other:?}"
-                )))
+                return Err(SourceError::Config {
+                    key: format!("{}.key_column", self.prefix),
+                    message: format!(
+                        "a row at {} holds {other:?} as its key: the key must never be NULL",
+                        ts
+                    ),
+                })
             }
         };
         Ok(SourceRow {
@@ -297,7 +317,7 @@ impl PostgresSource {
             Kind::Instant => get::<DateTime<Utc>>(row, i)
                 .map(|v| v.map(|t| Value::Timestamp(Timestamp::from_chrono(t).instant()))),
             Kind::Wall => {
-                let zone = self.wall_zone.unwrap_or(Tz::UTC);
+                let zone = self.zone;
                 get::<NaiveDateTime>(row, i)
                     .map(|v| v.map(|t| Value::Timestamp(wall_to_instant(t, zone).instant())))
             }

@@ -265,7 +265,14 @@ pub(super) async fn warn_without_index(pool: &Pool, table: &Table) {
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(true);
     if !indexed {
-        let key = &table.columns[table.key_index].name;
-        tracing::warn!(table = %table.qualified, column = %ts, "no index starts with the timestamp column: every poll scans the table; CREATE INDEX ON {}({}, {})", table.qualified, quote(ts), quote(key));
+        let key_column = &table.columns[table.key_index];
+        // Text keys are compared byte-wise: an index serves the key half
+        // of the cursor only in the same collation.
+        let key = if key_column.kind == Kind::Int {
+            quote(&key_column.name)
+        } else {
+            format!("{} COLLATE \"C\"", quote(&key_column.name))
+        };
+        tracing::warn!(table = %table.qualified, column = %ts, "no index starts with the timestamp column: every poll scans the table; CREATE INDEX ON {}({}, {key})", table.qualified, quote(ts));
     }
 }
