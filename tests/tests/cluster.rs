@@ -361,19 +361,38 @@ async fn three_hosts_share_thirty_pipelines_and_a_fourth_joins_without_losing_or
         took,
         fleet.shares()
     );
-    // `freshet status` shows what the database says, from any machine.
-    let status = freshet_tests::succeed(
-        freshet_tests::freshet()
-            .args(["status", "--json", "--config"])
-            .arg(&fleet.config)
-            .env("FRESHET_TEST_PG_URL", &fleet.url),
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&status.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // `freshet status` shows what the database says, from any machine: a
+    // snapshot taken while no lease moved (the owners read before and
+    // after it agree) and every pipeline has committed a page.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (lines, owners) = loop {
+        let before = fleet.owners();
+        let status = freshet_tests::succeed(
+            freshet_tests::freshet()
+                .args(["status", "--json", "--config"])
+                .arg(&fleet.config)
+                .env("FRESHET_TEST_PG_URL", &fleet.url),
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&status.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let committed = lines.iter().all(|l| {
+            !l["cursor"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("(before")
+        });
+        if committed && fleet.owners() == before {
+            break (lines, before);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled status in 30 s: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(lines.len(), PIPELINES);
-    let owners = fleet.owners();
     for line in &lines {
         let pipeline = line["pipeline"].as_str().unwrap();
         assert_eq!(
@@ -382,8 +401,8 @@ async fn three_hosts_share_thirty_pipelines_and_a_fourth_joins_without_losing_or
             "{line}"
         );
         assert!(line["epoch"].as_i64().unwrap() >= 1, "{line}");
-        // A pipeline given back to balance the fourth host is free (and
-        // its lease over) until a host claims it at its next tick.
+        // A pipeline given back to balance the hosts is free (and its
+        // lease over) until a host claims it at its next tick.
         if line["owner"].is_string() {
             assert!(line["lease_ms"].as_i64().unwrap() > 0, "{line}");
         }

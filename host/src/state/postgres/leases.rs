@@ -183,8 +183,12 @@ impl PostgresState {
             if free.is_empty() {
                 return Ok(Vec::new());
             }
+            // The history's instants are the statements' own
+            // (`clock_timestamp()`), not the transaction's start (`now()`):
+            // a release that committed after this transaction began, and
+            // before it locked the row, ended before this claim.
             tx.execute(
-                "UPDATE freshet.lease_history SET ended_at = now(), ended = 'expired'
+                "UPDATE freshet.lease_history SET ended_at = clock_timestamp(), ended = 'expired'
                  WHERE pipeline = ANY($1) AND ended_at IS NULL",
                 &[&free],
             )
@@ -204,7 +208,7 @@ impl PostgresState {
             for c in &won {
                 tx.execute(
                     "INSERT INTO freshet.lease_history (pipeline, epoch, owner, claimed_at)
-                     VALUES ($1, $2, $3, now())",
+                     VALUES ($1, $2, $3, clock_timestamp())",
                     &[&c.pipeline, &c.epoch, &host],
                 )
                 .await
@@ -233,7 +237,7 @@ impl PostgresState {
                 .map_err(pg)?;
             if released == 1 {
                 tx.execute(
-                    "UPDATE freshet.lease_history SET ended_at = now(), ended = 'released'
+                    "UPDATE freshet.lease_history SET ended_at = clock_timestamp(), ended = 'released'
                      WHERE pipeline = $1 AND epoch = $2 AND ended_at IS NULL",
                     &[&lease.pipeline, &lease.epoch],
                 )
