@@ -270,3 +270,29 @@ pub fn open(config: &crate::config::StateConfig) -> anyhow::Result<Opened> {
         }
     })
 }
+
+/// Milliseconds since the epoch, as the stores stamp their rows.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A cursor's key as the stores keep it (JSON text, none before any row).
+fn key_json(cursor: &Cursor) -> Result<Option<String>, StateError> {
+    cursor
+        .key
+        .as_ref()
+        .map(|k| serde_json::to_string(k).map_err(|e| StateError::Failed(e.to_string())))
+        .transpose()
+}
+
+/// A cursor from the stores' columns.
+fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
+    let key: Option<crate::source::Key> = key
+        .map(|k| serde_json::from_str(&k))
+        .transpose()
+        .map_err(|e| StateError::Failed(e.to_string()))?;
+    Ok(Cursor {
+        ts: crate::source::Timestamp(ts),
+        key,
+    })
+}

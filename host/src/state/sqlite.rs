@@ -2,10 +2,10 @@
 //! `synchronous = FULL`, so a commit that returned survives a crash.
 
 use super::{
-    Commit, DeadLetter, Finished, Letter, PluginPin, PluginVersion, Settled, StateError,
-    StateStore, StoredOffset,
+    cursor_from, key_json, now_ms, Commit, DeadLetter, Finished, Letter, PluginPin, PluginVersion,
+    Settled, StateError, StateStore, StoredOffset,
 };
-use crate::source::{Cursor, Key, Timestamp};
+use crate::source::Cursor;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -81,29 +81,6 @@ pub struct SqliteState {
 
 fn err(e: impl std::fmt::Display) -> StateError {
     StateError::Failed(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn key_json(cursor: &Cursor) -> Result<Option<String>, StateError> {
-    cursor
-        .key
-        .as_ref()
-        .map(|k| serde_json::to_string(k).map_err(err))
-        .transpose()
-}
-
-fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
-    let key: Option<Key> = key
-        .map(|k| serde_json::from_str(&k))
-        .transpose()
-        .map_err(err)?;
-    Ok(Cursor {
-        ts: Timestamp(ts),
-        key,
-    })
 }
 
 impl SqliteState {

@@ -15,10 +15,10 @@ mod schema;
 pub use leases::Claimed;
 
 use super::{
-    Commit, DeadLetter, Finished, LeaseRow, Letter, PluginPin, PluginVersion, Settled, StateError,
-    StateStore, StoredOffset,
+    cursor_from, key_json, now_ms, Commit, DeadLetter, Finished, LeaseRow, Letter, PluginPin,
+    PluginVersion, Settled, StateError, StateStore, StoredOffset,
 };
-use crate::source::{Cursor, Key, Timestamp};
+use crate::source::Cursor;
 use deadpool_postgres::{GenericClient, Pool};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -48,29 +48,6 @@ fn failed(e: impl std::error::Error + 'static) -> StateError {
 /// A tokio-postgres error with its cause (the server's message).
 fn pg(e: tokio_postgres::Error) -> StateError {
     failed(e)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn key_json(cursor: &Cursor) -> Result<Option<String>, StateError> {
-    cursor
-        .key
-        .as_ref()
-        .map(|k| serde_json::to_string(k).map_err(failed))
-        .transpose()
-}
-
-fn cursor_from(ts: i64, key: Option<String>) -> Result<Cursor, StateError> {
-    let key: Option<Key> = key
-        .map(|k| serde_json::from_str(&k))
-        .transpose()
-        .map_err(failed)?;
-    Ok(Cursor {
-        ts: Timestamp(ts),
-        key,
-    })
 }
 
 impl PostgresState {
